@@ -67,7 +67,9 @@ def read_manifest(path: str | Path, verify: bool = True) -> tuple[dict[str, Any]
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist")
     if not mpath.is_file():
-        raise CheckpointError(f"{mpath} is missing: not a checkpoint directory (train one with `python -m training.train`)")
+        raise CheckpointError(
+            f"{mpath} is missing: not a checkpoint directory (train one with `python -m training.train`)"
+        )
     raw = mpath.read_bytes()
     try:
         manifest = json.loads(raw)
@@ -104,7 +106,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify
     state = load_file(str(root / WEIGHTS))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{root / WEIGHTS} does not match the manifest's model: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(
+            f"{root / WEIGHTS} does not match the manifest's model: missing {missing}, unexpected {unexpected}"
+        )
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -69,8 +69,19 @@ def pgd(
     random_start: bool = True,
 ) -> AttackResult:
     """PGD, L-inf, random start. Defaults: 20 steps, step size eps/4, eot=1 draw per step."""
-    return _pgd(model, x, y, eps=eps, generator=generator, steps=steps, alpha=alpha, eot=eot,
-                noise_free=noise_free, random_start=random_start, norm="linf")
+    return _pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        generator=generator,
+        steps=steps,
+        alpha=alpha,
+        eot=eot,
+        noise_free=noise_free,
+        random_start=random_start,
+        norm="linf",
+    )
 
 
 @register_attack("pgd_l2", steps=20, alpha=None, eot=1, noise_free=False, random_start=True)
@@ -88,8 +99,19 @@ def pgd_l2(
     random_start: bool = True,
 ) -> AttackResult:
     """PGD, L2 ball of radius eps, random start. Defaults: 20 steps, step eps/4, eot=1."""
-    return _pgd(model, x, y, eps=eps, generator=generator, steps=steps, alpha=alpha, eot=eot,
-                noise_free=noise_free, random_start=random_start, norm="l2")
+    return _pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        generator=generator,
+        steps=steps,
+        alpha=alpha,
+        eot=eot,
+        noise_free=noise_free,
+        random_start=random_start,
+        norm="l2",
+    )
 
 
 @register_attack("surrogate", steps=20, alpha=None, random_start=True)
@@ -110,5 +132,16 @@ def surrogate(
     logits, so this is a cheap and strong adaptive attack; judge it with the noise on.
     Defaults: 20 steps, step size eps/4.
     """
-    return _pgd(model, x, y, eps=eps, generator=generator, steps=steps, alpha=alpha, eot=1,
-                noise_free=True, random_start=random_start, norm="linf")
+    return _pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        generator=generator,
+        steps=steps,
+        alpha=alpha,
+        eot=1,
+        noise_free=True,
+        random_start=random_start,
+        norm="linf",
+    )
