@@ -138,3 +138,27 @@ def small_cnn(*, in_chans: int, img_size: int) -> nn.Module:
 @register_backbone("resnet18")
 def resnet18(*, in_chans: int, img_size: int) -> nn.Module:
     return CifarResNet((2, 2, 2, 2), in_chans=in_chans, img_size=img_size)
+
+
+class TinyCNN(nn.Module):
+    """Two strided conv layers; for tests and quick experiments, not for results."""
+
+    def __init__(self, in_chans: int = 1, img_size: int = 28, width: int = 8) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),
+        )
+        side = ((img_size + 1) // 2 + 1) // 2
+        self.out_dim = 2 * width * side * side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@register_backbone("tiny_cnn")
+def tiny_cnn(*, in_chans: int, img_size: int) -> nn.Module:
+    return TinyCNN(in_chans=in_chans, img_size=img_size)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.data import FASHION_MNIST_DIR
+
+from .fixtures import make_tiny_checkpoint, make_tiny_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    return make_tiny_dataset()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exported mfdv checkpoint (tiny_cnn, 4 classes, 1x14x14) trained on the tiny dataset."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_mfdv", "mfdv")
+
+
+@pytest.fixture(scope="session")
+def tiny_vanilla_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_vanilla", "vanilla")
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint() -> Path:
+    """The committed default checkpoint (mfdv on Fashion-MNIST)."""
+    path = REPO / "checkpoints" / "fashion_mnist_mfdv"
+    if not (path / "manifest.json").is_file():
+        pytest.fail(f"default checkpoint missing at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_available() -> None:
+    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.fail("Fashion-MNIST missing: sudo apt-get install -y dataset-fashion-mnist")

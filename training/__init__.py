@@ -1,0 +1,1 @@
+"""Offline half: datasets, training, evaluation and checkpoint export."""

@@ -1,0 +1,318 @@
+"""Train an MFDV-SNN (or a baseline), evaluate it, and export a checkpoint directory.
+
+    python -m training.train --method mfdv --dataset fashion_mnist --out checkpoints/fashion_mnist_mfdv
+
+Works under ``torchrun`` (DistributedDataParallel: gloo on CPU, NCCL on GPUs); rank 0
+evaluates and exports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models import METHODS, ModelConfig, StochasticClassifier, build_model, list_backbones
+
+from .data import Dataset, as_float, channel_stats, load_dataset
+from .evaluate import calibrate_mi_threshold, default_eps, evaluate, standard_suite
+from .export import export_checkpoint
+
+log = logging.getLogger("training")
+
+
+@dataclass
+class TrainArgs:
+    method: str = "mfdv"
+    arch: str = "small_cnn"
+    dataset: str = "fashion_mnist"
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    feature_dim: int = 64
+    lam: float = 0.1
+    lam_warmup: float = 1.0
+    sigma_init: float = 0.5
+    fixed_sigma: float = 1.0
+    sigma_max: float | None = None
+    mu_bound: float | None = None
+    entropy_max: float | None = 2.0
+    head_wd: float = 0.0
+    val_size: int = 5000
+    seed: int = 0
+    eval_samples: int = 32
+    attack_n: int | None = 2000
+    eot: int = 16
+    no_attacks: bool = False
+    max_steps: int | None = None
+    threads: int | None = None
+    device: str = "auto"
+    out: str | None = None
+    overwrite: bool = False
+
+
+def lambda_at(epoch_progress: float, lam: float, warmup: float) -> float:
+    """Linear warm-up of the variance weight over ``warmup`` epochs (0: constant)."""
+    if warmup <= 0:
+        return lam
+    return lam * min(1.0, epoch_progress / warmup)
+
+
+def lr_at(step: int, total: int, lr: float) -> float:
+    """Cosine decay to 0 with a 3% linear warm-up."""
+    warm = max(1, int(0.03 * total))
+    if step < warm:
+        return lr * (step + 1) / warm
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def split_train_val(ds: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dataset]:
+    """A fixed, seeded held-out split (used to calibrate the mutual-information threshold)."""
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 12345))
+    val_size = min(val_size, len(ds) // 5)
+    return ds.subset(perm[val_size:]), ds.subset(perm[:val_size])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda given but CUDA is not available")
+    return torch.device(name)
+
+
+def make_model(args: TrainArgs, train: Dataset) -> StochasticClassifier:
+    mean, std = channel_stats(train)
+    c, h, w = train.input_shape
+    if h != w:
+        raise ValueError(f"square images only, got {h}x{w}")
+    cfg = ModelConfig(
+        arch=args.arch,
+        method=args.method,
+        in_chans=c,
+        img_size=h,
+        num_classes=len(train.class_names),
+        feature_dim=args.feature_dim,
+        mean=mean,
+        std=std,
+        sigma_init=args.sigma_init,
+        fixed_sigma=args.fixed_sigma,
+        sigma_max=args.sigma_max,
+        entropy_max=args.entropy_max,
+        mu_bound=args.mu_bound,
+    )
+    return build_model(cfg)
+
+
+def fit(
+    model: StochasticClassifier,
+    train: Dataset,
+    args: TrainArgs,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, float]:
+    """The training loop: CE on one noise draw per input, minus lambda times the head's variance term."""
+    model.to(device)
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    head_w = [model.head.fc.weight]
+    others = [p for p in model.parameters() if p is not model.head.fc.weight]
+    no_decay = {id(p) for n, p in model.head.named_parameters() if n in ("s", "L")}
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in others if id(p) not in no_decay], "weight_decay": args.weight_decay},
+            {"params": [p for p in others if id(p) in no_decay], "weight_decay": 0.0},
+            {"params": head_w, "weight_decay": args.weight_decay + args.head_wd},
+        ],
+        lr=args.lr,
+    )
+    g = torch.Generator().manual_seed(args.seed)
+    per_rank = len(train) // world
+    steps_per_epoch = max(1, per_rank // args.batch_size)
+    total = steps_per_epoch * args.epochs
+    if args.max_steps is not None:
+        total = min(total, args.max_steps)
+    step = 0
+    stats: dict[str, float] = {}
+    bar = tqdm(
+        total=total,
+        disable=rank != 0 or (not sys.stderr.isatty() and os.environ.get("TQDM_FORCE") is None),
+        desc=f"train {args.method}",
+        unit="step",
+    )
+    model.train()
+    t0 = time.perf_counter()
+    while step < total:
+        perm = torch.randperm(len(train), generator=g)[rank * per_rank : (rank + 1) * per_rank]
+        for i in range(steps_per_epoch):
+            if step >= total:
+                break
+            idx = perm[i * args.batch_size : (i + 1) * args.batch_size]
+            x = as_float(train.x[idx]).to(device)
+            y = train.y[idx].to(device)
+            noise = model.sample_noise(1, g, batch=len(idx))  # (1, B, D): one draw per input
+            lam = lambda_at(step / steps_per_epoch, args.lam, args.lam_warmup)
+            for grp in opt.param_groups:
+                grp["lr"] = lr_at(step, total, args.lr)
+            logits = net(x, noise)[0]  # (B, K)
+            ce = F.cross_entropy(logits, y)
+            reg = model.head.regularizer()
+            loss = ce + lam * reg
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            acc = float((logits.argmax(-1) == y).float().mean())
+            sig = float(model.head.sigma().detach().mean())
+            stats = {"loss": float(loss.detach()), "ce": float(ce.detach()), "acc": acc, "sigma": sig, "lam": lam}
+            bar.update(1)
+            if step % 20 == 0 or step == total:
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{acc:.3f}", sigma=f"{sig:.3f}")
+            if rank == 0 and bar.disable and (step % 200 == 0 or step == total):
+                log.info("step %d/%d loss %.4f acc %.3f sigma %.3f lam %.3g", step, total, stats["loss"], acc, sig, lam)
+    bar.close()
+    stats["steps"] = step
+    stats["seconds"] = round(time.perf_counter() - t0, 1)
+    model.eval()
+    return stats
+
+
+def parse_args(argv: list[str] | None = None) -> TrainArgs:
+    d = TrainArgs()
+    p = argparse.ArgumentParser(
+        prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--method", choices=METHODS, default=d.method)
+    p.add_argument("--arch", choices=list_backbones(), default=d.arch)
+    p.add_argument("--dataset", default=d.dataset, help="fashion_mnist | mnist | path/to.npz | path/to/image_folder")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--feature-dim", "-D", type=int, default=d.feature_dim, help="feature dimension D")
+    p.add_argument("--lam", type=float, default=d.lam, help="weight lambda of the variance term")
+    p.add_argument("--lam-warmup", type=float, default=d.lam_warmup, help="epochs of linear lambda warm-up (0: none)")
+    p.add_argument("--sigma-init", type=float, default=d.sigma_init)
+    p.add_argument("--fixed-sigma", type=float, default=d.fixed_sigma, help="noise std of the 'fixed' baseline")
+    p.add_argument("--sigma-max", type=float, default=d.sigma_max, help="cap on the learned sigma (mfdv)")
+    p.add_argument("--mu-bound", type=float, default=d.mu_bound, help="bound features: mu = b*tanh(mu/b)")
+    p.add_argument(
+        "--entropy-max",
+        type=float,
+        default=d.entropy_max,
+        help="wca: entropy per dim past which the alignment term stops",
+    )
+    p.add_argument("--head-wd", type=float, default=d.head_wd, help="extra weight decay on the classifier W")
+    p.add_argument("--val-size", type=int, default=d.val_size, help="held-out training images for MI calibration")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eval-samples", type=int, default=d.eval_samples, help="noise draws T per prediction")
+    p.add_argument("--attack-n", type=int, default=d.attack_n, help="test inputs to attack (0: all)")
+    p.add_argument("--eot", type=int, default=d.eot, help="EOT draws for the adaptive attacks")
+    p.add_argument("--no-attacks", action="store_true", help="skip robust evaluation")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument("--out", default=None, help="checkpoint directory (default checkpoints/<dataset>_<method>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    ns = p.parse_args(argv)
+    args = TrainArgs(**{k: v for k, v in vars(ns).items()})
+    if args.attack_n == 0:
+        args.attack_n = None
+    return args
+
+
+def run(args: TrainArgs, argv: list[str] | None = None) -> Path | None:
+    """Train, evaluate and export; returns the checkpoint path (None on ranks > 0)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(args.device)
+    if world > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds_name = Path(args.dataset).stem if Path(args.dataset).exists() else args.dataset.replace("-", "_")
+    out = Path(args.out or f"checkpoints/{ds_name}_{args.method}")
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    torch.manual_seed(args.seed)
+    full = load_dataset(args.dataset, "train")
+    test = load_dataset(args.dataset, "test")
+    train, val = split_train_val(full, args.val_size, args.seed)
+    model = make_model(args, train)
+    if rank == 0:
+        log.info(
+            "training %s/%s on %s: %d train, %d val, %d test; world %d on %s",
+            args.method,
+            args.arch,
+            args.dataset,
+            len(train),
+            len(val),
+            len(test),
+            world,
+            device,
+        )
+    train_stats = fit(model, train, args, device, rank, world)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        dist.destroy_process_group()
+        return None
+    eps = default_eps(model.cfg.img_size)
+    attacks = [] if args.no_attacks else standard_suite(eps, args.eot)
+    metrics = evaluate(
+        model, test, samples=args.eval_samples, attacks=attacks, attack_n=args.attack_n, seed=args.seed, log=log.info
+    )
+    metrics["train"] = train_stats
+    threshold = calibrate_mi_threshold(model, val, samples=args.eval_samples, seed=args.seed)
+    command = "python -m training.train " + shlex.join(argv if argv is not None else sys.argv[1:])
+    path = export_checkpoint(
+        model,
+        out,
+        class_names=train.class_names,
+        dataset=ds_name,
+        train_args=asdict(args),
+        metrics=metrics,
+        mi_threshold=threshold,
+        command=command,
+        overwrite=args.overwrite,
+        extra={"mi_threshold_calibration": {"quantile": 0.95, "n": len(val), "samples": args.eval_samples}},
+    )
+    log.info("exported %s", path)
+    if world > 1:
+        dist.destroy_process_group()
+    return path
+
+
+def main(argv: list[str] | None = None) -> Any:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        path = run(args, argv)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    if path is not None:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
