@@ -4,8 +4,11 @@ Every gradient attack takes ``eot`` (noise draws averaged per gradient, one back
 pass) and most take ``noise_free`` (attack the network with its noise off).
 """
 
+from . import apgd as _apgd  # noqa: F401  (registers)
 from . import fgsm as _fgsm  # noqa: F401  (registers)
+from . import minimal_eps as _minimal_eps  # noqa: F401  (registers)
 from . import pgd as _pgd  # noqa: F401  (registers)
+from . import square as _square  # noqa: F401  (registers)
 from .base import (
     AttackResult,
     AttackSpec,
