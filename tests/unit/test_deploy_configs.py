@@ -202,43 +202,49 @@ def app(tiny_checkpoint: Path):
     return create_app(Settings(model_dir=tiny_checkpoint, device="cpu", backend="torch"))
 
 
+def route_table(router: Any, prefix: str = "") -> list[str]:
+    """``METHOD path`` of every route, for error messages (routers included lazily or not)."""
+    out = []
+    for route in router.routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:  # FastAPI >= 0.160 keeps included routers as one lazy entry
+            out += route_table(inner, prefix + route.include_context.prefix)
+        else:
+            out.append(f"{','.join(sorted(getattr(route, 'methods', None) or ['*']))} {prefix}{route.path}")
+    return out
+
+
+def assert_get_route(path: str, app: Any, where: str) -> None:
+    """``GET path`` reaches an endpoint of the app, asked of the app's own router."""
+    from starlette.routing import Match
+
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": [], "query_string": b""}
+    matches = [route.matches(scope)[0] for route in app.router.routes]
+    assert Match.FULL in matches, f"{where}: GET {path} is not a route of the app: {route_table(app.router)}"
+
+
 @pytest.fixture(scope="module")
-def get_paths(app) -> set[str]:
-    """Paths the app answers with GET (route templates like ``/v2/models/{name}`` included)."""
-    paths = set()
-    for route in app.routes:
-        methods = getattr(route, "methods", None)
-        if methods is None or "GET" in methods:
-            paths.add(route.path)
-    return paths
-
-
-def assert_get_route(path: str, get_paths: set[str], where: str) -> None:
-    def matches(template: str) -> bool:
-        pattern = re.sub(r"\\\{[^}]+\\\}", r"[^/]+", re.escape(template))
-        return re.fullmatch(pattern, path) is not None
-
-    assert any(matches(t) for t in get_paths), f"{where}: GET {path} is not a route of the app ({sorted(get_paths)})"
-
-
-@pytest.fixture(scope="module")
-def exposition(app, tiny_checkpoint: Path) -> str:
-    """``/metrics`` of the started app (lifespan run) after some traffic."""
+def client(app: Any) -> Iterator[Any]:
+    """A TestClient of the started app (lifespan run: model loaded and warmed up)."""
     from fastapi.testclient import TestClient
 
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def exposition(client: Any, tiny_checkpoint: Path) -> str:
+    """``/metrics`` of the started app after some traffic."""
     from models import read_manifest
 
     manifest, _ = read_manifest(tiny_checkpoint)
-    c, h, w = manifest["model"]["input_shape"]
-    with TestClient(app) as client:
-        assert client.get("/healthz").status_code == 200
-        assert client.get("/readyz").status_code == 200
-        image = [[[0.5] * w for _ in range(h)] for _ in range(c)]
-        r = client.post("/v1/predict", json={"inputs": [image], "samples": 4, "seed": 0})
-        assert r.status_code == 200, r.text
-        r = client.get("/metrics")
-        assert r.status_code == 200
-        return r.text
+    c, h, w = manifest["input_shape"]
+    image = [[[0.5] * w for _ in range(h)] for _ in range(c)]
+    r = client.post("/v1/predict", json={"inputs": [image], "samples": 4, "seed": 0})
+    assert r.status_code == 200, r.text
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    return r.text
 
 
 def parse_exposition(text: str) -> tuple[dict[str, str], dict[str, list[set[str]]]]:
@@ -315,7 +321,7 @@ def test_compose_env_matches_settings() -> None:
             )
 
 
-def test_compose_healthchecks_and_dependencies(get_paths: set[str]) -> None:
+def test_compose_healthchecks_and_dependencies(app: Any) -> None:
     compose = load_yaml(COMPOSE)
     services = compose["services"]
     for name, svc in services.items():
@@ -336,7 +342,7 @@ def test_compose_healthchecks_and_dependencies(get_paths: set[str]) -> None:
     for name in ("service", "service-gpu"):
         test = services[name]["healthcheck"]["test"]
         assert test[1:3] == ["python", "/app/healthcheck.py"], test
-        assert_get_route(test[3], get_paths, f"compose {name} healthcheck")
+        assert_get_route(test[3], app, f"compose {name} healthcheck")
         assert test[3] == "/readyz"
 
 
@@ -367,12 +373,12 @@ def test_compose_bind_mounts_exist() -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_prometheus_scrapes_the_service(get_paths: set[str]) -> None:
+def test_prometheus_scrapes_the_service(app: Any) -> None:
     compose = load_yaml(COMPOSE)
     services = compose["services"]
     config = load_yaml(PROMETHEUS / "prometheus.yml")
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "mfdv")
-    assert_get_route(job.get("metrics_path", "/metrics"), get_paths, "prometheus scrape")
+    assert_get_route(job.get("metrics_path", "/metrics"), app, "prometheus scrape")
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
     assert "service:8000" in targets
     for target in targets:
@@ -486,7 +492,7 @@ def test_app_exports_every_queried_metric(exposition: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_dockerfile_layers_and_runtime(get_paths: set[str]) -> None:
+def test_dockerfile_layers_and_runtime(app: Any) -> None:
     ins = dockerfile_instructions()
     froms = [args for op, args in ins if op == "FROM"]
     assert len(froms) >= 2, "multi-stage build expected"
@@ -523,7 +529,7 @@ def test_dockerfile_layers_and_runtime(get_paths: set[str]) -> None:
     hc = next(a for op, a in stage if op == "HEALTHCHECK")
     hc_cmd = exec_form(hc.split("CMD", 1)[1].strip())
     assert hc_cmd[:2] == ["python", "/app/healthcheck.py"]
-    assert_get_route(hc_cmd[2], get_paths, "Dockerfile HEALTHCHECK")
+    assert_get_route(hc_cmd[2], app, "Dockerfile HEALTHCHECK")
     assert hc_cmd[2] == "/readyz"
 
 
@@ -590,7 +596,7 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
-def check_container(container: dict[str, Any], get_paths: set[str], where: str) -> None:
+def check_container(container: dict[str, Any], app: Any, where: str) -> None:
     env = container_env(container)
     ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
     assert int(env["MFDV_PORT"]) in ports.values(), f"{where}: MFDV_PORT is not the container port"
@@ -599,7 +605,7 @@ def check_container(container: dict[str, Any], get_paths: set[str], where: str) 
         if probe not in container:
             continue
         get = container[probe]["httpGet"]
-        assert_get_route(get["path"], get_paths, f"{where} {probe}")
+        assert_get_route(get["path"], app, f"{where} {probe}")
         port = get["port"]
         assert port in ports or port in ports.values(), f"{where} {probe}: port {port} is not a container port"
     res = container["resources"]
@@ -610,11 +616,11 @@ def check_container(container: dict[str, Any], get_paths: set[str], where: str) 
         assert int(threads) <= parse_quantity(res["limits"]["cpu"]), f"{where}: more threads than CPUs"
 
 
-def test_k8s_deployment_probes_and_resources(get_paths: set[str]) -> None:
+def test_k8s_deployment_probes_and_resources(app: Any) -> None:
     [deploy] = k8s_kind("Deployment")
     pod = deploy["spec"]["template"]
     [container] = pod["spec"]["containers"]
-    check_container(container, get_paths, "Deployment")
+    check_container(container, app, "Deployment")
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
@@ -622,7 +628,7 @@ def test_k8s_deployment_probes_and_resources(get_paths: set[str]) -> None:
     assert env["MFDV_WORKERS"] == "1", "scale with replicas; one worker keeps batching and /metrics whole"
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == env["MFDV_PORT"]
-    assert_get_route(annotations["prometheus.io/path"], get_paths, "prometheus.io/path")
+    assert_get_route(annotations["prometheus.io/path"], app, "prometheus.io/path")
 
     # The pod runs as the image's non-root user.
     user = [a for op, a in final_stage() if op == "USER"][-1]
@@ -634,12 +640,12 @@ def test_k8s_deployment_probes_and_resources(get_paths: set[str]) -> None:
         assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
 
 
-def test_kserve_inference_service(get_paths: set[str]) -> None:
+def test_kserve_inference_service(app: Any) -> None:
     [isvc] = k8s_kind("InferenceService")
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     [container] = isvc["spec"]["predictor"]["containers"]
     assert container["name"] == "kserve-container"
-    check_container(container, get_paths, "InferenceService")
+    check_container(container, app, "InferenceService")
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     annotations = isvc["metadata"]["annotations"]
@@ -715,3 +721,40 @@ def test_healthcheck_script_unreachable() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert run_healthcheck(port) == 1
+
+
+def probe_paths() -> dict[str, str]:
+    """Every path a healthcheck, probe or scraper GETs, keyed by where it is configured."""
+    paths: dict[str, str] = {}
+    services = load_yaml(COMPOSE)["services"]
+    for name in ("service", "service-gpu"):
+        paths[f"compose {name} healthcheck"] = services[name]["healthcheck"]["test"][3]
+    hc = next(a for op, a in final_stage() if op == "HEALTHCHECK")
+    paths["Dockerfile HEALTHCHECK"] = exec_form(hc.split("CMD", 1)[1].strip())[2]
+    job = next(j for j in load_yaml(PROMETHEUS / "prometheus.yml")["scrape_configs"] if j["job_name"] == "mfdv")
+    paths["prometheus scrape"] = job.get("metrics_path", "/metrics")
+    for doc in k8s_docs():
+        if doc["kind"] == "Deployment":
+            pod = doc["spec"]["template"]
+            containers = pod["spec"]["containers"]
+            paths[f"{doc['kind']} prometheus.io/path"] = pod["metadata"]["annotations"]["prometheus.io/path"]
+        elif doc["kind"] == "InferenceService":
+            containers = doc["spec"]["predictor"]["containers"]
+            paths[f"{doc['kind']} prometheus.kserve.io/path"] = doc["metadata"]["annotations"][
+                "prometheus.kserve.io/path"
+            ]
+        else:
+            continue
+        for c in containers:
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                if probe in c:
+                    paths[f"{doc['kind']} {probe}"] = c[probe]["httpGet"]["path"]
+    return paths
+
+
+def test_every_probe_path_answers_200_when_ready(client: Any) -> None:
+    paths = probe_paths()
+    assert len(paths) >= 10
+    for where, path in paths.items():
+        r = client.get(path)
+        assert r.status_code == 200, f"{where}: GET {path} answered {r.status_code} on a ready app"
