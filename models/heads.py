@@ -227,6 +227,6 @@ class WCAHead(StochasticHead):
         w = self.fc.weight
         align = torch.einsum("kd,de,ke->k", w, self.covariance(), w).mean()
         reg = -torch.log(align.clamp_min(1e-12))
-        if self.entropy_max is not None and float(self.entropy_per_dim()) > self.entropy_max:
+        if self.entropy_max is not None and float(self.entropy_per_dim().detach()) > self.entropy_max:
             return reg * 0.0
         return reg

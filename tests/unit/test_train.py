@@ -1,0 +1,102 @@
+"""Training: determinism, the CLI's contract, and the schedules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import load_checkpoint
+from training.train import lambda_at, lr_at, main, parse_args
+
+from ..fixtures import make_tiny_dataset, train_tiny
+
+
+def test_same_seed_same_weights() -> None:
+    a, _ = train_tiny("mfdv", steps=15, seed=3)
+    b, _ = train_tiny("mfdv", steps=15, seed=3)
+    c, _ = train_tiny("mfdv", steps=15, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_mfdv_variance_term_raises_sigma_and_lambda_warms_up() -> None:
+    assert lambda_at(0.0, 0.5, 2.0) == 0.0
+    assert lambda_at(1.0, 0.5, 2.0) == pytest.approx(0.25)
+    assert lambda_at(5.0, 0.5, 2.0) == 0.5
+    assert lambda_at(0.0, 0.5, 0.0) == 0.5
+    with_var, _ = train_tiny("mfdv", steps=60, lam=1.0, lam_warmup=0.0)
+    without, _ = train_tiny("mfdv", steps=60, lam=0.0, lam_warmup=0.0)
+    assert float(with_var.head.sigma().detach().mean()) > float(without.head.sigma().detach().mean())
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    lrs = [lr_at(s, 100, 1.0) for s in range(100)]
+    assert lrs[0] < lrs[2] <= 1.0
+    assert max(lrs) == pytest.approx(1.0)
+    assert lrs[-1] < 0.01
+
+
+def _npz(tmp_path: Path) -> Path:
+    ds = make_tiny_dataset(n=200)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=ds.x.numpy(), y=ds.y.numpy(), class_names=np.array(ds.class_names))
+    return path
+
+
+def test_cli_trains_exports_and_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    npz = _npz(tmp_path)
+    out = tmp_path / "ck"
+    argv = [
+        "--dataset",
+        str(npz),
+        "--arch",
+        "tiny_cnn",
+        "--method",
+        "mfdv",
+        "-D",
+        "8",
+        "--max-steps",
+        "30",
+        "--batch-size",
+        "32",
+        "--attack-n",
+        "20",
+        "--eot",
+        "2",
+        "--eval-samples",
+        "8",
+        "--out",
+        str(out),
+    ]
+    main(argv)
+    ck = load_checkpoint(out)
+    m = ck.manifest
+    assert m["training"]["command"].startswith("python -m training.train --dataset")
+    assert m["training"]["args"]["seed"] == 0 and m["lambda"] == 0.1
+    robust = m["metrics"]["robust"]
+    assert set(robust) == {
+        "fgsm_eot1_eps0.1",
+        "fgsm_eot2_eps0.1",
+        "pgd20_eot1_eps0.1",
+        "pgd20_eot2_eps0.1",
+        "surrogate20_eps0.1",
+    }
+    pgd = robust["pgd20_eot2_eps0.1"]
+    assert pgd["attack"] == {"name": "pgd", "eps": 0.1, "steps": 20, "eot": 2}
+    assert pgd["n"] == 20 and pgd["judged_with_samples"] == 8  # the npz test split: last 10% of 200
+    assert m["metrics"]["clean"]["samples"] == 8
+    assert m["mi_threshold"] >= 0
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(argv)
+    main([*argv, "--overwrite", "--no-attacks"])
+    assert load_checkpoint(out).manifest["metrics"]["robust"] == {}
+
+
+def test_parse_args_validates_choices() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "bogus"])
+    assert parse_args(["--attack-n", "0"]).attack_n is None
