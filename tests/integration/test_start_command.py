@@ -166,6 +166,10 @@ def test_start_command_serves_ready(checkpoint: Path, tmp_path: Path, workers: s
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 pytest.fail(f"server ignored SIGTERM for {STOP_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
-    assert proc.returncode == 0, f"unclean exit {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+    # Clean = the lifespan shutdown ran; uvicorn then exits 0 or re-raises the SIGTERM it caught
+    # (docker reports 143), depending on the uvicorn version and on workers.
+    log = log_path.read_text()
+    assert proc.returncode in (0, -signal.SIGTERM), f"unclean exit {proc.returncode}:\n{log[-4000:]}"
+    assert "Application shutdown complete" in log or "Finished server process" in log, log[-4000:]
     # Nothing is left listening (worker processes included).
     assert get_status(f"{base}/healthz") is None
