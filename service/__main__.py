@@ -1,0 +1,89 @@
+"""``python -m service``: serve a checkpoint with uvicorn.
+
+Settings come from ``MFDV_*`` environment variables; flags override them::
+
+    python -m service --host 0.0.0.0 --port 8000 --model-dir checkpoints/fashion_mnist_mfdv
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from models import CheckpointError, read_manifest
+
+from .config import Settings
+
+logger = logging.getLogger("service")
+
+GRACEFUL_SHUTDOWN_S = 20
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
+    p.add_argument("--host", help="interface to bind (MFDV_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (MFDV_PORT, default 8000)")
+    p.add_argument("--model-dir", help="checkpoint directory (MFDV_MODEL_DIR)")
+    p.add_argument("--workers", type=int, help="uvicorn worker processes (MFDV_WORKERS)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="MFDV_DEVICE")
+    p.add_argument("--backend", choices=["torch", "onnx"], help="MFDV_BACKEND")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="MFDV_LOG_LEVEL")
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start uvicorn; returns the exit status (2 for bad settings or a missing checkpoint)."""
+    args = parse_args(argv)
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "model_dir": args.model_dir,
+            "workers": args.workers,
+            "device": args.device,
+            "backend": args.backend,
+            "log_level": args.log_level,
+        }.items()
+        if v is not None
+    }
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        logger.error("invalid settings:\n%s", e)
+        return 2
+    logging.getLogger().setLevel(settings.log_level.upper())
+    try:
+        read_manifest(settings.model_dir, verify=False)  # fail fast; full sha256 check at load
+    except CheckpointError as e:
+        logger.error("%s (set MFDV_MODEL_DIR or --model-dir)", e)
+        return 2
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": not args.no_access_log,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+    }
+    if settings.workers == 1:
+        from .app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    else:
+        # Worker processes build their own app from the environment: pass the flags on.
+        for key, value in overrides.items():
+            os.environ[f"MFDV_{key.upper()}"] = str(value)
+        uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The app factory: ``create_app(settings)``; the model is loaded in the lifespan hook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from . import __version__
+from .config import Settings
+from .deps import AppState
+from .engine import InferenceEngine
+from .errors import CatchAllMiddleware, install_error_handlers
+from .metrics import Metrics
+from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
+from .pool import BoundedPool
+from .routes import ROUTERS
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Stochastic classifier (MFDV-SNN) serving: one backbone pass per batch, T noise draws per
+request, mean probabilities plus uncertainty (entropy, mutual information, vote agreement).
+Same seed, same response bytes (the `timing` object aside). See docs/service.md.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load, verify and warm up the model before serving; stop the batcher and pools after."""
+    state: AppState = app.state.mfdv
+    settings = state.settings
+    try:
+        engine = await asyncio.to_thread(InferenceEngine.load, settings, state.metrics)
+    except Exception as e:
+        state.load_error = str(e)
+        logger.error("cannot serve %s: %s", settings.model_dir, e)
+        raise
+    state.metrics.set_model(
+        model_id=engine.model_id,
+        method=str(engine.manifest.get("method", "")),
+        arch=str(engine.manifest.get("arch", "")),
+        dataset=str(engine.manifest.get("dataset", "")),
+        backend=engine.backend.name,
+        device=engine.backend.device,
+    )
+    state.attack_pool = BoundedPool(settings.attack_workers, settings.attack_queue_size, name="attack")
+    engine.start()
+    state.engine = engine
+    logger.info("ready: %s", engine.name)
+    try:
+        yield
+    finally:
+        await engine.stop()  # /readyz answers 503 from here on
+        await asyncio.to_thread(state.attack_pool.shutdown)
+        logger.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the FastAPI app for ``settings`` (default: from ``MFDV_*`` environment variables).
+
+    Nothing is loaded here; the lifespan hook loads and warms up the model, so
+    ``/readyz`` answers 503 until that is done.
+    """
+    settings = settings or Settings()
+    metrics = Metrics()
+    app = FastAPI(title="MFDV-SNN inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.mfdv = AppState(settings=settings, metrics=metrics)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # Outermost last: metrics see every response, including 413s and generic 500s.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory service.app:app_from_env`` (one app per worker process)."""
+    return create_app(Settings())

@@ -1,0 +1,239 @@
+"""Inference backends: torch and onnxruntime, one contract.
+
+A backend splits the network where the noise enters (see DESIGN.md):
+
+- ``backbone(images [B,C,H,W]) -> state [B, ...]``: the deterministic part, run once
+  per batch; row ``i`` of the state belongs to image ``i``;
+- ``head(state [B, ...], noise [T,D]) -> logits [T,B,K]``: the cheap part, run once
+  per request with that request's own draws;
+- ``logits(images, noise) = head(backbone(images), noise)``.
+
+So T draws never cost T backbone passes, and the batcher can slice one batch's state
+by request. The state is the noise-free logits ``W mu + b`` [B,K] and the head adds
+each draw's shift ``W delta(noise)`` [T,K] (for onnxruntime, ``model.onnx`` is split
+at load time into an image-only and a noise-only graph whose outputs are added).
+An input's logits therefore depend only on its own backbone row and the noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import Checkpoint
+from models.checkpoint import ONNX
+
+logger = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """A backend cannot serve this checkpoint on this machine (message says why and what to do)."""
+
+
+class Backend(Protocol):
+    """What the engine needs from a backend."""
+
+    name: str
+    device: str
+
+    def backbone(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image state [B, ...] for pixels [B,C,H,W] in [0, 1] (CPU float32)."""
+        ...
+
+    def head(self, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Logits [T,B,K] (CPU float32) for state rows [B, ...] and standard normal ``noise`` [T,D]."""
+        ...
+
+    def logits(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``head(backbone(images), noise)``: logits [T,B,K]."""
+        ...
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU fails.
+
+    Raises:
+        BackendError: ``cuda`` requested but not available.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendError("MFDV_DEVICE=cuda but torch sees no CUDA device; use MFDV_DEVICE=auto or cpu")
+    if device not in ("cpu", "cuda"):
+        raise BackendError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+class TorchBackend:
+    """The checkpoint's torch model, split where the noise enters.
+
+    ``backbone`` returns the noise-free logits ``W mu + b`` [B,K] (``model.head(mu, None)``)
+    and ``head`` adds each draw's shift ``W delta(noise)`` [T,K]: the same sum the head's
+    ``forward`` computes, but the shift depends on the noise alone, so an input's logits
+    do not depend on how many other inputs share its request or batch.
+    """
+
+    name = "torch"
+
+    def __init__(self, checkpoint: Checkpoint, device: str) -> None:
+        self.device = device
+        self.model = checkpoint.model.to(device).eval()
+
+    @torch.inference_mode()
+    def backbone(self, images: torch.Tensor) -> torch.Tensor:
+        mu = self.model.features(images.to(self.device, non_blocking=True))  # (B, D)
+        return self.model.head(mu, None)[0]  # (B, K)
+
+    @torch.inference_mode()
+    def head(self, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        head = self.model.head
+        delta = head.scale_noise(noise.to(state.device))  # (T, D)
+        shift = F.linear(delta, head.fc.weight)  # (T, K)
+        return (state.unsqueeze(0) + shift.unsqueeze(1)).float().cpu()  # (T, B, K)
+
+    def logits(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images), noise)
+
+
+def _ancestors(graph: object, tensor: str, producers: dict[str, object]) -> set[str]:
+    """Graph inputs that ``tensor`` depends on."""
+    inputs = {i.name for i in graph.input}  # type: ignore[attr-defined]
+    seen: set[str] = set()
+    found: set[str] = set()
+    stack = [tensor]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in inputs:
+            found.add(name)
+        node = producers.get(name)
+        if node is not None:
+            stack.extend(n for n in node.input if n)  # type: ignore[attr-defined]
+    return found
+
+
+def _subgraph(model: object, input_name: str, output_name: str, producers: dict[str, object]) -> object:
+    """A model computing ``output_name`` from graph input ``input_name`` (only the nodes it needs)."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph  # type: ignore[attr-defined]
+    needed: list[object] = []
+    seen: set[str] = set()
+    stack = [output_name]
+    while stack:
+        name = stack.pop()
+        node = producers.get(name)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        needed.append(node)
+        stack.extend(n for n in node.input if n)  # type: ignore[attr-defined]
+    order = {id(n): i for i, n in enumerate(graph.node)}
+    nodes = sorted(needed, key=lambda n: order[id(n)])
+    used = {n for node in nodes for n in node.input}  # type: ignore[attr-defined]
+    inits = [t for t in graph.initializer if t.name in used]
+    sub = helper.make_graph(
+        nodes,
+        f"{graph.name}_{output_name}",
+        [i for i in graph.input if i.name == input_name],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    return helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)  # type: ignore[attr-defined]
+
+
+def split_onnx(path: Path) -> tuple[bytes, bytes]:
+    """Split ``model.onnx`` into ``image -> base [1,B,K]`` and ``noise -> shift [T,1,K]`` graphs.
+
+    The exported graph ends in ``logits = Add(base(image), shift(noise))`` (the head is
+    linear in the noise); this finds that ``Add`` and extracts both branches.
+
+    Raises:
+        BackendError: the graph is not of that form (serve it with the torch backend).
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    final = producers.get("logits")
+    if final is None or final.op_type != "Add" or len(final.input) != 2:
+        raise BackendError(
+            f"{path}: expected `logits = Add(base, shift)`; serve this checkpoint with MFDV_BACKEND=torch"
+        )
+    deps = {name: _ancestors(graph, name, producers) for name in final.input}
+    base = [n for n, d in deps.items() if d == {"image"}]
+    shift = [n for n, d in deps.items() if d == {"noise"}]
+    if len(base) != 1 or len(shift) != 1:
+        raise BackendError(
+            f"{path}: the final Add does not separate image and noise ({deps}); serve it with MFDV_BACKEND=torch"
+        )
+    base_model = _subgraph(model, "image", base[0], producers)
+    shift_model = _subgraph(model, "noise", shift[0], producers)
+    return base_model.SerializeToString(), shift_model.SerializeToString()
+
+
+class OnnxBackend:
+    """onnxruntime on the checkpoint's ``model.onnx``, split into image and noise graphs.
+
+    ``backbone`` returns the noise-free logits [B,K]; ``head`` adds each draw's logit
+    shift ``W delta(noise)`` [T,K]. The sum is exactly the full graph's ``Add``.
+    """
+
+    name = "onnx"
+
+    def __init__(self, checkpoint: Checkpoint, device: str) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise BackendError(
+                    "MFDV_DEVICE=cuda with MFDV_BACKEND=onnx needs onnxruntime-gpu (CUDAExecutionProvider); "
+                    f"this onnxruntime has {available}"
+                )
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.device = device
+        base, shift = split_onnx(checkpoint.path / ONNX)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self._base = ort.InferenceSession(base, sess_options=opts, providers=providers)
+        self._shift = ort.InferenceSession(shift, sess_options=opts, providers=providers)
+        self._base_out = self._base.get_outputs()[0].name
+        self._shift_out = self._shift.get_outputs()[0].name
+        logger.info("onnxruntime providers: %s", self._base.get_providers())
+
+    def backbone(self, images: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        base = self._base.run([self._base_out], {"image": x})[0]  # (1, B, K)
+        return torch.from_numpy(base).squeeze(0)  # (B, K)
+
+    def head(self, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        n = np.ascontiguousarray(noise.detach().cpu().numpy(), dtype=np.float32)
+        shift = torch.from_numpy(self._shift.run([self._shift_out], {"noise": n})[0])  # (T, 1, K)
+        return state.unsqueeze(0) + shift  # (T, B, K)
+
+    def logits(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images), noise)
+
+
+def create_backend(name: str, checkpoint: Checkpoint, device: str) -> Backend:
+    """Build the backend ``name`` (``torch`` or ``onnx``) on a resolved ``device``.
+
+    Raises:
+        BackendError: unknown name, or the backend cannot run here.
+    """
+    if name == "torch":
+        return TorchBackend(checkpoint, device)
+    if name == "onnx":
+        return OnnxBackend(checkpoint, device)
+    raise BackendError(f"unknown backend {name!r}; use torch or onnx")

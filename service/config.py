@@ -1,0 +1,87 @@
+"""Service settings, read from ``MFDV_*`` environment variables (pydantic-settings).
+
+Every field can be set as ``MFDV_<FIELD>`` (e.g. ``MFDV_MAX_BATCH=32``) or passed to
+``Settings(...)`` directly, which is what tests do. Values are checked when the
+object is built; a bad value fails at once with a message naming what is valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path("checkpoints/fashion_mnist_mfdv")
+
+
+class Settings(BaseSettings):
+    """Configuration of one service process.
+
+    Attributes:
+        model_dir: checkpoint directory (``weights.safetensors``, ``model.onnx``, ``manifest.json``).
+        host: interface uvicorn binds (``python -m service`` only).
+        port: TCP port uvicorn binds (``python -m service`` only).
+        workers: uvicorn worker processes; each loads its own model and batches on its own.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (fails when CUDA is missing).
+        backend: ``torch`` or ``onnx`` (onnxruntime, CUDA provider when available and allowed).
+        default_samples: noise draws T when a request names none.
+        max_samples: largest T a request may ask for.
+        max_batch: most images coalesced into one backbone pass.
+        max_wait_ms: how long the batcher waits for more requests after the first one arrives.
+        queue_size: requests waiting for the batcher; when full, requests get 503 + Retry-After.
+        max_body_bytes: largest request body; larger bodies get 413 before they are read.
+        max_inputs: most inputs (images) in one request.
+        max_image_pixels: largest width x height an uploaded image may claim (decompression-bomb guard).
+        batch_invariant: run the backbone on fixed-shape chunks of ``max_batch`` rows (zero-padded),
+            so an input's answer is bit-identical whatever else shares its batch; off saves the
+            padded compute at low load (answers then agree to ~1e-6 across batch compositions).
+        api_key: key the attack-probe endpoint requires in ``X-API-Key`` (unset or empty: open).
+        attack_workers: threads running attack probes (apart from the prediction batcher).
+        attack_queue_size: probes allowed to wait for an attack worker before 503 + Retry-After.
+        log_level: logging level of the service and uvicorn.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MFDV_", extra="forbid", validate_assignment=True)
+
+    model_dir: Path = DEFAULT_MODEL_DIR
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["torch", "onnx"] = "torch"
+    default_samples: int = Field(32, ge=1)
+    max_samples: int = Field(256, ge=1)
+    max_batch: int = Field(64, ge=1)
+    max_wait_ms: float = Field(5, ge=0)
+    queue_size: int = Field(1024, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_inputs: int = Field(64, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    batch_invariant: bool = True
+    api_key: SecretStr | None = None
+    attack_workers: int = Field(1, ge=1)
+    attack_queue_size: int = Field(4, ge=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, v: object) -> object:
+        """``MFDV_API_KEY=`` (empty, as compose writes an unset variable) means no key."""
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.default_samples > self.max_samples:
+            raise ValueError(
+                f"default_samples ({self.default_samples}) must not exceed max_samples ({self.max_samples})"
+            )
+        return self

@@ -1,0 +1,82 @@
+"""Application state and the FastAPI dependencies routes use to reach it."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .config import Settings
+from .engine import InferenceEngine
+from .errors import ModelNotReady, Unauthorized
+from .inputs import InputSpec
+from .metrics import Metrics
+from .pool import BoundedPool
+
+
+@dataclass
+class AppState:
+    """Everything one app serves with; lives on ``app.state.mfdv``.
+
+    Attributes:
+        settings: the app's settings.
+        metrics: its Prometheus metrics (own registry).
+        engine: the loaded model and its batcher; None until the lifespan has loaded it.
+        attack_pool: bounded threads for attack probes; None until loaded.
+        load_error: why loading failed, if it did.
+    """
+
+    settings: Settings
+    metrics: Metrics
+    engine: InferenceEngine | None = None
+    attack_pool: BoundedPool | None = None
+    load_error: str | None = None
+
+    def ready_engine(self) -> InferenceEngine:
+        """The engine if it serves now.
+
+        Raises:
+            ModelNotReady: not loaded yet, failed to load, or shutting down.
+        """
+        engine = self.engine
+        if engine is None or not engine.ready:
+            if self.load_error:
+                raise ModelNotReady(f"the model failed to load: {self.load_error}", retry_after=30)
+            raise ModelNotReady()
+        return engine
+
+    def input_spec(self, engine: InferenceEngine) -> InputSpec:
+        return InputSpec(engine.input_shape, self.settings.max_image_pixels)
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.mfdv
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_engine(state: StateDep) -> InferenceEngine:
+    return state.ready_engine()
+
+
+EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+
+
+def require_api_key(request: Request, state: StateDep) -> None:
+    """Check ``X-API-Key`` against ``MFDV_API_KEY`` (no key configured: open).
+
+    Raises:
+        Unauthorized: a key is configured and the header is missing or wrong.
+    """
+    expected = state.settings.api_key
+    if expected is None:
+        return
+    given = request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise Unauthorized("this endpoint needs a valid X-API-Key header (MFDV_API_KEY)")
+
+
+ApiKeyDep = Annotated[None, Depends(require_api_key)]

@@ -1,0 +1,221 @@
+"""The inference engine: checkpoint + backend + micro-batcher, one backbone pass per batch.
+
+For a batch of requests the engine runs the backbone once over all their images
+(in fixed-shape chunks when ``batch_invariant``), then gives every request its own
+T noise draws from a generator seeded with the request's seed and summarizes them
+(mean probabilities and uncertainty). Nothing a request gets depends on the other
+requests in its batch, so the same seed gives the same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models import Checkpoint, Uncertainty, load_checkpoint, summarize
+
+from .backends import Backend, create_backend, resolve_device
+from .batcher import Batched, MicroBatcher
+from .config import Settings
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**63 - 1
+
+
+def random_seed() -> int:
+    """A fresh seed for requests that bring none (fits in a JSON number without loss)."""
+    return secrets.randbelow(2**31)
+
+
+def draw_noise(samples: int, dim: int, seed: int) -> torch.Tensor:
+    """Standard normal draws [T, D] (CPU float32) from a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((samples, dim), generator=g)
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """One request's inputs and options.
+
+    Attributes:
+        images: pixels [n, C, H, W] in [0, 1], CPU float32.
+        samples: noise draws T.
+        seed: seed of this request's noise generator.
+        keep_draws: also return the per-draw probabilities.
+    """
+
+    images: torch.Tensor
+    samples: int
+    seed: int
+    keep_draws: bool = False
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class PredictOutput:
+    """Per-input summaries of one request (leading dim n), and the draws if asked for.
+
+    Attributes:
+        uncertainty: mean probabilities, label and uncertainty per input.
+        draws: per-draw probabilities [T, n, K], or None.
+    """
+
+    uncertainty: Uncertainty
+    draws: torch.Tensor | None
+
+
+class InferenceEngine:
+    """Serve one checkpoint: ``predict`` goes through the micro-batcher, ``run`` does the compute.
+
+    Args:
+        checkpoint: the loaded, verified checkpoint (its torch model stays available, e.g.
+            for attack probes, whatever the backend).
+        backend: the backend that computes logits.
+        settings: batching limits and whether batches are padded to a fixed shape.
+        metrics: where batch metrics go (optional).
+    """
+
+    def __init__(
+        self, checkpoint: Checkpoint, backend: Backend, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.backend = backend
+        self.settings = settings
+        self.chunk = settings.max_batch if settings.batch_invariant else None
+        self.batcher: MicroBatcher[PredictJob, PredictOutput] = MicroBatcher(
+            self.run,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            queue_size=settings.queue_size,
+            metrics=metrics,
+        )
+        self.backbone_calls = 0
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics | None = None) -> InferenceEngine:
+        """Load and verify the checkpoint (sha256), build the backend and warm it up (blocking).
+
+        Raises:
+            models.CheckpointError: the checkpoint is missing, altered or inconsistent.
+            service.backends.BackendError: the backend or device cannot be used here.
+        """
+        device = resolve_device(settings.device)
+        checkpoint = load_checkpoint(settings.model_dir, device=device)
+        backend = create_backend(settings.backend, checkpoint, device)
+        engine = cls(checkpoint, backend, settings, metrics)
+        engine.warmup()
+        logger.info(
+            "loaded %s (%s, %s/%s, id %s) on %s with the %s backend",
+            engine.name,
+            checkpoint.path,
+            engine.manifest.get("arch"),
+            engine.manifest.get("method"),
+            engine.model_id[:12],
+            device,
+            backend.name,
+        )
+        return engine
+
+    # -- metadata -------------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.checkpoint.manifest
+
+    @property
+    def name(self) -> str:
+        """The model name clients use (the checkpoint directory's name)."""
+        return str(self.manifest.get("name") or self.checkpoint.path.name)
+
+    @property
+    def model_id(self) -> str:
+        return self.checkpoint.model_id
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.checkpoint.class_names
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.manifest["input_shape"]
+        return int(c), int(h), int(w)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.checkpoint.model.feature_dim)
+
+    @property
+    def mi_threshold(self) -> float:
+        return float(self.manifest.get("mi_threshold", 0.0))
+
+    # -- compute --------------------------------------------------------------------------
+
+    def noise(self, samples: int, seed: int) -> torch.Tensor:
+        """The draws a request with ``samples`` and ``seed`` gets: [T, D]."""
+        return draw_noise(samples, self.feature_dim, seed)
+
+    def backbone(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone state for [N, C, H, W]: one pass, or fixed-shape chunks of ``chunk`` rows (zero-padded)."""
+        if self.chunk is None:
+            self.backbone_calls += 1
+            return self.backend.backbone(images)
+        parts = []
+        for start in range(0, images.shape[0], self.chunk):
+            part = images[start : start + self.chunk]
+            n = part.shape[0]
+            if n < self.chunk:
+                part = torch.cat([part, part.new_zeros((self.chunk - n, *part.shape[1:]))])
+            self.backbone_calls += 1
+            parts.append(self.backend.backbone(part)[:n])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def run(self, jobs: list[PredictJob]) -> list[PredictOutput]:
+        """Compute a batch: the backbone once over every job's images, then each job's own draws."""
+        state = self.backbone(torch.cat([j.images for j in jobs]))
+        outputs = []
+        offset = 0
+        for job in jobs:
+            rows = state[offset : offset + job.size]
+            offset += job.size
+            logits = self.backend.head(rows, self.noise(job.samples, job.seed))  # (T, n, K)
+            draws = torch.softmax(logits, dim=-1) if job.keep_draws else None
+            outputs.append(PredictOutput(summarize(logits), draws))
+        return outputs
+
+    def warmup(self) -> None:
+        """Run one batch of each kind the service will see, so the first request is not slow."""
+        c, h, w = self.input_shape
+        job = PredictJob(torch.zeros(1, c, h, w), self.settings.default_samples, 0)
+        self.run([job])
+        if self.chunk is None and self.settings.max_batch > 1:
+            self.run([PredictJob(torch.zeros(self.settings.max_batch, c, h, w), 1, 0)])
+
+    # -- serving --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.running
+
+    async def predict(self, job: PredictJob) -> Batched[PredictOutput]:
+        """Queue ``job`` for the next batch and wait for its output.
+
+        Raises:
+            service.errors.Overloaded: the queue is full.
+            service.errors.ModelNotReady: the engine is not running.
+        """
+        return await self.batcher.submit(job)

@@ -1,0 +1,162 @@
+"""Domain exceptions and their HTTP mapping, in one place.
+
+Route code raises these (never a bare ``HTTPException`` for a domain problem);
+``install_error_handlers`` turns them into responses. Every error body has the one
+shape the Open Inference Protocol (and tritonclient) expects: ``{"error": "..."}``.
+Unexpected exceptions are logged with their traceback and answered with a generic
+500 that carries no internals (``CatchAllMiddleware``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of the errors a client can be told about.
+
+    Attributes:
+        status_code: HTTP status the error maps to.
+        headers: extra response headers (e.g. ``Retry-After``).
+    """
+
+    status_code = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class InvalidInput(ServiceError):  # noqa: N818  (KServe's names)
+    """The request is well-formed but its content is wrong (shape, range, image, option)."""
+
+    status_code = 400
+
+
+class ValidationFailed(InvalidInput):
+    """The request body does not match the schema (unknown field, wrong type)."""
+
+    status_code = 422
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The body's content type is not one the route reads."""
+
+    status_code = 415
+
+
+class Unauthorized(ServiceError):  # noqa: N818  (KServe's names)
+    """A protected route was called without the right API key."""
+
+    status_code = 401
+
+
+class NotFound(ServiceError):  # noqa: N818  (KServe's names)
+    """An unknown model name or version."""
+
+    status_code = 404
+
+
+class PayloadTooLarge(ServiceError):  # noqa: N818  (KServe's names)
+    """The body is over ``max_body_bytes``."""
+
+    status_code = 413
+
+
+class ModelNotReady(ServiceError):  # noqa: N818  (KServe's names)
+    """The model is not loaded (yet) or the service is shutting down."""
+
+    status_code = 503
+
+    def __init__(self, message: str = "the model is not loaded yet; retry shortly", retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class Overloaded(ServiceError):  # noqa: N818  (KServe's names)
+    """A bounded queue is full; the client should retry after ``retry_after`` seconds."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+def error_body(message: str) -> bytes:
+    """The JSON error body ``{"error": message}``."""
+    return json.dumps({"error": message}).encode()
+
+
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status_code=status_code, headers=headers, media_type="application/json")
+
+
+def describe_validation_errors(errors: list[dict[str, Any]] | Any) -> str:
+    """Pydantic/FastAPI validation errors as one readable sentence, e.g. ``samples: ...; seed: ...``."""
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        where = ".".join(loc) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _service_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    if exc.status_code >= 500:
+        logger.warning("%s: %s", type(exc).__name__, exc.message)
+    return error_response(exc.status_code, exc.message, exc.headers)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, describe_validation_errors(exc.errors()))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain exceptions, HTTP exceptions and validation errors to ``{"error": ...}`` responses."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+class CatchAllMiddleware:
+    """Log any unhandled exception and answer a generic 500 (no stack trace to the client)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await error_response(500, "internal server error; the incident was logged")(scope, receive, send)

@@ -1,0 +1,74 @@
+"""Prometheus metrics of one app, in a registry of its own (several apps can share a process).
+
+The names and labels are a contract with ``deploy/`` (dashboards, alerts): change
+them only together.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+SAMPLES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+MI_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+ATTACK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """Every metric the service exports, registered in ``self.registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "mfdv_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "mfdv_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue = Histogram(
+            "mfdv_queue_seconds", "time a prediction waited for the batcher", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.compute = Histogram(
+            "mfdv_compute_seconds",
+            "compute time of one batch (backbone once + draws)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "mfdv_batch_size", "images per backbone batch (padding excluded)", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.samples = Histogram("mfdv_samples", "noise draws T per request", buckets=SAMPLES_BUCKETS, registry=r)
+        self.mutual_information = Histogram(
+            "mfdv_mutual_information", "mutual information (nats) per predicted input", buckets=MI_BUCKETS, registry=r
+        )
+        self.inflight = Gauge("mfdv_inflight_requests", "HTTP requests being handled", registry=r)
+        self.model_info = Gauge(
+            "mfdv_model_info",
+            "the served model (value 1)",
+            ["model_id", "method", "arch", "dataset", "backend", "device"],
+            registry=r,
+        )
+        self.attacks = Counter("mfdv_attack", "attack probes run, by attack", ["attack"], registry=r)
+        self.attack_successes = Counter(
+            "mfdv_attack_success", "attack probes that changed the prediction, by attack", ["attack"], registry=r
+        )
+        self.attack_duration = Histogram(
+            "mfdv_attack_duration_seconds", "attack probe duration", ["attack"], buckets=ATTACK_BUCKETS, registry=r
+        )
+
+    def set_model(self, *, model_id: str, method: str, arch: str, dataset: str, backend: str, device: str) -> None:
+        """Publish the one served model in ``mfdv_model_info`` (previous entries removed)."""
+        self.model_info.clear()
+        self.model_info.labels(
+            model_id=model_id, method=method, arch=arch, dataset=dataset, backend=backend, device=device
+        ).set(1)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition format and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

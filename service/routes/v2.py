@@ -1,0 +1,346 @@
+"""Open Inference Protocol v2 (KServe / Triton), with the binary tensor data extension.
+
+Stock clients (``tritonclient.http``, KServe) work against these routes. The model
+takes one input ``image`` ([B,C,H,W] FP32 pixels in [0, 1], or UINT8 0..255) and
+answers ``probs``, ``label``, ``class_name``, ``predictive_entropy``,
+``expected_entropy``, ``mutual_information``, ``vote_agreement``, ``top_prob_stderr``
+and ``flagged``. Request ``parameters`` may carry ``samples`` and ``seed``; the
+response's ``parameters`` say which were used. Errors are ``{"error": "..."}``.
+
+Binary extension: with an ``Inference-Header-Content-Length`` header the body is that
+many bytes of JSON followed by raw tensors (``parameters.binary_data_size`` each, in
+input order); outputs asked for with ``binary_data`` (or all of them, with the
+request parameter ``binary_data_output``) come back the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Request, Response
+
+from .. import __version__
+from ..deps import AppState, EngineDep, StateDep
+from ..engine import MAX_SEED, InferenceEngine, PredictJob, random_seed
+from ..errors import InvalidInput, NotFound, PayloadTooLarge
+from ..inputs import check_batch
+from ..schemas import ErrorResponse, floats
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+
+HEADER_LENGTH = "inference-header-content-length"
+INPUT_NAME = "image"
+VERSION = "1"
+DTYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "FP16": np.dtype("<f2"),
+    "UINT8": np.dtype("u1"),
+}
+# name -> (datatype, per class: shape [B, K] rather than [B])
+OUTPUTS: dict[str, tuple[str, bool]] = {
+    "probs": ("FP32", True),
+    "label": ("INT64", False),
+    "class_name": ("BYTES", False),
+    "predictive_entropy": ("FP32", False),
+    "expected_entropy": ("FP32", False),
+    "mutual_information": ("FP32", False),
+    "vote_agreement": ("FP32", False),
+    "top_prob_stderr": ("FP32", False),
+    "flagged": ("BOOL", False),
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in (400, 404, 413, 503)}
+
+
+def _model(engine: InferenceEngine, name: str, version: str | None = None) -> InferenceEngine:
+    if name != engine.name:
+        raise NotFound(f"unknown model {name!r}; this server serves {engine.name!r}")
+    if version not in (None, VERSION):
+        raise NotFound(f"model {name!r} has no version {version!r}; the only version is {VERSION!r}")
+    return engine
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "mfdv-snn", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live", summary="Server live (200)")
+async def live() -> Response:
+    return Response(status_code=200)
+
+
+@router.get("/health/ready", summary="Server ready (200), else 503", responses=_ERRORS)
+async def ready(state: StateDep) -> Response:
+    state.ready_engine()
+    return Response(status_code=200)
+
+
+def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
+    c, h, w = engine.input_shape
+    k = len(engine.class_names)
+    return {
+        "name": engine.name,
+        "versions": [VERSION],
+        "platform": "onnxruntime_onnx" if engine.backend.name == "onnx" else "pytorch_libtorch",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, c, h, w]}],
+        "outputs": [
+            {"name": n, "datatype": dt, "shape": [-1, k] if per_class else [-1]}
+            for n, (dt, per_class) in OUTPUTS.items()
+        ],
+        "parameters": {"model_id": engine.model_id, "class_names": engine.class_names},
+    }
+
+
+@router.get("/models/{name}", summary="Model metadata", responses=_ERRORS)
+async def metadata(name: str, engine: EngineDep) -> dict[str, Any]:
+    return model_metadata(_model(engine, name))
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model metadata", responses=_ERRORS)
+async def metadata_version(name: str, version: str, engine: EngineDep) -> dict[str, Any]:
+    return model_metadata(_model(engine, name, version))
+
+
+@router.get("/models/{name}/ready", summary="Model ready (200), else 503/404", responses=_ERRORS)
+async def model_ready(name: str, engine: EngineDep) -> Response:
+    _model(engine, name)
+    return Response(status_code=200)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model ready (200)", responses=_ERRORS)
+async def model_version_ready(name: str, version: str, engine: EngineDep) -> Response:
+    _model(engine, name, version)
+    return Response(status_code=200)
+
+
+# -- inference ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A parsed v2 inference request."""
+
+    images: np.ndarray  # (B, C, H, W) float32
+    samples: int
+    seed: int
+    outputs: list[tuple[str, bool]]  # (name, binary)
+    request_id: str | None
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip/deflate bodies (tritonclient's request compression), bounded by ``limit`` bytes."""
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidInput(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+    d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise InvalidInput(f"the {encoding} body cannot be decompressed: {e}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise PayloadTooLarge(f"the decompressed body is over the limit of {limit} bytes; send fewer inputs")
+    return out
+
+
+def _int_param(params: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"parameter {key!r} must be an integer in [{lo}, {hi}]; got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidInput(f"parameter {key!r} must be in [{lo}, {hi}]; got {value}")
+    return value
+
+
+def _tensor(spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+    """One input tensor -> (array, new binary offset)."""
+    shape = spec.get("shape")
+    dtype_name = spec.get("datatype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidInput(f"input {INPUT_NAME!r} needs a shape: a list of non-negative integers; got {shape!r}")
+    if dtype_name not in DTYPES:
+        raise InvalidInput(
+            f"input {INPUT_NAME!r} has datatype {dtype_name!r}; send FP32 pixels in [0, 1] "
+            f"(or UINT8 0..255; supported: {sorted(DTYPES)})"
+        )
+    dtype = DTYPES[dtype_name]
+    count = int(np.prod(shape)) if shape else 1
+    params = spec.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidInput(f"binary_data_size must be a non-negative integer; got {size!r}")
+        if size != count * dtype.itemsize:
+            raise InvalidInput(
+                f"input {INPUT_NAME!r}: binary_data_size is {size} bytes but shape {shape} of {dtype_name} "
+                f"needs {count * dtype.itemsize}"
+            )
+        if offset + size > len(binary):
+            raise InvalidInput(
+                f"input {INPUT_NAME!r} declares {size} binary bytes but only {len(binary) - offset} follow the "
+                "JSON header; check Inference-Header-Content-Length"
+            )
+        arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
+        offset += size
+    else:
+        if "data" not in spec:
+            raise InvalidInput(f"input {INPUT_NAME!r} has neither `data` nor parameters.binary_data_size")
+        try:
+            arr = np.asarray(spec["data"], dtype=dtype)
+        except (ValueError, TypeError, OverflowError):
+            raise InvalidInput(f"input {INPUT_NAME!r}: `data` must be numbers of datatype {dtype_name}") from None
+        if arr.size != count:
+            raise InvalidInput(f"input {INPUT_NAME!r}: `data` has {arr.size} values but shape {shape} needs {count}")
+    arr = arr.reshape(shape)
+    if dtype_name == "UINT8":
+        return arr.astype(np.float32) / 255.0, offset
+    return arr, offset
+
+
+def parse_infer(body: bytes, header_length: str | None, state: AppState, engine: InferenceEngine) -> InferRequest:
+    """Parse and validate a v2 inference body (JSON, or JSON + binary tensors)."""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidInput(f"Inference-Header-Content-Length must be an integer; got {header_length!r}") from None
+        if not 0 < n <= len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes")
+        head, binary = body[:n], body[n:]
+    else:
+        head, binary = body, b""
+    try:
+        req = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"the inference header is not valid JSON ({e})") from None
+    if not isinstance(req, dict):
+        raise InvalidInput('the inference request must be a JSON object with "inputs"')
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput(f"send exactly one input, named {INPUT_NAME!r}")
+    spec = inputs[0]
+    if spec.get("name") != INPUT_NAME:
+        raise InvalidInput(f"unknown input {spec.get('name')!r}; this model's only input is {INPUT_NAME!r}")
+    arr, used = _tensor(spec, binary, 0)
+    if used != len(binary):
+        raise InvalidInput(f"{len(binary) - used} binary bytes follow the header but no input declares them")
+    images = check_batch(arr, state.input_spec(engine), f"input {INPUT_NAME!r}", state.settings.max_inputs)
+    params = req.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput("`parameters` must be a JSON object")
+    samples = _int_param(params, "samples", 1, state.settings.max_samples)
+    seed = _int_param(params, "seed", 0, MAX_SEED)
+    binary_default = bool(params.get("binary_data_output", False))
+    requested = req.get("outputs")
+    if requested is None:
+        outputs = [(name, binary_default) for name in OUTPUTS]
+    else:
+        if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+            raise InvalidInput('`outputs` must be a list of {"name": ...} objects')
+        outputs = []
+        for o in requested:
+            name = o.get("name")
+            if name not in OUTPUTS:
+                raise InvalidInput(f"unknown output {name!r}; choose among {list(OUTPUTS)}")
+            oparams = o.get("parameters") or {}
+            outputs.append((name, bool(oparams.get("binary_data", binary_default))))
+    request_id = req.get("id")
+    return InferRequest(
+        images=images,
+        samples=samples if samples is not None else state.settings.default_samples,
+        seed=seed if seed is not None else random_seed(),
+        outputs=outputs,
+        request_id=str(request_id) if request_id is not None else None,
+    )
+
+
+def _output_values(name: str, engine: InferenceEngine, u: Any) -> np.ndarray:
+    if name == "probs":
+        return u.mean_probs.numpy().astype(np.float32)
+    if name == "label":
+        return u.label.numpy().astype(np.int64)
+    if name == "class_name":
+        return np.array([engine.class_names[i] for i in u.label.tolist()], dtype=object)
+    if name == "flagged":
+        return (u.mutual_information > engine.mi_threshold).numpy()
+    return getattr(u, name).numpy().astype(np.float32)
+
+
+def _binary(values: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(b)) + b for b in (str(s).encode() for s in values.ravel()))
+    if datatype == "BOOL":
+        return values.astype(np.bool_).tobytes()
+    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+
+
+def _json_data(values: np.ndarray, datatype: str) -> list[Any]:
+    flat = values.ravel()
+    if datatype == "FP32":
+        return floats(flat)
+    if datatype == "BYTES":
+        return [str(s) for s in flat]
+    return flat.tolist()
+
+
+@router.post("/models/{name}/infer", summary="Inference (JSON or binary tensors)", responses=_ERRORS)
+async def infer(name: str, request: Request, state: StateDep, engine: EngineDep) -> Response:
+    return await _infer(request, state, _model(engine, name))
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference (JSON or binary)", responses=_ERRORS)
+async def infer_version(name: str, version: str, request: Request, state: StateDep, engine: EngineDep) -> Response:
+    return await _infer(request, state, _model(engine, name, version))
+
+
+async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> Response:
+    body = _decompress(
+        await request.body(),
+        request.headers.get("content-encoding", "").strip().lower(),
+        state.settings.max_body_bytes,
+    )
+    req = parse_infer(body, request.headers.get(HEADER_LENGTH), state, engine)
+    job = PredictJob(torch.from_numpy(np.array(req.images, dtype=np.float32, order="C")), req.samples, req.seed)
+    out = await engine.predict(job)
+    u = out.result.uncertainty
+    state.metrics.samples.observe(req.samples)
+    for v in u.mutual_information.tolist():
+        state.metrics.mutual_information.observe(v)
+
+    outputs, chunks = [], []
+    for oname, binary in req.outputs:
+        datatype = OUTPUTS[oname][0]
+        values = _output_values(oname, engine, u)
+        entry: dict[str, Any] = {"name": oname, "datatype": datatype, "shape": list(values.shape)}
+        if binary:
+            raw = _binary(values, datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _json_data(values, datatype)
+        outputs.append(entry)
+    resp: dict[str, Any] = {
+        "model_name": engine.name,
+        "model_version": VERSION,
+        "parameters": {"samples": req.samples, "seed": req.seed, "model_id": engine.model_id},
+        "outputs": outputs,
+    }
+    if req.request_id is not None:
+        resp["id"] = req.request_id
+    head = json.dumps(resp, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(head, media_type="application/json")
+    return Response(
+        head + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )

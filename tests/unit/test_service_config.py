@@ -1,0 +1,90 @@
+"""Settings from the environment, their validation, and the ``python -m service`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service import Settings
+from service.__main__ import main, parse_args
+
+ENV = {
+    "MFDV_MODEL_DIR": "/models/x",
+    "MFDV_HOST": "0.0.0.0",
+    "MFDV_PORT": "9000",
+    "MFDV_WORKERS": "2",
+    "MFDV_DEVICE": "cpu",
+    "MFDV_BACKEND": "onnx",
+    "MFDV_DEFAULT_SAMPLES": "8",
+    "MFDV_MAX_SAMPLES": "128",
+    "MFDV_MAX_BATCH": "16",
+    "MFDV_MAX_WAIT_MS": "2.5",
+    "MFDV_QUEUE_SIZE": "10",
+    "MFDV_MAX_BODY_BYTES": "100000",
+    "MFDV_MAX_INPUTS": "3",
+    "MFDV_API_KEY": "s3cret-key",
+}
+
+
+def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ENV:
+        monkeypatch.delenv(key, raising=False)
+    s = Settings()
+    assert s.model_dir == Path("checkpoints/fashion_mnist_mfdv")
+    assert (s.host, s.port, s.workers, s.device, s.backend) == ("127.0.0.1", 8000, 1, "auto", "torch")
+    assert (s.default_samples, s.max_samples, s.max_batch, s.max_wait_ms) == (32, 256, 64, 5)
+    assert (s.queue_size, s.max_body_bytes, s.api_key, s.batch_invariant) == (1024, 8 * 1024 * 1024, None, True)
+
+
+def test_every_setting_reads_its_mfdv_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    s = Settings()
+    assert s.model_dir == Path("/models/x") and s.host == "0.0.0.0" and s.port == 9000 and s.workers == 2
+    assert s.device == "cpu" and s.backend == "onnx"
+    assert (s.default_samples, s.max_samples, s.max_batch, s.max_wait_ms) == (8, 128, 16, 2.5)
+    assert (s.queue_size, s.max_body_bytes, s.max_inputs) == (10, 100000, 3)
+    assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret-key"
+    assert "s3cret" not in repr(s)  # the key is not logged with the settings
+    assert Settings(max_batch=4).max_batch == 4  # arguments win over the environment
+
+
+def test_empty_api_key_means_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MFDV_API_KEY", "")
+    assert Settings().api_key is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"device": "gpu"}, "'auto', 'cpu' or 'cuda'"),
+        ({"backend": "tensorrt"}, "'torch' or 'onnx'"),
+        ({"max_samples": 0}, "greater than or equal to 1"),
+        ({"default_samples": 300}, "must not exceed max_samples"),
+        ({"max_wait_ms": -1}, "greater than or equal to 0"),
+        ({"port": 70000}, "less than or equal to 65535"),
+        ({"max_bacth": 3}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_settings_fail_at_once_naming_what_is_valid(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        Settings(**kwargs)
+
+
+def test_command_line_flags() -> None:
+    args = parse_args(["--host", "0.0.0.0", "--port", "8123", "--model-dir", "ck/x", "--backend", "onnx"])
+    assert (args.host, args.port, args.model_dir, args.backend) == ("0.0.0.0", 8123, "ck/x", "onnx")
+    assert parse_args([]).host is None  # unset flags leave the environment's value
+
+
+def test_main_exits_2_on_a_missing_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["--model-dir", str(tmp_path / "nope"), "--port", "0"]) == 2
+    assert "does not exist" in caplog.text
+
+
+def test_main_exits_2_on_invalid_settings(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MFDV_MAX_SAMPLES", "0")
+    assert main(["--port", "0"]) == 2
+    assert "max_samples" in caplog.text

@@ -1,0 +1,309 @@
+"""Engine, backends, micro-batcher and bounded pool: one backbone pass, batch invariance, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service import Settings, create_app
+from service.backends import BackendError, OnnxBackend, TorchBackend, resolve_device, split_onnx
+from service.batcher import MicroBatcher
+from service.engine import InferenceEngine, PredictJob
+from service.errors import ModelNotReady, Overloaded
+from service.pool import BoundedPool
+
+SIZE = 14
+FIELDS = ("mean_probs", "label", "predictive_entropy", "expected_entropy", "mutual_information", "vote_agreement")
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def load(checkpoint: Path, **kw: object) -> InferenceEngine:
+    return InferenceEngine.load(Settings(model_dir=checkpoint, device="cpu", **kw))  # type: ignore[arg-type]
+
+
+def run_concurrently(engine: InferenceEngine, jobs: list[PredictJob]) -> list:
+    async def go() -> list:
+        engine.start()
+        try:
+            return await asyncio.gather(*(engine.predict(j) for j in jobs))
+        finally:
+            await engine.stop()
+
+    return asyncio.run(go())
+
+
+# -- backends -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["tiny_checkpoint", "tiny_vanilla_checkpoint"])
+def test_torch_and_onnx_backends_agree(which: str, request: pytest.FixtureRequest) -> None:
+    checkpoint = request.getfixturevalue(which)
+    torch_engine, onnx_engine = load(checkpoint, backend="torch"), load(checkpoint, backend="onnx")
+    assert onnx_engine.backend.name == "onnx"
+    jobs = [PredictJob(images(3, 1), 64, 5), PredictJob(images(1, 2), 7, 6)]
+    for a, b in zip(torch_engine.run(jobs), onnx_engine.run(jobs), strict=True):
+        for f in FIELDS:
+            x, y = getattr(a.uncertainty, f), getattr(b.uncertainty, f)
+            assert torch.allclose(x.double(), y.double(), atol=1e-4), f
+
+
+def test_backend_logits_equal_the_models_forward(tiny_checkpoint: Path) -> None:
+    engine = load(tiny_checkpoint)
+    model = engine.checkpoint.model
+    x, noise = images(5), torch.randn(9, model.feature_dim)
+    with torch.no_grad():
+        ref = model(x, noise)
+    for backend in (TorchBackend(engine.checkpoint, "cpu"), OnnxBackend(engine.checkpoint, "cpu")):
+        out = backend.logits(x, noise)
+        assert out.shape == (9, 5, 4)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_onnx_split_refuses_graphs_of_another_form(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["image", "noise"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("image", "noise")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(BackendError, match="MFDV_BACKEND=torch"):
+        split_onnx(path)
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+# -- one backbone pass, T draws ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("invariant", [True, False])
+def test_t_draws_cost_one_backbone_pass(tiny_checkpoint: Path, invariant: bool) -> None:
+    engine = load(tiny_checkpoint, max_batch=8, max_wait_ms=200, batch_invariant=invariant)
+    calls = []
+    engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    jobs = [PredictJob(images(3, 0), 256, 1), PredictJob(images(2, 1), 64, 2), PredictJob(images(1, 2), 1, 3)]
+    results = run_concurrently(engine, jobs)
+    assert all(r.batch_size == 6 for r in results)
+    assert calls == [8 if invariant else 6]  # one pass for 3 requests and 321 draws in all
+
+
+def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(tiny_checkpoint: Path) -> None:
+    engine = load(tiny_checkpoint, max_batch=4, max_inputs=16)
+    calls = []
+    engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    x = images(10)
+    big = engine.run([PredictJob(x, 8, 1)])[0]
+    assert calls == [4, 4, 4]
+    alone = engine.run([PredictJob(x[7:8], 8, 1)])[0]  # same seed, same draws for row 7
+    assert torch.equal(big.uncertainty.mean_probs[7], alone.uncertainty.mean_probs[0])
+
+
+# -- batch invariance ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_same_seed_alone_or_batched_with_others_is_bit_identical(tiny_checkpoint: Path, backend: str) -> None:
+    engine = load(tiny_checkpoint, backend=backend, max_batch=8, max_wait_ms=300)
+    target = PredictJob(images(1, 42), 16, 1234)
+    alone = run_concurrently(engine, [target])[0]
+    others = [PredictJob(images(1 + i % 2, i), 4 + i, i) for i in range(5)]
+    batched = run_concurrently(engine, [others[0], others[1], target, others[2], others[3]])
+    assert alone.batch_size == 1 and batched[2].batch_size == 7
+    for f in (*FIELDS, "prob_std", "top_prob_stderr", "votes"):
+        assert torch.equal(getattr(alone.result.uncertainty, f), getattr(batched[2].result.uncertainty, f)), f
+    # ...and inside a request of several inputs, each input's answer is its answer alone
+    pair = engine.run([PredictJob(torch.cat([others[4].images[:1], target.images]), 16, 1234)])[0]
+    assert torch.equal(pair.uncertainty.mean_probs[1], alone.result.uncertainty.mean_probs[0])
+
+
+def test_without_padding_batched_answers_still_agree_closely(tiny_checkpoint: Path) -> None:
+    engine = load(tiny_checkpoint, max_batch=8, max_wait_ms=300, batch_invariant=False)
+    target = PredictJob(images(1, 42), 16, 99)
+    alone = run_concurrently(engine, [target])[0]
+    batched = run_concurrently(engine, [PredictJob(images(5, 1), 4, 0), target])[1]
+    assert batched.batch_size == 6
+    torch.testing.assert_close(alone.result.uncertainty.mean_probs, batched.result.uncertainty.mean_probs)
+
+
+def test_http_responses_do_not_depend_on_concurrent_traffic(tiny_checkpoint: Path) -> None:
+    settings = Settings(model_dir=tiny_checkpoint, device="cpu", max_batch=16, max_wait_ms=150)
+    target = {"inputs": [np.full((SIZE, SIZE), 0.7).tolist()], "samples": 32, "seed": 77}
+    others = [{"inputs": images(1 + i % 3, i)[:, 0].tolist(), "samples": 8, "seed": i} for i in range(6)]
+    with TestClient(create_app(settings)) as c:
+        alone = c.post("/v1/predict", json=target)
+        with ThreadPoolExecutor(7) as pool:
+            futures = [pool.submit(c.post, "/v1/predict", json=body) for body in [*others[:3], target, *others[3:]]]
+            responses = [f.result() for f in futures]
+    mine = responses[3]
+    assert mine.status_code == 200 and mine.json()["timing"]["batch_size"] > 1, mine.json()["timing"]
+    assert mine.content.partition(b',"timing":')[0] == alone.content.partition(b',"timing":')[0]
+
+
+# -- back-pressure ----------------------------------------------------------------------------------
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_checkpoint: Path) -> None:
+    settings = Settings(model_dir=tiny_checkpoint, device="cpu", max_batch=1, max_wait_ms=0, queue_size=1)
+    app = create_app(settings)
+    body = {"inputs": [np.zeros((SIZE, SIZE)).tolist()], "samples": 2}
+    with TestClient(app) as c:
+        backend = app.state.mfdv.engine.backend
+        real = backend.backbone
+
+        def slow(x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.4)
+            return real(x)
+
+        backend.backbone = slow
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda _: c.post("/v1/predict", json=body), range(6)))
+        codes = sorted(r.status_code for r in responses)
+        rejected = [r for r in responses if r.status_code == 503]
+        assert codes[0] == 200 and rejected, codes
+        assert rejected[0].headers["retry-after"] == "1" and "queue is full" in rejected[0].json()["error"]
+        assert 'route="/v1/predict",status="503"' in c.get("/metrics").text
+
+
+@dataclass(frozen=True)
+class Item:
+    size: int
+    tag: str = ""
+
+
+def test_batcher_coalesces_up_to_max_batch_in_arrival_order() -> None:
+    seen: list[list[str]] = []
+
+    def process(items: list[Item]) -> list[str]:
+        seen.append([i.tag for i in items])
+        return [i.tag.upper() for i in items]
+
+    async def go() -> list:
+        b: MicroBatcher[Item, str] = MicroBatcher(process, max_batch=4, max_wait_s=0.2, queue_size=16)
+        b.start()
+        try:
+            sizes = {"a": 1, "b": 2, "c": 2, "d": 1, "e": 9}
+            return await asyncio.gather(*(b.submit(Item(n, t)) for t, n in sizes.items()))
+        finally:
+            await b.stop()
+
+    out = asyncio.run(go())
+    assert [r.result for r in out] == ["A", "B", "C", "D", "E"]
+    assert seen == [["a", "b"], ["c", "d"], ["e"]]  # c does not fit beside a+b; e (9 > 4) runs alone
+    assert [r.batch_size for r in out] == [3, 3, 3, 3, 9]
+
+
+def test_batcher_failures_reach_every_caller_and_it_keeps_serving() -> None:
+    def process(items: list[Item]) -> list[int]:
+        if any(i.tag == "bad" for i in items):
+            raise ValueError("boom")
+        return [i.size for i in items]
+
+    async def go() -> tuple[list, int]:
+        b: MicroBatcher[Item, int] = MicroBatcher(process, max_batch=8, max_wait_s=0.1, queue_size=8)
+        with pytest.raises(ModelNotReady):
+            await b.submit(Item(1))
+        b.start()
+        try:
+            first = await asyncio.gather(b.submit(Item(1, "bad")), b.submit(Item(2)), return_exceptions=True)
+            after = await b.submit(Item(3))
+            return first, after.result
+        finally:
+            await b.stop()
+
+    first, after = asyncio.run(go())
+    assert all(isinstance(e, ValueError) for e in first) and after == 3
+
+
+def test_batcher_rejects_when_full_and_fails_waiters_on_stop() -> None:
+    release = threading.Event()
+
+    def process(items: list[Item]) -> list[int]:
+        release.wait(5)
+        return [0 for _ in items]
+
+    async def go() -> None:
+        b: MicroBatcher[Item, int] = MicroBatcher(process, max_batch=1, max_wait_s=0, queue_size=1)
+        b.start()
+        running = asyncio.ensure_future(b.submit(Item(1)))
+        await asyncio.sleep(0.05)  # the worker took it and is computing
+        waiting = asyncio.ensure_future(b.submit(Item(1)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await b.submit(Item(1))
+        stopping = asyncio.ensure_future(b.stop())
+        await asyncio.sleep(0.05)
+        release.set()
+        await stopping
+        with pytest.raises(ModelNotReady, match="shutting down"):
+            await waiting
+        assert running.done()
+
+    asyncio.run(go())
+
+
+# -- bounded pool for attack probes ----------------------------------------------------------------------
+
+
+def test_bounded_pool_limits_running_and_waiting_jobs() -> None:
+    gate = threading.Event()
+
+    def work(x: int) -> int:
+        gate.wait(5)
+        return x * 2
+
+    async def go() -> None:
+        pool = BoundedPool(workers=1, max_pending=1, name="attack", retry_after=7)
+        jobs = [asyncio.ensure_future(pool.run(work, i)) for i in range(2)]
+        await asyncio.sleep(0.05)
+        assert pool.admitted == 2
+        with pytest.raises(Overloaded) as info:
+            await pool.run(work, 9)
+        assert info.value.headers["Retry-After"] == "7" and "attack pool is busy" in info.value.message
+        jobs[1].cancel()  # the caller gives up; its job had not started, so its slot frees
+        await asyncio.sleep(0.05)
+        assert pool.admitted == 1
+        jobs[0].cancel()  # the running job keeps its slot until its thread is done
+        await asyncio.sleep(0.05)
+        assert pool.admitted == 1
+        gate.set()
+        await asyncio.sleep(0.1)
+        assert pool.admitted == 0
+        assert await pool.run(work, 4) == 8
+        pool.shutdown()
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def engine_app(tiny_checkpoint: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_dir=tiny_checkpoint, device="cpu", attack_workers=2))) as c:
+        yield c
+
+
+def test_app_has_an_attack_pool_and_the_torch_model_for_probes(engine_app: TestClient) -> None:
+    state = engine_app.app.state.mfdv  # type: ignore[attr-defined]
+    assert state.attack_pool is not None and state.attack_pool.workers == 2
+    assert isinstance(state.engine.checkpoint.model, torch.nn.Module)
