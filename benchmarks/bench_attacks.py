@@ -34,17 +34,22 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from models import StochasticClassifier, load_checkpoint, majority_vote  # noqa: E402
-from models.attacks import predict_draws, run_attack  # noqa: E402
+from models.attacks import eval_mode, predict_draws, run_attack  # noqa: E402
 
 log = logging.getLogger("bench_attacks")
 
 
 class OneDrawLogits(nn.Module):
-    """torchattacks wants ``module(x) -> [B, K]``: logits under one fresh noise draw per call."""
+    """torchattacks wants ``module(x) -> [B, K]``: logits under one fresh noise draw per call.
+
+    Built in eval mode: torchattacks puts the wrapped module back into the mode it found
+    it in, and a fresh module is in train mode (BatchNorm would then use batch statistics).
+    """
 
     def __init__(self, model: StochasticClassifier) -> None:
         super().__init__()
         self.model = model
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, self.model.sample_noise(1))[0]
@@ -68,14 +73,14 @@ def load_inputs(
         log.warning("no dataset (%s); using random valid inputs labelled by the model's clean vote", e)
     gen = torch.Generator().manual_seed(args.seed + 1)
     x = torch.rand((args.n, *shape), generator=gen).to(device)
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         y = majority_vote(predict_draws(model, x, args.judge, torch.Generator().manual_seed(args.seed + 2)))
     return x, y, "RANDOM inputs (no dataset found), labels = the model's clean majority vote"
 
 
 def robust_accuracy(model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, samples: int, seed: int) -> float:
     """Share of inputs whose majority vote over ``samples`` fresh draws is the true label."""
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         votes = majority_vote(predict_draws(model, x, samples, torch.Generator().manual_seed(seed)))
     return (votes == y).float().mean().item()
 
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         OneDrawLogits(model), eps=args.eps, alpha=alpha, steps=args.steps, eot_iter=args.eot
     )
     theirs, t_theirs = timed(lambda: theirs_attack(x, y), device)
+    if model.training:
+        raise RuntimeError("the model was left in train mode")
 
     judge_seed = args.seed + 12345
     clean = robust_accuracy(model, x, y, args.judge, judge_seed)

@@ -15,11 +15,16 @@ from tests.unit._attack_models import one_thread, synthetic, trained_model
 
 
 class NoiseFreeLogits(nn.Module):
-    """torchattacks wants ``module(x) -> [B, K]``: the noise-free logits."""
+    """torchattacks wants ``module(x) -> [B, K]``: the noise-free logits.
+
+    Built in eval mode: torchattacks restores the mode it found the module in, and a
+    fresh module is in train mode, which would leave the shared model in train mode.
+    """
 
     def __init__(self, model: StochasticClassifier) -> None:
         super().__init__()
         self.model = model
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, None)[0]
@@ -47,6 +52,7 @@ def test_fgsm_matches_torchattacks(setup: tuple[StochasticClassifier, torch.Tens
     model, x, y = setup
     ours = run_attack("fgsm", model, x, y, eps=eps).x_adv
     theirs = torchattacks.FGSM(NoiseFreeLogits(model), eps=eps)(x, y)
+    assert not model.training
     ours_fooled, theirs_fooled = fooled(model, ours, y), fooled(model, theirs, y)
     assert 0 < int(theirs_fooled.sum()) < len(y)  # the comparison means something
     assert torch.equal(ours_fooled, theirs_fooled)
@@ -59,6 +65,7 @@ def test_pgd_matches_torchattacks(setup: tuple[StochasticClassifier, torch.Tenso
     alpha, steps = eps / 4, 10
     ours = run_attack("pgd", model, x, y, eps=eps, steps=steps, alpha=alpha, random_start=False).x_adv
     theirs = torchattacks.PGD(NoiseFreeLogits(model), eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
+    assert not model.training
     ours_fooled, theirs_fooled = fooled(model, ours, y), fooled(model, theirs, y)
     assert 0 < int(theirs_fooled.sum()) < len(y)
     assert torch.equal(ours_fooled, theirs_fooled)
