@@ -69,7 +69,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class SmallCNN(nn.Module):
     """Four 3x3 conv layers + one hidden linear layer; the default for 28x28 inputs."""
 
-    def __init__(self, in_chans: int = 1, img_size: int = 28, width: int = 32, hidden: int = 256) -> None:
+    def __init__(self, in_chans: int = 1, img_size: int = 28, width: int = 32, hidden: int = 128) -> None:
         super().__init__()
         if img_size % 4:
             raise ValueError(f"small_cnn needs an image size divisible by 4, got {img_size}")
