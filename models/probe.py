@@ -236,10 +236,8 @@ def _flagged(mi: float, threshold: float | None) -> bool | None:
 
 
 def _ci(successes: int, n: int) -> list[float]:
-    """Wilson 95% interval, widened by rounding error only so that it contains successes / n."""
-    lo, hi = wilson_interval(successes, n)
-    p = successes / n
-    return [min(lo, p), max(hi, p)]
+    """Wilson 95% interval."""
+    return list(wilson_interval(successes, n))
 
 
 def _validate_inputs(

@@ -11,37 +11,9 @@ the step-size checks is the mean over the same draws, so it costs nothing extra.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..classifier import StochasticClassifier
-from .base import AttackResult, dlr_loss, eot_logits, eval_mode, project_linf, register_attack
-
-
-def eot_loss_grad(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eot: int,
-    generator: torch.Generator | None = None,
-    loss: str = "ce",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-input loss [B] averaged over ``eot`` draws (0: noise off) and its gradient w.r.t. x.
-
-    The gradient is exactly ``base.eot_grad`` for the same generator state (same draws,
-    same loss, one backward pass); the per-input loss values come out of the same pass.
-    """
-    x = x.detach().requires_grad_(True)
-    logits = eot_logits(model, x, eot, generator)  # (T, B, K)
-    t = logits.shape[0]
-    if loss == "ce":
-        per_draw = F.cross_entropy(logits.flatten(0, 1), y.repeat(t), reduction="none").view(t, -1)  # (T, B)
-    elif loss == "dlr":
-        per_draw = dlr_loss(logits, y)  # (T, B)
-    else:
-        raise ValueError(f"unknown loss {loss!r}; choose 'ce' or 'dlr'")
-    per_input = per_draw.mean(0)  # (B,)
-    (grad,) = torch.autograd.grad(per_input.sum(), x)
-    return per_input.detach(), grad
+from .base import AttackResult, eot_loss_grad, eval_mode, project_linf, register_attack
 
 
 def _oscillation(loss_hist: list[torch.Tensor], k: int, rho: float) -> torch.Tensor:

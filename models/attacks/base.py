@@ -110,6 +110,33 @@ def eot_logits(
     return model.head(mu, noise)  # (T, B, K)
 
 
+def eot_loss_grad(
+    model: StochasticClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eot: int,
+    generator: torch.Generator | None = None,
+    loss: str = "ce",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input loss [B] averaged over ``eot`` draws (0: noise off) and its gradient w.r.t. x.
+
+    One backward pass whatever ``eot`` is (all noise is after the backbone); ``eot_grad``
+    is its gradient alone.
+    """
+    x = x.detach().requires_grad_(True)
+    logits = eot_logits(model, x, eot, generator)  # (T, B, K)
+    t = logits.shape[0]
+    if loss == "ce":
+        per_draw = F.cross_entropy(logits.flatten(0, 1), y.repeat(t), reduction="none").view(t, -1)  # (T, B)
+    elif loss == "dlr":
+        per_draw = dlr_loss(logits, y)  # (T, B)
+    else:
+        raise ValueError(f"unknown loss {loss!r}; choose 'ce' or 'dlr'")
+    per_input = per_draw.mean(0)  # (B,)
+    (grad,) = torch.autograd.grad(per_input.sum(), x)
+    return per_input.detach(), grad
+
+
 def eot_grad(
     model: StochasticClassifier,
     x: torch.Tensor,
@@ -125,17 +152,7 @@ def eot_grad(
     Each input's loss is summed over the batch, so its gradient does not depend
     on the batch size.
     """
-    x = x.detach().requires_grad_(True)
-    logits = eot_logits(model, x, eot, generator)  # (T, B, K)
-    t = logits.shape[0]
-    if loss == "ce":
-        value = F.cross_entropy(logits.flatten(0, 1), y.repeat(t), reduction="sum") / t
-    elif loss == "dlr":
-        value = dlr_loss(logits, y).sum() / t
-    else:
-        raise ValueError(f"unknown loss {loss!r}; choose 'ce' or 'dlr'")
-    (grad,) = torch.autograd.grad(value, x)
-    return grad
+    return eot_loss_grad(model, x, y, eot, generator, loss)[1]
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.attacks import eot_grad, get_attack, list_attacks, run_attack
-from models.attacks.apgd import eot_loss_grad
-from models.attacks.base import dlr_loss
+from models.attacks.base import dlr_loss, eot_loss_grad
 from models.attacks.square import model_score_fn, p_selection, square_linf
 from tests.unit._attack_models import one_thread, synthetic, tiny_model, trained_model
 

@@ -65,3 +65,11 @@ def test_wilson_interval_known_values() -> None:
     assert hi == pytest.approx(0.7634, abs=1e-4)
     lo, hi = wilson_interval(0, 20)
     assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
+
+
+def test_wilson_interval_contains_the_estimate_at_the_ends() -> None:
+    for n in (1, 7, 64, 1000):
+        assert wilson_interval(n, n)[1] == 1.0
+        assert wilson_interval(0, n)[0] == 0.0
+        lo, hi = wilson_interval(n // 3, n)
+        assert lo <= (n // 3) / n <= hi
