@@ -34,9 +34,12 @@ class Settings(BaseSettings):
         max_body_bytes: largest request body; larger bodies get 413 before they are read.
         max_inputs: most inputs (images) in one request.
         max_image_pixels: largest width x height an uploaded image may claim (decompression-bomb guard).
-        batch_invariant: run the backbone on fixed-shape chunks of ``max_batch`` rows (zero-padded),
-            so an input's answer is bit-identical whatever else shares its batch; off saves the
-            padded compute at low load (answers then agree to ~1e-6 across batch compositions).
+        backbone_chunk: rows per backbone call; a batch runs as consecutive chunks of this size.
+            Unset: ``max_batch`` on CUDA, ``min(max_batch, 4)`` on CPU (where larger batches stop
+            paying off: activations fall out of cache).
+        batch_invariant: pad every backbone call to exactly ``backbone_chunk`` rows (zeros), so an
+            input's answer is bit-identical whatever else shares its batch; off saves the padded
+            compute at low load (answers then agree to ~1e-6 across batch compositions).
         api_key: key the attack-probe endpoint requires in ``X-API-Key`` (unset or empty: open).
         attack_workers: threads running attack probes (apart from the prediction batcher).
         attack_queue_size: probes allowed to wait for an attack worker before 503 + Retry-After.
@@ -59,6 +62,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_inputs: int = Field(64, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
+    backbone_chunk: int | None = Field(None, ge=1)
     batch_invariant: bool = True
     api_key: SecretStr | None = None
     attack_workers: int = Field(1, ge=1)

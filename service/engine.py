@@ -1,7 +1,8 @@
 """The inference engine: checkpoint + backend + micro-batcher, one backbone pass per batch.
 
 For a batch of requests the engine runs the backbone once over all their images
-(in fixed-shape chunks when ``batch_invariant``), then gives every request its own
+(in chunks of ``backbone_chunk`` rows, each padded to that fixed shape when
+``batch_invariant``), then gives every request its own
 T noise draws from a generator seeded with the request's seed and summarizes them
 (mean probabilities and uncertainty). Nothing a request gets depends on the other
 requests in its batch, so the same seed gives the same answer.
@@ -26,6 +27,7 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1
+CPU_CHUNK = 4  # rows per backbone call on CPU unless MFDV_BACKBONE_CHUNK says otherwise (see docs/service.md)
 
 
 def random_seed() -> int:
@@ -90,7 +92,10 @@ class InferenceEngine:
         self.checkpoint = checkpoint
         self.backend = backend
         self.settings = settings
-        self.chunk = settings.max_batch if settings.batch_invariant else None
+        self.chunk = settings.backbone_chunk or (
+            settings.max_batch if backend.device == "cuda" else min(settings.max_batch, CPU_CHUNK)
+        )
+        self.pad = settings.batch_invariant
         self.batcher: MicroBatcher[PredictJob, PredictOutput] = MicroBatcher(
             self.run,
             max_batch=settings.max_batch,
@@ -164,15 +169,12 @@ class InferenceEngine:
         return draw_noise(samples, self.feature_dim, seed)
 
     def backbone(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone state for [N, C, H, W]: one pass, or fixed-shape chunks of ``chunk`` rows (zero-padded)."""
-        if self.chunk is None:
-            self.backbone_calls += 1
-            return self.backend.backbone(images)
+        """Backbone state for [N, C, H, W], in chunks of ``chunk`` rows (zero-padded to ``chunk`` when ``pad``)."""
         parts = []
         for start in range(0, images.shape[0], self.chunk):
             part = images[start : start + self.chunk]
             n = part.shape[0]
-            if n < self.chunk:
+            if self.pad and n < self.chunk:
                 part = torch.cat([part, part.new_zeros((self.chunk - n, *part.shape[1:]))])
             self.backbone_calls += 1
             parts.append(self.backend.backbone(part)[:n])
@@ -194,10 +196,9 @@ class InferenceEngine:
     def warmup(self) -> None:
         """Run one batch of each kind the service will see, so the first request is not slow."""
         c, h, w = self.input_shape
-        job = PredictJob(torch.zeros(1, c, h, w), self.settings.default_samples, 0)
-        self.run([job])
-        if self.chunk is None and self.settings.max_batch > 1:
-            self.run([PredictJob(torch.zeros(self.settings.max_batch, c, h, w), 1, 0)])
+        self.run([PredictJob(torch.zeros(1, c, h, w), self.settings.default_samples, 0)])
+        if not self.pad and self.chunk > 1:
+            self.run([PredictJob(torch.zeros(self.chunk, c, h, w), 1, 0)])
 
     # -- serving --------------------------------------------------------------------------
 

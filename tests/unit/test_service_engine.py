@@ -101,13 +101,19 @@ def test_device_resolution() -> None:
 
 @pytest.mark.parametrize("invariant", [True, False])
 def test_t_draws_cost_one_backbone_pass(tiny_checkpoint: Path, invariant: bool) -> None:
-    engine = load(tiny_checkpoint, max_batch=8, max_wait_ms=200, batch_invariant=invariant)
+    engine = load(tiny_checkpoint, max_batch=8, max_wait_ms=200, batch_invariant=invariant, backbone_chunk=8)
     calls = []
     engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
     jobs = [PredictJob(images(3, 0), 256, 1), PredictJob(images(2, 1), 64, 2), PredictJob(images(1, 2), 1, 3)]
     results = run_concurrently(engine, jobs)
     assert all(r.batch_size == 6 for r in results)
     assert calls == [8 if invariant else 6]  # one pass for 3 requests and 321 draws in all
+
+
+def test_backbone_chunk_defaults_to_small_fixed_chunks_on_cpu(tiny_checkpoint: Path) -> None:
+    assert load(tiny_checkpoint, max_batch=64).chunk == 4
+    assert load(tiny_checkpoint, max_batch=2).chunk == 2
+    assert load(tiny_checkpoint, max_batch=64, backbone_chunk=16).chunk == 16
 
 
 def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(tiny_checkpoint: Path) -> None:

@@ -1,0 +1,112 @@
+"""Run a real ``python -m service`` process on a free port (integration tests, benchmarks).
+
+    with ServerProcess(model_dir, env={"MFDV_MAX_BATCH": "16"}) as server:
+        httpx.get(f"{server.url}/readyz")
+
+The process starts from the repository root, is polled until ``/readyz`` answers 200
+(failing early with the log tail if it exits), and gets SIGTERM on exit, as
+``docker stop`` sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``python -m service`` in a subprocess, ready when the context is entered.
+
+    Args:
+        model_dir: checkpoint to serve (``--model-dir``).
+        env: extra ``MFDV_*`` variables.
+        args: extra command-line flags.
+        ready_timeout: seconds to wait for ``/readyz``.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        ready_timeout: float = 90.0,
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port(self.host)
+        self.url = f"http://{self.host}:{self.port}"
+        self.model_dir = Path(model_dir)
+        self.env = dict(env or {})
+        self.args = list(args or [])
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="mfdv-server-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log_path = Path(self._log.name)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def start(self) -> ServerProcess:
+        cmd = [sys.executable, "-m", "service", "--host", self.host, "--port", str(self.port)]
+        cmd += ["--model-dir", str(self.model_dir), *self.args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout
+        status = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                status = httpx.get(f"{self.url}/readyz", timeout=2).status_code
+            except httpx.HTTPError:
+                status = None
+            if status == 200:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"/readyz not 200 within {self.ready_timeout}s (last {status}):\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, wait for a graceful exit (SIGKILL after ``timeout``); returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("server ignored SIGTERM for %.0f s; killing it", timeout)
+                self.proc.kill()
+                self.proc.wait()
+        self._log.flush()
+        return int(self.proc.returncode)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        self._log.close()
