@@ -148,3 +148,51 @@ def evaluate(
         if log:
             log(f"{attack_key(spec)}: robust accuracy {r['accuracy']:.4f} (n={r['n']}, {r['seconds']} s)")
     return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Evaluate checkpoints on their dataset's test split under the standard suite at several eps."""
+    import argparse
+    import json
+    import sys
+
+    from models import load_checkpoint
+
+    from .data import load_dataset
+
+    p = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description="Clean and robust accuracy of checkpoints (FGSM, PGD-20 with and "
+        "without EOT, noise-free surrogate), printed as JSON lines.",
+    )
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--dataset", default=None, help="default: the manifest's dataset")
+    p.add_argument("--eps", type=float, nargs="+", default=None, help="default: 0.1 (28x28) or 8/255 (32x32)")
+    p.add_argument("--eot", type=int, default=16)
+    p.add_argument("--samples", type=int, default=32, help="noise draws per prediction")
+    p.add_argument("--attack-n", type=int, default=1000, help="test inputs to attack (0: all)")
+    p.add_argument("--extra", nargs="*", default=[], help="more attacks at the same eps, e.g. apgd square")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for path in args.checkpoints:
+        ck = load_checkpoint(path)
+        test = load_dataset(args.dataset or ck.manifest["dataset"], "test")
+        eps_list = args.eps or [default_eps(ck.model.cfg.img_size)]
+        attacks = [spec for e in eps_list for spec in standard_suite(e, args.eot)]
+        attacks += [
+            {"name": name, "eps": e, **({"eot": args.eot} if name == "apgd" else {})}
+            for e in eps_list
+            for name in args.extra
+        ]
+        metrics = evaluate(
+            ck.model, test, samples=args.samples, attacks=attacks, attack_n=args.attack_n or None, seed=args.seed
+        )
+        sys.stdout.write(json.dumps({"checkpoint": str(path), **metrics}) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
