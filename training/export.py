@@ -125,7 +125,8 @@ def export_checkpoint(
             "class_names": list(class_names),
             "input_shape": list(model.cfg.input_shape),
             "feature_dim": model.cfg.feature_dim,
-            "lambda": (train_args or {}).get("lam"),
+            # vanilla and fixed have no variance term: lambda does not apply to them
+            "lambda": (train_args or {}).get("lam") if model.cfg.method in ("mfdv", "wca") else None,
             "sigma": sigma_summary(model),
             "mi_threshold": float(mi_threshold),
             "model": model.cfg.to_dict(),
