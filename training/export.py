@@ -138,6 +138,9 @@ def export_checkpoint(
             "files": {name: sha256_file(tmp / name) for name in (WEIGHTS, ONNX)},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; a checkpoint is meant to be shared
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
             trash = out.with_name(f".{out.name}.old")
             shutil.rmtree(trash, ignore_errors=True)
