@@ -103,7 +103,6 @@ class InferenceEngine:
             queue_size=settings.queue_size,
             metrics=metrics,
         )
-        self.backbone_calls = 0
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> InferenceEngine:
@@ -176,7 +175,6 @@ class InferenceEngine:
             n = part.shape[0]
             if self.pad and n < self.chunk:
                 part = torch.cat([part, part.new_zeros((self.chunk - n, *part.shape[1:]))])
-            self.backbone_calls += 1
             parts.append(self.backend.backbone(part)[:n])
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 

@@ -113,8 +113,7 @@ def describe_validation_errors(errors: list[dict[str, Any]] | Any) -> str:
 
 async def _service_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    if exc.status_code >= 500:
-        logger.warning("%s: %s", type(exc).__name__, exc.message)
+    logger.debug("%d %s: %s", exc.status_code, type(exc).__name__, exc.message)  # counted in mfdv_requests_total
     return error_response(exc.status_code, exc.message, exc.headers)
 
 

@@ -109,4 +109,9 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+        self.close()
+
+    def close(self) -> None:
+        """Remove the log file (call after ``stop``; the context manager does both)."""
         self._log.close()
+        self.log_path.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -73,8 +74,8 @@ def _validate(data: dict[str, Any]) -> PredictRequest:
         raise ValidationFailed(describe_validation_errors(e.errors())) from None
 
 
-async def read_json_request(request: Request) -> PredictRequest:
-    body = await request.body()
+def parse_json_request(body: bytes) -> PredictRequest:
+    """Parse and validate a JSON body (CPU work: called in the thread pool)."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -115,6 +116,22 @@ async def read_form_request(request: Request, state: AppState) -> PredictRequest
                     raise InvalidInput(f"form field {key!r} must be a value, not a file")
                 options[key] = values[0]
     return _validate({"inputs": data, **options})
+
+
+def prepare_request(
+    raw: bytes | PredictRequest, source: str, state: AppState, engine: InferenceEngine
+) -> tuple[PredictRequest, int, torch.Tensor]:
+    """Parse (JSON bytes), check the options and decode the inputs: the CPU part, run in the thread pool.
+
+    Returns:
+        The request, its number of draws T, and its images [N, C, H, W].
+    """
+    req = parse_json_request(raw) if isinstance(raw, bytes) else raw
+    samples = check_samples(req.samples, state)
+    images = decode_inputs(
+        req.inputs, state.input_spec(engine), max_inputs=state.settings.max_inputs, resize=req.resize, name=source
+    )
+    return req, samples, images
 
 
 def prediction_body(
@@ -171,23 +188,16 @@ async def predict(request: Request, state: StateDep, engine: EngineDep) -> JSONR
     arrived = time.perf_counter()
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype in ("application/json", ""):
-        req, source = await read_json_request(request), "inputs"
+        body = await request.body()
+        req, samples, images = await run_in_threadpool(prepare_request, body, "inputs", state, engine)
     elif ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        req, source = await read_form_request(request, state), "file"
+        form = await read_form_request(request, state)
+        req, samples, images = await run_in_threadpool(prepare_request, form, "file", state, engine)
     else:
         raise UnsupportedMediaType(
             f"content type {ctype!r} is not supported; send application/json or multipart/form-data"
         )
-    samples = check_samples(req.samples, state)
     seed = req.seed if req.seed is not None else random_seed()
-    images = await run_in_threadpool(
-        decode_inputs,
-        req.inputs,
-        state.input_spec(engine),
-        max_inputs=state.settings.max_inputs,
-        resize=req.resize,
-        name=source,
-    )
     job = PredictJob(images, samples, seed, keep_draws=req.return_samples)
     output = await engine.predict(job)
     metrics = state.metrics

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..deps import AppState, EngineDep, StateDep
@@ -303,12 +304,16 @@ async def infer_version(name: str, version: str, request: Request, state: StateD
 
 
 async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> Response:
-    body = _decompress(
-        await request.body(),
-        request.headers.get("content-encoding", "").strip().lower(),
-        state.settings.max_body_bytes,
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    req = await run_in_threadpool(
+        lambda: parse_infer(
+            _decompress(body, encoding, state.settings.max_body_bytes),
+            request.headers.get(HEADER_LENGTH),
+            state,
+            engine,
+        )
     )
-    req = parse_infer(body, request.headers.get(HEADER_LENGTH), state, engine)
     job = PredictJob(torch.from_numpy(np.array(req.images, dtype=np.float32, order="C")), req.samples, req.seed)
     out = await engine.predict(job)
     u = out.result.uncertainty

@@ -119,10 +119,14 @@ def test_bad_input_over_http_is_a_4xx(server: ServerProcess) -> None:
 
 def test_sigterm_shuts_down_gracefully(tiny_checkpoint: Path) -> None:
     server = ServerProcess(tiny_checkpoint, args=["--device", "cpu", "--no-access-log"]).start()
-    assert httpx.post(f"{server.url}/v1/predict", json={"inputs": [image(0.5)], "samples": 2}).status_code == 200
-    code = server.stop()
-    assert code in (0, -signal.SIGTERM), server.log_tail()  # uvicorn may re-raise SIGTERM after a clean shutdown
-    log = server.log_tail()
-    assert "Application shutdown complete" in log and "stopped" in log
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{server.url}/healthz")
+    try:
+        assert httpx.post(f"{server.url}/v1/predict", json={"inputs": [image(0.5)], "samples": 2}).status_code == 200
+        code = server.stop()
+        log = server.log_tail()
+        assert code in (0, -signal.SIGTERM), log  # uvicorn may re-raise SIGTERM after a clean shutdown
+        assert "Application shutdown complete" in log and "stopped" in log
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/healthz")
+    finally:
+        server.stop()
+        server.close()
