@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -278,6 +278,7 @@ def probe(
     judge_samples: int = DEFAULT_JUDGE_SAMPLES,
     seed: int = 0,
     mi_threshold: float | None = None,
+    after_attack: Callable[[AttackReport, torch.Tensor], bool] | None = None,
 ) -> ProbeReport:
     """Run each attack on the inputs and judge the results with fresh noise draws.
 
@@ -290,6 +291,9 @@ def probe(
         judge_samples: fresh draws per judgement (default 64).
         seed: the request seed; every random stream derives from it (``derive_seed``).
         mi_threshold: inputs whose mutual information exceeds it are ``flagged``.
+        after_attack: called after each attack with its report and its adversarial inputs
+            [B, C, H, W]; returning True skips the remaining attacks (the report then covers
+            the attacks run so far). The service uses it for metrics, images and its wall-time limit.
 
     Returns:
         A ``ProbeReport``: ``clean`` (one ``CleanResult`` per input), ``attacks`` (one
@@ -393,6 +397,8 @@ def probe(
                 info=shared,
             )
         )
+        if after_attack is not None and after_attack(reports[-1], x_adv) and a + 1 < len(requests):
+            break
 
     summary = {
         "clean_accuracy": sum(c.correct for c in clean_results) / b,

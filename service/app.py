@@ -18,6 +18,7 @@ from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from .pool import BoundedPool
 from .routes import ROUTERS
+from .routes.probe import probe_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device=engine.backend.device,
     )
     state.attack_pool = BoundedPool(settings.attack_workers, settings.attack_queue_size, name="attack")
+    state.probe_model = probe_model(engine.checkpoint.model)
     engine.start()
     state.engine = engine
     logger.info("ready: %s", engine.name)

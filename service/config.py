@@ -35,14 +35,25 @@ class Settings(BaseSettings):
         max_inputs: most inputs (images) in one request.
         max_image_pixels: largest width x height an uploaded image may claim (decompression-bomb guard).
         backbone_chunk: rows per backbone call; a batch runs as consecutive chunks of this size.
-            Unset: ``max_batch`` on CUDA, ``min(max_batch, 4)`` on CPU (where larger batches stop
-            paying off: activations fall out of cache).
+            Unset: ``max_batch`` on CUDA (padding is nearly free there), ``min(max_batch, 4)`` on
+            CPU, where padded rows cost compute: a lone request pays for 4 rows, not 64.
         batch_invariant: pad every backbone call to exactly ``backbone_chunk`` rows (zeros), so an
             input's answer is bit-identical whatever else shares its batch; off saves the padded
             compute at low load (answers then agree to ~1e-6 across batch compositions).
         api_key: key the attack-probe endpoint requires in ``X-API-Key`` (unset or empty: open).
         attack_workers: threads running attack probes (apart from the prediction batcher).
         attack_queue_size: probes allowed to wait for an attack worker before 503 + Retry-After.
+        max_probe_inputs: most inputs in one attack-probe request (over it: 422).
+        max_probe_gradient_budget: most gradient work in one probe: the sum over its gradient
+            attacks of steps x EOT draws x inputs (FGSM: 1 step; the surrogate: 1 draw; min_eps:
+            steps x (iters + 1) rounds). Over it: 422 naming the request's cost.
+        max_probe_queries: most score queries in one probe: the sum over its score-based attacks
+            (Square) of ``queries`` x inputs. Over it: 422.
+        max_probe_eps: largest perturbation budget an attack may ask for (``eps``, and ``hi`` of
+            min_eps), in pixel units. Over it: 422.
+        max_probe_seconds: wall-time limit of one probe, from its arrival. It is checked after
+            each attack: past it, the remaining attacks are skipped and the response is marked
+            ``"partial": true`` with the reason (the attack running when the limit passes finishes).
         log_level: logging level of the service and uvicorn.
     """
 
@@ -67,6 +78,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     attack_workers: int = Field(1, ge=1)
     attack_queue_size: int = Field(4, ge=0)
+    max_probe_inputs: int = Field(64, ge=1)
+    max_probe_gradient_budget: int = Field(163840, ge=1)
+    max_probe_queries: int = Field(64000, ge=0)
+    max_probe_eps: float = Field(0.3, gt=0, le=1)
+    max_probe_seconds: float = Field(60, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("api_key", mode="before")

@@ -8,6 +8,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from models import StochasticClassifier
+
 from .config import Settings
 from .engine import InferenceEngine
 from .errors import ModelNotReady, Unauthorized
@@ -25,6 +27,8 @@ class AppState:
         metrics: its Prometheus metrics (own registry).
         engine: the loaded model and its batcher; None until the lifespan has loaded it.
         attack_pool: bounded threads for attack probes; None until loaded.
+        probe_model: the torch model attack probes differentiate (a frozen copy of the
+            checkpoint's, whatever the backend); None until loaded.
         load_error: why loading failed, if it did.
     """
 
@@ -32,6 +36,7 @@ class AppState:
     metrics: Metrics
     engine: InferenceEngine | None = None
     attack_pool: BoundedPool | None = None
+    probe_model: StochasticClassifier | None = None
     load_error: str | None = None
 
     def ready_engine(self) -> InferenceEngine:

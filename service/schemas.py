@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from .engine import MAX_SEED
 
@@ -95,3 +95,32 @@ def floats(values: Any) -> Any:
     """
     arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float32)
     return arr.astype(str).astype(np.float64).tolist()
+
+
+class AttackSpecIn(BaseModel):
+    """One attack to run: its name, budget and any of its settings (see docs/attack-probe.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="fgsm, pgd, pgd_l2, surrogate, apgd, square or min_eps.")
+    eps: float | None = Field(None, description="Budget in pixel units; default 0.1 (28x28) or 8/255 (32x32).")
+
+
+class ProbeRequest(BaseModel):
+    """``POST /v1/attack-probe`` as JSON. Multipart uploads carry the same options as form fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Any] = Field(description="Images, in the formats /v1/predict takes.")
+    labels: list[StrictInt] | None = Field(
+        None, description="True labels, one per input; default: the model's clean majority-vote prediction."
+    )
+    attacks: list[AttackSpecIn] | None = Field(
+        None, description="Attacks to run, in order; default: fgsm, pgd (EOT 16, 20 steps) and surrogate."
+    )
+    judge_samples: int | None = Field(
+        None, description="Fresh noise draws judging each input (1..MFDV_MAX_SAMPLES); default 64."
+    )
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed of every random stream; absent: random.")
+    return_adversarial: bool = Field(False, description="Add each adversarial image as a base64 8-bit PNG.")
+    resize: bool = Field(False, description="Resize images of another size to the model's (else they are rejected).")

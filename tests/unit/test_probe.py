@@ -219,3 +219,21 @@ def test_invalid_inputs_raise(data: tuple[torch.Tensor, torch.Tensor]) -> None:
         probe(model, x, y + 10, spec)
     with pytest.raises(ValueError, match="judge_samples"):
         probe(model, x, y, spec, judge_samples=0)
+
+
+def test_after_attack_sees_each_report_and_can_stop_the_rest(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = data
+    specs = [{"name": "fgsm", "eps": 0.1}, {"name": "pgd", "eps": 0.1, "steps": 2}, {"name": "fgsm", "eps": 0.2}]
+    seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def after(report: Any, x_adv: torch.Tensor) -> bool:
+        seen.append((report.name, tuple(x_adv.shape)))
+        assert (x_adv - x).abs().max() <= report.eps + 1e-6
+        return report.name == "pgd"
+
+    rep = probe(trained_model("vanilla"), x, y, specs, judge_samples=4, seed=0, after_attack=after)
+    assert seen == [("fgsm", tuple(x.shape)), ("pgd", tuple(x.shape))]
+    assert [a.name for a in rep.attacks] == ["fgsm", "pgd"]
+    assert [s["name"] for s in rep.summary["attacks"]] == ["fgsm", "pgd"]
+    full = probe(trained_model("vanilla"), x, y, specs[:2], judge_samples=4, seed=0)
+    assert [a.success_rate for a in full.attacks] == [a.success_rate for a in rep.attacks]

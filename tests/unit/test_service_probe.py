@@ -1,0 +1,322 @@
+"""``POST /v1/attack-probe`` through TestClient: report, defaults, images, caps, key, metrics, isolation."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service import Settings, create_app
+from service.routes import probe as probe_route
+
+SIZE = 14
+EPS = 0.1
+PGD = {"name": "pgd", "eps": EPS, "steps": 5, "eot": 4}
+FGSM = {"name": "fgsm", "eps": EPS}
+
+
+def bar_image(cls: int) -> np.ndarray:
+    """A clean example of the tiny dataset's class ``cls`` (uint8 [14, 14])."""
+    x = np.full((SIZE, SIZE), 20, np.uint8)
+    h = SIZE // 2
+    region = [np.s_[:h, :], np.s_[h:, :], np.s_[:, :h], np.s_[:, h:]][cls]
+    x[region] = 200
+    return x
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def arrays(classes: list[int]) -> list[list[list[float]]]:
+    return [(bar_image(c) / 255.0).tolist() for c in classes]
+
+
+def settings(model_dir: Path, **kw: Any) -> Settings:
+    base: dict[str, Any] = {"model_dir": model_dir, "device": "cpu", "max_batch": 8, "max_wait_ms": 1}
+    return Settings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def app(tiny_checkpoint: Path) -> FastAPI:
+    return create_app(
+        settings(
+            tiny_checkpoint,
+            max_probe_inputs=4,
+            max_probe_gradient_budget=2000,
+            max_probe_queries=400,
+            max_probe_eps=0.25,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as c:
+        yield c
+
+
+def post(client: TestClient, body: dict[str, Any], **kw: Any) -> Any:
+    return client.post("/v1/attack-probe", json=body, **kw)
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def test_happy_path_reports_every_field(client: TestClient) -> None:
+    body = {
+        "inputs": arrays([0, 1, 2]),
+        "labels": [0, 1, 2],
+        "attacks": [FGSM, PGD, {"name": "surrogate", "eps": EPS, "steps": 3}],
+        "judge_samples": 16,
+        "seed": 7,
+    }
+    r = post(client, body)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["model"] == "tiny_mfdv" and len(d["model_id"]) == 64
+    assert d["partial"] is False and d["partial_reason"] is None and d["skipped_attacks"] == []
+    req = d["request"]
+    assert req["inputs"] == 3 and req["labels"] == "given" and req["judge_samples"] == 16 and req["seed"] == 7
+    assert [a["name"] for a in req["attacks"]] == ["fgsm", "pgd", "surrogate"]
+    pgd = req["attacks"][1]
+    assert pgd["eps"] == EPS and pgd["steps"] == 5 and pgd["eot"] == 4 and pgd["alpha"] == pytest.approx(EPS / 4)
+    # fgsm: 1 step x eot 16 (probe default) x 3; pgd: 5 x 4 x 3; surrogate: 3 steps x 1 draw x 3
+    assert req["cost"] == {"gradient": 48 + 60 + 9, "queries": 0, "max_gradient": 2000, "max_queries": 400}
+    assert d["seed"] == 7 and d["judge_samples"] == 16 and isinstance(d["mi_threshold"], float)
+    assert [c["true_label"] for c in d["clean"]] == [0, 1, 2]
+    assert [a["name"] for a in d["attacks"]] == ["fgsm", "pgd", "surrogate"]
+    for a in d["attacks"]:
+        assert a["settings"] and a["seed"] >= 0 and a["wall_time_s"] >= 0 and len(a["success_ci"]) == 2
+        assert len(a["inputs"]) == 3
+        for res in a["inputs"]:
+            assert isinstance(res["success"], bool) and res["success"] == (res["adv_label"] != res["true_label"])
+            assert 0 <= res["flip_ci"][0] <= res["flip_prob"] <= res["flip_ci"][1] <= 1
+            assert len(res["mean_probs"]) == 4 and abs(sum(res["mean_probs"]) - 1) < 1e-4
+            assert res["linf"] <= EPS + 1e-6 and res["l0"] >= 0 and res["l2"] >= 0
+            assert isinstance(res["flagged"], bool) and isinstance(res["fools_after_rounding"], bool)
+            assert res["grad_evals"] >= 1 and "adversarial" not in res
+    assert d["summary"]["clean_accuracy"] == 1.0
+    assert [s["name"] for s in d["summary"]["attacks"]] == ["fgsm", "pgd", "surrogate"]
+    t = d["timing"]
+    assert t["total_ms"] >= t["probe_ms"] > 0 and t["queue_ms"] >= 0 and t["limit_s"] == 60
+
+
+def test_same_seed_same_report(client: TestClient) -> None:
+    body = {"inputs": arrays([3]), "attacks": [PGD], "judge_samples": 8, "seed": 3}
+
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        for key in ("timing", "summary"):
+            d.pop(key)
+        for a in d["attacks"]:
+            a.pop("wall_time_s")
+        return d
+
+    assert strip(post(client, body).json()) == strip(post(client, body).json())
+
+
+def test_labels_default_to_the_clean_prediction(client: TestClient) -> None:
+    inputs = arrays([0, 1, 2, 3])
+    d = post(client, {"inputs": inputs, "attacks": [FGSM], "judge_samples": 16, "seed": 1}).json()
+    assert d["request"]["labels"] == "clean_prediction"
+    predicted = client.post("/v1/predict", json={"inputs": inputs, "samples": 64, "seed": 0}).json()
+    assert [c["true_label"] for c in d["clean"]] == [p["label"] for p in predicted["predictions"]] == [0, 1, 2, 3]
+    assert all(c["correct"] for c in d["clean"])
+    # A wrong label is kept as given (and the clean input then counts as misclassified).
+    d = post(client, {"inputs": inputs[:1], "labels": [3], "attacks": [FGSM], "seed": 1}).json()
+    assert d["clean"][0]["true_label"] == 3 and d["clean"][0]["correct"] is False
+
+
+def test_default_attacks_need_an_eps_for_14x14_inputs(client: TestClient) -> None:
+    r = post(client, {"inputs": arrays([0])})
+    assert r.status_code == 422 and "eps" in r.json()["error"]
+
+
+def test_adversarial_png_has_the_input_shape_and_stays_within_eps(client: TestClient) -> None:
+    images = [bar_image(c) for c in (0, 2)]
+    body = {
+        "inputs": [base64.b64encode(png(im)).decode() for im in images],
+        "labels": [0, 2],
+        "attacks": [PGD, FGSM],
+        "return_adversarial": True,
+        "seed": 2,
+    }
+    d = post(client, body).json()
+    for a in d["attacks"]:
+        for im, res in zip(images, a["inputs"], strict=True):
+            with Image.open(io.BytesIO(base64.b64decode(res["adversarial"]))) as adv_im:
+                assert adv_im.format == "PNG" and adv_im.size == (SIZE, SIZE) and adv_im.mode == "L"
+                adv = np.asarray(adv_im).astype(np.float64) / 255
+            delta = np.abs(adv - im / 255.0).max()
+            assert delta <= EPS + 1 / 255
+            assert delta > 0  # the attack moved something
+
+
+def test_multipart_files_with_labels_and_attacks_as_form_fields(client: TestClient) -> None:
+    files = [("file", ("a.png", png(bar_image(1)), "image/png")), ("file", ("b.png", png(bar_image(3)), "image/png"))]
+    data = {"labels": "1,3", "attacks": '[{"name": "fgsm", "eps": 0.1}]', "seed": "4", "judge_samples": "8"}
+    r = client.post("/v1/attack-probe", files=files, data=data)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert [c["true_label"] for c in d["clean"]] == [1, 3] and d["seed"] == 4 and d["judge_samples"] == 8
+    assert [a["name"] for a in d["attacks"]] == ["fgsm"]
+    r = client.post("/v1/attack-probe", files=files[:1], data={"labels": "2", "attacks": "[{bad json"})
+    assert r.status_code == 400 and "attacks" in r.json()["error"]
+    r = client.post("/v1/attack-probe", files=files[:1], data={"label": "2"})
+    assert r.status_code == 400 and "labels" in r.json()["error"]
+
+
+def test_wall_time_limit_returns_partial_results(tiny_checkpoint: Path) -> None:
+    with TestClient(create_app(settings(tiny_checkpoint, max_probe_seconds=1e-6))) as c:
+        d = post(c, {"inputs": arrays([0]), "attacks": [FGSM, PGD], "seed": 0}).json()
+    assert d["partial"] is True and "MFDV_MAX_PROBE_SECONDS" in d["partial_reason"]
+    assert d["skipped_attacks"] == ["pgd"] and [a["name"] for a in d["attacks"]] == ["fgsm"]
+
+
+# -- errors and caps --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"inputs": arrays([0, 1, 2, 3, 0]), "attacks": [FGSM]}, "MFDV_MAX_PROBE_INPUTS"),
+        ({"inputs": arrays([0]), "attacks": [{**PGD, "eps": 0.3}]}, "MFDV_MAX_PROBE_EPS"),
+        ({"inputs": arrays([0]), "attacks": [{"name": "min_eps", "eps": EPS, "hi": 0.5}]}, "MFDV_MAX_PROBE_EPS"),
+        ({"inputs": arrays([0, 1]), "attacks": [{**PGD, "steps": 100, "eot": 16}]}, "MFDV_MAX_PROBE_GRADIENT_BUDGET"),
+        (
+            {"inputs": arrays([0, 1]), "attacks": [{"name": "square", "eps": EPS, "queries": 300}]},
+            "MFDV_MAX_PROBE_QUERIES",
+        ),
+        ({"inputs": arrays([0]), "attacks": [{"name": "cw"}]}, "choose one of"),
+        ({"inputs": arrays([0]), "attacks": [{"name": "pgd", "eps": EPS, "stepz": 3}]}, "no setting"),
+        ({"inputs": arrays([0]), "attacks": [{"name": "pgd", "eps": EPS, "steps": 0}]}, "steps"),
+        ({"inputs": arrays([0]), "attacks": [{"name": "pgd", "eps": -1}]}, "eps"),
+        ({"inputs": arrays([0]), "attacks": []}, "non-empty"),
+        ({"inputs": arrays([0]), "attacks": [{"eps": 0.1}]}, "name"),
+        ({"inputs": arrays([0]), "attacks": [FGSM], "extra": 1}, "extra"),
+    ],
+)
+def test_over_budget_and_malformed_requests_get_422_naming_the_problem(
+    client: TestClient, body: dict[str, Any], needle: str
+) -> None:
+    r = post(client, body)
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"inputs": [[[0.5] * 3] * 3], "attacks": [FGSM]}, "shape"),
+        ({"inputs": [(bar_image(0) / 100.0).tolist()], "attacks": [FGSM]}, "[0, 1]"),
+        ({"inputs": ["bm90IGFuIGltYWdl"], "attacks": [FGSM]}, "PNG"),
+        ({"inputs": [], "attacks": [FGSM]}, "empty"),
+        ({"inputs": arrays([0]), "labels": [4], "attacks": [FGSM]}, "[0, 4)"),
+        ({"inputs": arrays([0]), "labels": [0, 1], "attacks": [FGSM]}, "one label per input"),
+        ({"inputs": arrays([0]), "judge_samples": 0, "attacks": [FGSM]}, "MFDV_MAX_SAMPLES"),
+    ],
+)
+def test_bad_inputs_get_400(client: TestClient, body: dict[str, Any], needle: str) -> None:
+    r = post(client, body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]
+
+
+def test_not_json_and_wrong_content_type(client: TestClient) -> None:
+    assert (
+        client.post("/v1/attack-probe", content=b"{nope", headers={"content-type": "application/json"}).status_code
+        == 400
+    )
+    assert client.post("/v1/attack-probe", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"), [({}, 401), ({"X-API-Key": "wrong"}, 401), ({"X-API-Key": "s3cret"}, 200)]
+)
+def test_api_key_is_enforced_when_configured(tiny_checkpoint: Path, headers: dict[str, str], status: int) -> None:
+    with TestClient(create_app(settings(tiny_checkpoint, api_key="s3cret"))) as c:
+        r = post(c, {"inputs": arrays([0]), "attacks": [FGSM]}, headers=headers)
+        assert r.status_code == status, r.text
+        assert c.post("/v1/predict", json={"inputs": arrays([0])}).status_code == 200  # predict stays open
+
+
+def metric(client: TestClient, name: str, attack: str) -> float:
+    text = client.get("/metrics").text
+    m = re.search(rf'^{name}\{{attack="{attack}"\}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_metrics_count_attacks_successes_and_durations(client: TestClient) -> None:
+    before = {
+        k: metric(client, k, "pgd")
+        for k in ("mfdv_attack_total", "mfdv_attack_success_total", "mfdv_attack_duration_seconds_count")
+    }
+    d = post(client, {"inputs": arrays([0, 1]), "labels": [0, 1], "attacks": [{**PGD, "eps": 0.25}]}).json()
+    successes = sum(r["success"] for r in d["attacks"][0]["inputs"])
+    assert metric(client, "mfdv_attack_total", "pgd") == before["mfdv_attack_total"] + 2
+    assert metric(client, "mfdv_attack_success_total", "pgd") == before["mfdv_attack_success_total"] + successes
+    assert (
+        metric(client, "mfdv_attack_duration_seconds_count", "pgd") == before["mfdv_attack_duration_seconds_count"] + 1
+    )
+
+
+# -- isolation ---------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def blocked_probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Make probes wait inside the attack pool until ``release`` is set; ``started`` says one is waiting."""
+    started, release = threading.Event(), threading.Event()
+    real = probe_route.probe
+
+    def slow_probe(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        assert release.wait(30), "the test never released the probe"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probe_route, "probe", slow_probe)
+    yield started, release
+    release.set()
+
+
+def test_predict_answers_while_a_probe_runs_and_a_full_pool_gets_503(
+    tiny_checkpoint: Path, blocked_probe: tuple[threading.Event, threading.Event]
+) -> None:
+    started, release = blocked_probe
+    app = create_app(settings(tiny_checkpoint, attack_workers=1, attack_queue_size=0))
+    with TestClient(app) as c:
+        result: dict[str, Any] = {}
+        body = {"inputs": arrays([0]), "attacks": [FGSM], "seed": 0}
+        t = threading.Thread(target=lambda: result.setdefault("r", post(c, body)))
+        t.start()
+        assert started.wait(30)
+        r = c.post("/v1/predict", json={"inputs": arrays([1]), "seed": 0})
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"] == 1
+        busy = post(c, body)
+        assert busy.status_code == 503 and busy.headers["retry-after"] and "attack pool" in busy.json()["error"]
+        assert t.is_alive()  # the probe was still running all along
+        release.set()
+        t.join(30)
+        assert result["r"].status_code == 200
+
+
+def test_probe_model_is_a_frozen_copy(app: FastAPI, client: TestClient) -> None:
+    state = app.state.mfdv
+    served = state.engine.checkpoint.model
+    assert state.probe_model is not served and not state.probe_model.training
+    assert not any(p.requires_grad for p in state.probe_model.parameters())
+    x = torch.rand(2, 1, SIZE, SIZE)
+    torch.testing.assert_close(state.probe_model.features(x), served.features(x))
