@@ -320,3 +320,35 @@ def test_probe_model_is_a_frozen_copy(app: FastAPI, client: TestClient) -> None:
     assert not any(p.requires_grad for p in state.probe_model.parameters())
     x = torch.rand(2, 1, SIZE, SIZE)
     torch.testing.assert_close(state.probe_model.features(x), served.features(x))
+
+
+# -- the default vanilla checkpoint on real data ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_pgd_fools_the_default_vanilla_checkpoint_through_the_endpoint(fashion_mnist_available: None) -> None:
+    from training.data import load_dataset
+
+    model_dir = Path(__file__).resolve().parents[2] / "checkpoints" / "fashion_mnist_vanilla"
+    test = load_dataset("fashion_mnist", "test")
+    n = 80
+    x = test.x[:n].float() / 255  # [n, 1, 28, 28], exact 8-bit values
+    body = {
+        "inputs": x.tolist(),
+        "labels": test.y[:n].tolist(),
+        "attacks": [{"name": "pgd", "eps": 0.1}],  # defaults: 20 steps, step 0.025, EOT 16
+        "judge_samples": 16,
+        "seed": 0,
+    }
+    app = create_app(settings(model_dir, max_inputs=n, max_probe_inputs=n))
+    with TestClient(app) as c:
+        r = post(c, body)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["request"]["attacks"][0]["steps"] == 20 and d["request"]["attacks"][0]["eot"] == 16
+    correct = [c["index"] for c in d["clean"] if c["correct"]]
+    assert len(correct) >= 64
+    results = d["attacks"][0]["inputs"]
+    rate = sum(results[i]["success"] for i in correct) / len(correct)
+    assert rate >= 0.95, f"PGD eps 0.1 fooled {rate:.1%} of {len(correct)} correctly classified inputs"
+    assert all(results[i]["linf"] <= 0.1 + 1e-6 for i in correct)
