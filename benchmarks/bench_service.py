@@ -196,6 +196,10 @@ def throughput_table(checkpoint: Path, clients: int, warmup_s: float, duration_s
     for name, env in configs:
         with ServerProcess(checkpoint, env={**env, "MFDV_LOG_LEVEL": "warning"}, args=["--no-access-log"]) as server:
             stats = asyncio.run(load_test(server.url, bodies, clients, warmup_s, duration_s))
+            if stats["errors"]:
+                log.warning(
+                    "%s: %d failed requests; server warnings and errors:\n%s", name, stats["errors"], server.log_tail()
+                )
         results.append((name, stats))
         log.info("%s: %s", name, stats)
     base = results[0][1]["rps"]

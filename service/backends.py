@@ -83,6 +83,10 @@ class TorchBackend:
     def __init__(self, checkpoint: Checkpoint, device: str) -> None:
         self.device = device
         self.model = checkpoint.model.to(device).eval()
+        if device == "cuda":
+            # Same shapes, same kernels: no autotuning, no nondeterministic cuDNN algorithms.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
 
     @torch.inference_mode()
     def backbone(self, images: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1
-CPU_CHUNK = 4  # rows per backbone call on CPU unless MFDV_BACKBONE_CHUNK says otherwise (see docs/service.md)
+CPU_CHUNK = 4  # rows per backbone call on CPU unless MFDV_BACKBONE_CHUNK is set: bounds padding at low load
 
 
 def random_seed() -> int:

@@ -313,3 +313,19 @@ def test_app_has_an_attack_pool_and_the_torch_model_for_probes(engine_app: TestC
     state = engine_app.app.state.mfdv  # type: ignore[attr-defined]
     assert state.attack_pool is not None and state.attack_pool.workers == 2
     assert isinstance(state.engine.checkpoint.model, torch.nn.Module)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_stays_batch_invariant(tiny_checkpoint: Path) -> None:
+    cpu = load(tiny_checkpoint, device="cpu")
+    gpu = InferenceEngine.load(Settings(model_dir=tiny_checkpoint, device="cuda", max_batch=8, max_wait_ms=300))
+    assert gpu.backend.device == "cuda" and gpu.chunk == 8
+    jobs = [PredictJob(images(3, 1), 64, 5), PredictJob(images(1, 2), 7, 6)]
+    for a, b in zip(cpu.run(jobs), gpu.run(jobs), strict=True):
+        torch.testing.assert_close(a.uncertainty.mean_probs, b.uncertainty.mean_probs, atol=1e-4, rtol=1e-4)
+    target = PredictJob(images(1, 42), 16, 1234)
+    alone = run_concurrently(gpu, [target])[0]
+    batched = run_concurrently(gpu, [PredictJob(images(5, 0), 4, 0), target])[1]
+    assert batched.batch_size == 6
+    for f in FIELDS:
+        assert torch.equal(getattr(alone.result.uncertainty, f), getattr(batched.result.uncertainty, f)), f
