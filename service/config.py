@@ -43,6 +43,8 @@ class Settings(BaseSettings):
         api_key: key the attack-probe endpoint requires in ``X-API-Key`` (unset or empty: open).
         attack_workers: threads running attack probes (apart from the prediction batcher).
         attack_queue_size: probes allowed to wait for an attack worker before 503 + Retry-After.
+        attack_threads: CPU threads each attack worker computes with (``torch.set_num_threads``
+            in that worker thread only; predictions keep theirs), so probes leave cores to predictions.
         max_probe_inputs: most inputs in one attack-probe request (over it: 422).
         max_probe_gradient_budget: most gradient work in one probe: the sum over its gradient
             attacks of steps x EOT draws x inputs (FGSM: 1 step; the surrogate: 1 draw; min_eps:
@@ -78,6 +80,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     attack_workers: int = Field(1, ge=1)
     attack_queue_size: int = Field(4, ge=0)
+    attack_threads: int = Field(1, ge=1)
     max_probe_inputs: int = Field(64, ge=1)
     max_probe_gradient_budget: int = Field(163840, ge=1)
     max_probe_queries: int = Field(64000, ge=0)

@@ -308,10 +308,21 @@ class ProbeRun:
 
 
 def run_probe(
-    model: StochasticClassifier, job: PreparedProbe, mi_threshold: float, deadline: float, metrics: Metrics
+    model: StochasticClassifier,
+    job: PreparedProbe,
+    mi_threshold: float,
+    deadline: float,
+    metrics: Metrics,
+    threads: int,
 ) -> ProbeRun:
-    """Run the probe (blocking; in the attack pool): labels, attacks, metrics, images, the deadline."""
+    """Run the probe (blocking; in the attack pool): labels, attacks, metrics, images, the deadline.
+
+    ``threads`` sets this worker thread's intra-op CPU threads (OpenMP's setting is per thread,
+    so the prediction batcher keeps its own).
+    """
     started = time.perf_counter()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     x = job.images.to(model.proj.weight.device)
     y = job.labels
     if y is None:  # the clean majority vote, with the same draws that judge the clean inputs
@@ -384,7 +395,9 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     if model is None or pool is None:
         raise ModelNotReady()
     deadline = arrived + state.settings.max_probe_seconds
-    run = await pool.run(run_probe, model, job, engine.mi_threshold, deadline, state.metrics)
+    run = await pool.run(
+        run_probe, model, job, engine.mi_threshold, deadline, state.metrics, state.settings.attack_threads
+    )
     report = run.report
     s = state.settings
     body = {

@@ -352,3 +352,18 @@ def test_pgd_fools_the_default_vanilla_checkpoint_through_the_endpoint(fashion_m
     rate = sum(results[i]["success"] for i in correct) / len(correct)
     assert rate >= 0.95, f"PGD eps 0.1 fooled {rate:.1%} of {len(correct)} correctly classified inputs"
     assert all(results[i]["linf"] <= 0.1 + 1e-6 for i in correct)
+
+
+def test_attack_threads_apply_to_the_attack_worker_only(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real = probe_route.probe
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probe_route, "probe", spy)
+    before = torch.get_num_threads()
+    with TestClient(create_app(settings(tiny_checkpoint, attack_threads=1))) as c:
+        assert post(c, {"inputs": arrays([0]), "attacks": [FGSM]}).status_code == 200
+    assert seen == [1] and torch.get_num_threads() == before
