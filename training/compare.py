@@ -1,6 +1,6 @@
 """A markdown table comparing checkpoints from their manifests (no re-evaluation).
 
-    python -m training.compare checkpoints/fashion_mnist_mfdv checkpoints/fashion_mnist_vanilla > docs/comparison.md
+python -m training.compare checkpoints/fashion_mnist_mfdv checkpoints/fashion_mnist_vanilla > docs/comparison.md
 """
 
 from __future__ import annotations
@@ -47,16 +47,21 @@ def comparison_table(manifests: list[dict[str, Any]]) -> str:
         r = next(m["metrics"]["robust"][k] for m in manifests if k in m["metrics"].get("robust", {}))
         a = r["attack"]
         settings = ", ".join(f"{n}={v}" for n, v in a.items() if n != "name")
-        out.append(f"- `{k}`: {a['name']} ({settings}); n={r['n']} test inputs, judged with {r['judged_with_samples']} "
-                   f"draws, seed {r['seed']}")
+        out.append(
+            f"- `{k}`: {a['name']} ({settings}); n={r['n']} test inputs, judged with {r['judged_with_samples']} "
+            f"draws, seed {r['seed']}"
+        )
     out.append("")
-    out.append("Reproduce: " + "; ".join(f"`{m['training']['command']}`" for m in manifests if m["training"].get("command")))
+    out.append(
+        "Reproduce: " + "; ".join(f"`{m['training']['command']}`" for m in manifests if m["training"].get("command"))
+    )
     return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("checkpoints", nargs="+", type=Path)
     args = p.parse_args(argv)
     manifests = [read_manifest(c)[0] for c in args.checkpoints]
