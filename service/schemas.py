@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from .engine import MAX_SEED
+from .errors import InvalidInput, ValidationFailed, describe_validation_errors
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+def validate_request(schema: type[RequestT], data: dict[str, Any]) -> RequestT:
+    """``schema`` built from ``data``; pydantic's errors become one ``ValidationFailed`` message."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        raise ValidationFailed(describe_validation_errors(e.errors())) from None
+
+
+def parse_json_body(body: bytes, schema: type[RequestT], example: str) -> RequestT:
+    """Parse and validate a JSON request body (CPU work: call it in the thread pool).
+
+    Args:
+        body: the raw body.
+        schema: the request model.
+        example: a minimal valid body, quoted in the error messages.
+    """
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"the body is not valid JSON ({e}); send {example}") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed(f"the body must be a JSON object like {example}")
+    return validate_request(schema, data)
 
 
 class PredictRequest(BaseModel):

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..deps import AppState, EngineDep, StateDep
 from ..engine import InferenceEngine, PredictJob, random_seed
-from ..errors import InvalidInput, UnsupportedMediaType, ValidationFailed, describe_validation_errors
+from ..errors import InvalidInput, UnsupportedMediaType
 from ..inputs import decode_inputs
-from ..schemas import ErrorResponse, ModelsResponse, PredictRequest, PredictResponse, floats
+from ..schemas import (
+    ErrorResponse,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+    floats,
+    parse_json_body,
+    validate_request,
+)
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -67,22 +73,9 @@ def check_samples(samples: int | None, state: AppState) -> int:
     return samples
 
 
-def _validate(data: dict[str, Any]) -> PredictRequest:
-    try:
-        return PredictRequest.model_validate(data)
-    except ValidationError as e:
-        raise ValidationFailed(describe_validation_errors(e.errors())) from None
-
-
 def parse_json_request(body: bytes) -> PredictRequest:
     """Parse and validate a JSON body (CPU work: called in the thread pool)."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f'the body is not valid JSON ({e}); send {{"inputs": [...]}}') from None
-    if not isinstance(data, dict):
-        raise ValidationFailed('the body must be a JSON object like {"inputs": [...], "samples": 32}')
-    return _validate(data)
+    return parse_json_body(body, PredictRequest, '{"inputs": [...], "samples": 32}')
 
 
 async def read_form_request(request: Request, state: AppState) -> PredictRequest:
@@ -115,7 +108,7 @@ async def read_form_request(request: Request, state: AppState) -> PredictRequest
                 if not isinstance(values[0], str):
                     raise InvalidInput(f"form field {key!r} must be a value, not a file")
                 options[key] = values[0]
-    return _validate({"inputs": data, **options})
+    return validate_request(PredictRequest, {"inputs": data, **options})
 
 
 def prepare_request(

@@ -23,7 +23,6 @@ import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -34,10 +33,10 @@ from models.uncertainty import majority_vote
 
 from ..deps import ApiKeyDep, AppState, EngineDep, StateDep
 from ..engine import InferenceEngine, random_seed
-from ..errors import InvalidInput, ModelNotReady, UnsupportedMediaType, ValidationFailed, describe_validation_errors
+from ..errors import InvalidInput, ModelNotReady, UnsupportedMediaType, ValidationFailed
 from ..inputs import decode_inputs
 from ..metrics import Metrics
-from ..schemas import ErrorResponse, ProbeRequest
+from ..schemas import ErrorResponse, ProbeRequest, parse_json_body, validate_request
 
 router = APIRouter(prefix="/v1", tags=["attack-probe"])
 
@@ -162,22 +161,9 @@ def check_judge_samples(value: int | None, state: AppState) -> int:
 # -- parsing --------------------------------------------------------------------------------
 
 
-def _validate(data: dict[str, Any]) -> ProbeRequest:
-    try:
-        return ProbeRequest.model_validate(data)
-    except ValidationError as e:
-        raise ValidationFailed(describe_validation_errors(e.errors())) from None
-
-
 def parse_json_request(body: bytes) -> ProbeRequest:
     """Parse and validate a JSON body."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f'the body is not valid JSON ({e}); send {{"inputs": [...], "attacks": [...]}}') from None
-    if not isinstance(data, dict):
-        raise ValidationFailed('the body must be a JSON object like {"inputs": [...], "attacks": [{"name": "pgd"}]}')
-    return _validate(data)
+    return parse_json_body(body, ProbeRequest, '{"inputs": [...], "attacks": [{"name": "pgd"}]}')
 
 
 def _form_value(key: str, text: str) -> Any:
@@ -228,7 +214,7 @@ async def read_form_request(request: Request, state: AppState) -> ProbeRequest:
                 if not isinstance(values[0], str):
                     raise InvalidInput(f"form field {key!r} must be a value, not a file")
                 options[key] = _form_value(key, values[0])
-    return _validate({"inputs": data, **options})
+    return validate_request(ProbeRequest, {"inputs": data, **options})
 
 
 @dataclass
