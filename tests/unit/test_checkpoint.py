@@ -131,3 +131,21 @@ def test_loading_needs_no_training_code(exported: Path) -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert out.stdout.strip() == "wca"
+
+
+def test_cifar_resnet18_exports_to_onnx_with_parity(tmp_path: Path) -> None:
+    from models import ModelConfig, build_model
+    from training.export import export_onnx
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="resnet18",
+        method="mfdv",
+        in_chans=3,
+        img_size=32,
+        feature_dim=32,
+        mean=[0.49, 0.48, 0.45],
+        std=[0.25, 0.24, 0.26],
+    )
+    model = build_model(cfg).eval()
+    assert export_onnx(model, tmp_path / "r18.onnx", samples=3, batch=1) <= 1e-4
