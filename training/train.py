@@ -38,24 +38,24 @@ class TrainArgs:
     method: str = "mfdv"
     arch: str = "small_cnn"
     dataset: str = "fashion_mnist"
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 5e-4
     feature_dim: int = 64
-    lam: float = 0.1
+    lam: float = 1.0
     lam_warmup: float = 1.0
     sigma_init: float = 0.5
     fixed_sigma: float = 1.0
-    sigma_max: float | None = None
-    mu_bound: float | None = None
+    sigma_max: float | None = 6.0
+    mu_bound: float | None = 5.0
     entropy_max: float | None = 2.0
     head_wd: float = 0.0
-    noise_lr_mult: float = 1.0
+    noise_lr_mult: float = 20.0
     val_size: int = 5000
     seed: int = 0
     eval_samples: int = 32
-    attack_n: int | None = 2000
+    attack_n: int | None = 1000
     eot: int = 16
     no_attacks: bool = False
     max_steps: int | None = None
@@ -193,6 +193,11 @@ def fit(
     return stats
 
 
+def _float_or_none(text: str) -> float | None:
+    """A float, or ``none`` to switch the option off."""
+    return None if text.lower() == "none" else float(text)
+
+
 def parse_args(argv: list[str] | None = None) -> TrainArgs:
     d = TrainArgs()
     p = argparse.ArgumentParser(
@@ -210,8 +215,18 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--lam-warmup", type=float, default=d.lam_warmup, help="epochs of linear lambda warm-up (0: none)")
     p.add_argument("--sigma-init", type=float, default=d.sigma_init)
     p.add_argument("--fixed-sigma", type=float, default=d.fixed_sigma, help="noise std of the 'fixed' baseline")
-    p.add_argument("--sigma-max", type=float, default=d.sigma_max, help="cap on the learned sigma (mfdv)")
-    p.add_argument("--mu-bound", type=float, default=d.mu_bound, help="bound features: mu = b*tanh(mu/b)")
+    p.add_argument(
+        "--sigma-max",
+        type=_float_or_none,
+        default=d.sigma_max,
+        help="cap on the learned sigma of mfdv ('none': no cap)",
+    )
+    p.add_argument(
+        "--mu-bound",
+        type=_float_or_none,
+        default=d.mu_bound,
+        help="bound features: mu = b*tanh(mu/b) ('none': unbounded)",
+    )
     p.add_argument(
         "--entropy-max",
         type=float,

@@ -76,7 +76,7 @@ def test_cli_trains_exports_and_refuses_to_overwrite(tmp_path: Path, capsys: pyt
     ck = load_checkpoint(out)
     m = ck.manifest
     assert m["training"]["command"].startswith("python -m training.train --dataset")
-    assert m["training"]["args"]["seed"] == 0 and m["lambda"] == 0.1
+    assert m["training"]["args"]["seed"] == 0 and m["lambda"] == 1.0
     robust = m["metrics"]["robust"]
     assert set(robust) == {
         "fgsm_eot1_eps0.1",
@@ -96,7 +96,11 @@ def test_cli_trains_exports_and_refuses_to_overwrite(tmp_path: Path, capsys: pyt
     assert load_checkpoint(out).manifest["metrics"]["robust"] == {}
 
 
-def test_parse_args_validates_choices() -> None:
+def test_parse_args_defaults_are_the_default_checkpoint_recipe() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--method", "bogus"])
     assert parse_args(["--attack-n", "0"]).attack_n is None
+    a = parse_args([])
+    assert (a.method, a.epochs, a.lam, a.mu_bound, a.sigma_max, a.noise_lr_mult) == ("mfdv", 6, 1.0, 5.0, 6.0, 20.0)
+    b = parse_args(["--mu-bound", "none", "--sigma-max", "None"])
+    assert b.mu_bound is None and b.sigma_max is None
