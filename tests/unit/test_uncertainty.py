@@ -28,7 +28,7 @@ def test_identical_draws_have_no_epistemic_uncertainty() -> None:
     h = -(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1))
     assert float(u.predictive_entropy) == pytest.approx(h, abs=1e-6)
     assert float(u.expected_entropy) == pytest.approx(h, abs=1e-6)
-    assert float(u.mutual_information) == pytest.approx(0.0, abs=1e-6)
+    assert float(u.mutual_information) == 0.0  # exactly: a calibrated threshold of 0 must not flag it
     assert float(u.vote_agreement) == 1.0
     assert float(u.top_prob_stderr) == pytest.approx(0.0, abs=1e-7)
     assert int(u.label) == 0
