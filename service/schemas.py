@@ -15,10 +15,17 @@ from .errors import InvalidInput, ValidationFailed, describe_validation_errors
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
-def validate_request(schema: type[RequestT], data: dict[str, Any]) -> RequestT:
-    """``schema`` built from ``data``; pydantic's errors become one ``ValidationFailed`` message."""
+def validate_request(schema: type[RequestT], data: dict[str, Any], strict: bool = False) -> RequestT:
+    """``schema`` built from ``data``; pydantic's errors become one ``ValidationFailed`` message.
+
+    Args:
+        schema: the request model.
+        data: the parsed body (JSON) or the form fields (text).
+        strict: no coercion (JSON: ``true`` is not a number, ``"5"`` is not an int); form fields
+            are text and need the lax mode.
+    """
     try:
-        return schema.model_validate(data)
+        return schema.model_validate(data, strict=strict)
     except ValidationError as e:
         raise ValidationFailed(describe_validation_errors(e.errors())) from None
 
@@ -35,9 +42,11 @@ def parse_json_body(body: bytes, schema: type[RequestT], example: str) -> Reques
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"the body is not valid JSON ({e}); send {example}") from None
+    except RecursionError:
+        raise InvalidInput(f"the body nests JSON arrays/objects too deeply; send {example}") from None
     if not isinstance(data, dict):
         raise ValidationFailed(f"the body must be a JSON object like {example}")
-    return validate_request(schema, data)
+    return validate_request(schema, data, strict=True)
 
 
 class PredictRequest(BaseModel):
