@@ -41,6 +41,8 @@ PROBE_DEFAULTS: dict[str, Any] = {"eot": 16, "steps": 20}
 _DEFAULT_EPS = {28: 0.1, 32: 8 / 255}
 _MIN_INT = {"steps": 1, "eot": 1, "queries": 1, "samples": 1, "iters": 0}
 _CHOICES = {"loss": ("ce", "dlr")}
+_OPEN_UNIT = ("rho",)  # 0 < value < 1
+_HALF_OPEN_UNIT = ("p_init",)  # 0 < value <= 1
 _L0_TOL = 1e-6
 _RESERVED = ("name", "eps")
 
@@ -89,6 +91,10 @@ def _check_setting(attack: str, key: str, value: Any, default: Any) -> None:
         raise bad("a string")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise bad(f"one of {list(_CHOICES[key])}")
+    if key in _OPEN_UNIT and not 0.0 < value < 1.0:
+        raise bad("a number with 0 < value < 1")
+    if key in _HALF_OPEN_UNIT and not 0.0 < value <= 1.0:
+        raise bad("a number with 0 < value <= 1")
 
 
 def resolve_attacks(specs: Sequence[Mapping[str, Any]], input_shape: Sequence[int]) -> list[AttackRequest]:
@@ -99,7 +105,10 @@ def resolve_attacks(specs: Sequence[Mapping[str, Any]], input_shape: Sequence[in
 
     Raises:
         ValueError: unknown attack (the message lists the valid ones), unknown setting
-            (the message lists the attack's settings), or a value of the wrong type/range.
+            (the message lists the attack's settings), or a value of the wrong type/range
+            (integers >= their minimum, e.g. ``samples`` >= 1; numbers finite and >= 0;
+            ``0 < rho < 1``; ``0 < p_init <= 1``; ``lo < hi``; null only where the
+            default is null, e.g. ``alpha``).
     """
     if isinstance(specs, Mapping) or not isinstance(specs, Sequence) or len(specs) == 0:
         raise ValueError("attacks must be a non-empty list of specs like {'name': 'pgd', 'eps': 0.1}")
@@ -125,6 +134,10 @@ def resolve_attacks(specs: Sequence[Mapping[str, Any]], input_shape: Sequence[in
         for k, v in given.items():
             _check_setting(name, k, v, reg.defaults[k])
         settings = {**reg.defaults, **{k: v for k, v in PROBE_DEFAULTS.items() if k in reg.defaults}, **given}
+        if "lo" in settings and "hi" in settings and not settings["lo"] < settings["hi"]:
+            raise ValueError(
+                f"attack {name!r}: needs lo < hi (the search range), got lo={settings['lo']!r}, hi={settings['hi']!r}"
+            )
         if "alpha" in settings and settings["alpha"] is None:
             settings["alpha"] = float(eps) / 4
         out.append(AttackRequest(name=name, eps=float(eps), settings=settings, kind=reg.kind))

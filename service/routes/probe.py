@@ -3,7 +3,8 @@
 The work is ``models.probe.probe`` on a frozen copy of the checkpoint's torch model
 (whatever backend serves predictions), run in the bounded attack pool so that probes
 never starve predictions. Requests are checked against the probe caps in ``Settings``
-before anything runs: over a cap is a 422 that names the setting. The wall-time limit
+before anything runs: over a cap is a 422 that names the setting (a setting an attack
+still rejects while running is a 422 too). The wall-time limit
 (``MFDV_MAX_PROBE_SECONDS``) is checked after each attack; past it the remaining
 attacks are skipped and the response says ``"partial": true`` with the reason.
 """
@@ -96,19 +97,28 @@ def probe_model(model: StochasticClassifier) -> StochasticClassifier:
 
 
 def gradient_cost(req: AttackRequest, inputs: int) -> int:
-    """Gradient work of one attack: steps x EOT draws x inputs (x rounds for min_eps; 0 for score attacks)."""
+    """Gradient work of one attack: steps x EOT draws x inputs (0 for score attacks).
+
+    ``min_eps`` runs ``iters`` + 1 PGD rounds, and judges the clean input and each round
+    with ``samples`` draws: (steps x eot + samples) x (iters + 1) x inputs + samples x inputs.
+    """
     if req.kind != "gradient":
         return 0
     s = req.settings
     steps = int(s.get("steps", 1))
     eot = 1 if s.get("noise_free") else int(s.get("eot", 1))
-    rounds = int(s.get("iters", 0)) + 1 if "iters" in s else 1
-    return steps * eot * rounds * inputs
+    if "iters" not in s:
+        return steps * eot * inputs
+    rounds = int(s["iters"]) + 1
+    samples = int(s.get("samples", 0))
+    return ((steps * eot + samples) * rounds + samples) * inputs
 
 
 def query_cost(req: AttackRequest, inputs: int) -> int:
-    """Score queries of one attack: ``queries`` x inputs (0 for gradient attacks)."""
-    return int(req.settings.get("queries", 0)) * inputs if req.kind == "score" else 0
+    """Score work of one attack: ``queries`` x ``samples`` (draws per query) x inputs (0 for gradient attacks)."""
+    if req.kind != "score":
+        return 0
+    return int(req.settings.get("queries", 0)) * int(req.settings.get("samples", 1)) * inputs
 
 
 def check_budget(requests: list[AttackRequest], inputs: int, state: AppState) -> dict[str, int]:
@@ -122,6 +132,12 @@ def check_budget(requests: list[AttackRequest], inputs: int, state: AppState) ->
     """
     s = state.settings
     for i, req in enumerate(requests):
+        draws = req.settings.get("samples")
+        if isinstance(draws, int) and draws > s.max_samples:
+            raise ValidationFailed(
+                f"attacks[{i}] ({req.name}): samples={draws} is over the limit of {s.max_samples} "
+                "(MFDV_MAX_SAMPLES); ask for fewer noise draws"
+            )
         budgets = {"eps": req.eps}
         if "hi" in req.settings:
             budgets["hi"] = float(req.settings["hi"])
@@ -135,15 +151,16 @@ def check_budget(requests: list[AttackRequest], inputs: int, state: AppState) ->
     if grad > s.max_probe_gradient_budget:
         parts = ", ".join(f"{r.name}: {gradient_cost(r, inputs)}" for r in requests if r.kind == "gradient")
         raise ValidationFailed(
-            f"this probe needs {grad} gradient units (steps x eot x inputs, summed over attacks: {parts}), over the "
+            f"this probe needs {grad} gradient units (steps x eot x inputs, plus min_eps's judging draws, summed over "
+            f"attacks: {parts}), over the "
             f"limit of {s.max_probe_gradient_budget} (MFDV_MAX_PROBE_GRADIENT_BUDGET); use fewer steps, eot draws, "
             "inputs or attacks"
         )
     queries = sum(query_cost(r, inputs) for r in requests)
     if queries > s.max_probe_queries:
         raise ValidationFailed(
-            f"this probe needs {queries} score queries (queries x inputs), over the limit of {s.max_probe_queries} "
-            "(MFDV_MAX_PROBE_QUERIES); use fewer queries or inputs"
+            f"this probe needs {queries} score units (queries x samples x inputs), over the limit of "
+            f"{s.max_probe_queries} (MFDV_MAX_PROBE_QUERIES); use fewer queries, samples or inputs"
         )
     return {"gradient": grad, "queries": queries}
 
@@ -245,7 +262,8 @@ def prepare_request(raw: bytes | ProbeRequest, source: str, state: AppState, eng
             f"{n} inputs in one probe; at most {s.max_probe_inputs} are allowed (MFDV_MAX_PROBE_INPUTS), split the request"
         )
     judge_samples = check_judge_samples(req.judge_samples, state)
-    specs = [a.model_dump(exclude_none=True) for a in req.attacks] if req.attacks is not None else list(DEFAULT_ATTACKS)
+    # Not exclude_none: a null setting must reach resolve_attacks (a 422 unless the default is null too).
+    specs = [a.model_dump() for a in req.attacks] if req.attacks is not None else list(DEFAULT_ATTACKS)
     try:
         attacks = resolve_attacks(specs, engine.input_shape)
     except ValueError as e:
@@ -330,16 +348,19 @@ def run_probe(
             return True
         return False
 
-    report = probe(
-        model,
-        x,
-        y,
-        [{"name": a.name, "eps": a.eps, **a.settings} for a in job.attacks],
-        judge_samples=job.judge_samples,
-        seed=job.seed,
-        mi_threshold=mi_threshold,
-        after_attack=after_attack,
-    ).to_dict()
+    try:
+        report = probe(
+            model,
+            x,
+            y,
+            [{"name": a.name, "eps": a.eps, **a.settings} for a in job.attacks],
+            judge_samples=job.judge_samples,
+            seed=job.seed,
+            mi_threshold=mi_threshold,
+            after_attack=after_attack,
+        ).to_dict()
+    except ValueError as e:  # a setting the checks above let through: the caller's to fix, not a 500
+        raise ValidationFailed(f"the probe rejected its settings: {e}") from None
     done = len(report["attacks"])
     skipped = [a.name for a in job.attacks[done:]]
     reason = None

@@ -207,6 +207,35 @@ def test_invalid_specs_raise(specs: list[dict[str, Any]], match: str, data: tupl
         probe(trained_model("vanilla"), x, y, specs)
 
 
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"name": "apgd", "rho": 1.5}, "0 < value < 1"),
+        ({"name": "apgd", "rho": 0}, "0 < value < 1"),
+        ({"name": "square", "p_init": 0}, "0 < value <= 1"),
+        ({"name": "square", "p_init": 2.0}, "0 < value <= 1"),
+        ({"name": "square", "samples": 0}, "samples"),
+        ({"name": "min_eps", "lo": 0.2, "hi": 0.1}, "lo < hi"),
+        ({"name": "min_eps", "lo": 0.1, "hi": 0.1}, "lo < hi"),
+        ({"name": "min_eps", "lo": 0.4}, "lo < hi"),
+        ({"name": "min_eps", "hi": None}, "'hi'"),
+    ],
+)
+def test_attack_specific_ranges_are_checked_before_running(spec: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        resolve_attacks([{"eps": 0.1, **spec}], ModelConfig().input_shape)
+
+
+def test_attack_specific_ranges_accept_their_edges() -> None:
+    specs = [
+        {"name": "apgd", "rho": 0.5},
+        {"name": "square", "p_init": 1.0},
+        {"name": "min_eps", "lo": 0.05, "hi": 0.1},
+        {"name": "pgd", "alpha": None},
+    ]
+    assert len(resolve_attacks(specs, ModelConfig().input_shape)) == 4
+
+
 def test_invalid_inputs_raise(data: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = data
     model = trained_model("vanilla")

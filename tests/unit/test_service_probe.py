@@ -218,6 +218,54 @@ def test_over_budget_and_malformed_requests_get_422_naming_the_problem(
 
 
 @pytest.mark.parametrize(
+    ("attack", "needle"),
+    [
+        ({"name": "apgd", "rho": 1.5, "steps": 2}, "rho"),
+        ({"name": "apgd", "rho": 0, "steps": 2}, "rho"),
+        ({"name": "square", "p_init": 0, "queries": 2, "samples": 1}, "p_init"),
+        ({"name": "square", "p_init": 2.0, "queries": 2, "samples": 1}, "p_init"),
+        ({"name": "min_eps", "lo": 0.2, "hi": 0.1, "steps": 1, "eot": 1, "iters": 0, "samples": 1}, "lo < hi"),
+        ({"name": "min_eps", "lo": 0.1, "hi": 0.1, "steps": 1, "eot": 1, "iters": 0, "samples": 1}, "lo < hi"),
+        ({"name": "min_eps", "hi": None, "steps": 1, "eot": 1, "iters": 0, "samples": 1}, "'hi'"),
+        ({"name": "square", "samples": 1_000_000_000, "queries": 1}, "MFDV_MAX_SAMPLES"),
+        ({"name": "min_eps", "samples": 1_000_000_000, "steps": 1, "eot": 1, "iters": 0}, "MFDV_MAX_SAMPLES"),
+        # score work is queries x samples x inputs: 20 x 16 x 2 = 640 > 400 (queries x inputs alone is 40)
+        ({"name": "square", "queries": 20}, "MFDV_MAX_PROBE_QUERIES"),
+        # min_eps's judging draws count: ((1 x 1 + 250) x 8 + 250) x 2 = 4516 > 2000 (steps x eot x rounds: 16)
+        (
+            {"name": "min_eps", "hi": 0.2, "steps": 1, "eot": 1, "iters": 7, "samples": 250},
+            "MFDV_MAX_PROBE_GRADIENT_BUDGET",
+        ),
+    ],
+)
+def test_attack_settings_out_of_range_get_422_not_500(client: TestClient, attack: dict[str, Any], needle: str) -> None:
+    r = post(client, {"inputs": arrays([0, 1]), "labels": [0, 1], "attacks": [{"eps": EPS, **attack}], "seed": 0})
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["error"]
+
+
+def test_score_and_min_eps_costs_count_their_draws(client: TestClient) -> None:
+    attacks = [
+        {"name": "square", "eps": EPS, "queries": 5, "samples": 4},
+        {"name": "min_eps", "eps": EPS, "steps": 2, "eot": 2, "iters": 1, "samples": 8, "hi": 0.2},
+    ]
+    r = post(client, {"inputs": arrays([0]), "labels": [0], "attacks": attacks, "judge_samples": 8, "seed": 0})
+    assert r.status_code == 200, r.text
+    cost = r.json()["request"]["cost"]
+    assert cost["queries"] == 5 * 4 and cost["gradient"] == (2 * 2 + 8) * 2 + 8
+
+
+def test_a_value_error_while_attacking_is_a_422(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_probe(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("square needs 0 < p_init <= 1")
+
+    monkeypatch.setattr(probe_route, "probe", failing_probe)
+    r = post(client, {"inputs": arrays([0]), "attacks": [FGSM]})
+    assert r.status_code == 422, r.text
+    assert "p_init" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
     ("body", "needle"),
     [
         ({"inputs": [[[0.5] * 3] * 3], "attacks": [FGSM]}, "shape"),
