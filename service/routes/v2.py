@@ -16,6 +16,7 @@ request parameter ``binary_data_output``) come back the same way.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype("<f2"),
     "UINT8": np.dtype("u1"),
 }
+# integer datatypes: the inclusive range their JSON values must lie in
+INT_RANGES: dict[str, tuple[int, int]] = {"UINT8": (0, 255)}
+MAX_NDIM = 8  # the model wants 3 or 4 dimensions; anything far beyond is a client mistake
 # name -> (datatype, per class: shape [B, K] rather than [B])
 OUTPUTS: dict[str, tuple[str, bool]] = {
     "probs": ("FP32", True),
@@ -162,19 +166,41 @@ def _int_param(params: dict[str, Any], key: str, lo: int, hi: int) -> int | None
     return value
 
 
+def _json_values(data: Any, dtype_name: str, dtype: np.dtype[Any]) -> np.ndarray:
+    """``data`` (nested JSON numbers) -> a flat array of ``dtype``; integer types are range-checked."""
+    what = f"input {INPUT_NAME!r}: `data`"
+    try:
+        wide = np.asarray(data, dtype=np.float64).ravel()
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise InvalidInput(f"{what} must be numbers (nested lists allowed) of datatype {dtype_name}") from None
+    if dtype_name not in INT_RANGES:
+        return wide.astype(dtype)
+    lo, hi = INT_RANGES[dtype_name]
+    if not np.all(np.isfinite(wide)) or np.any(wide != np.floor(wide)):
+        raise InvalidInput(f"{what} must be whole numbers for datatype {dtype_name} (in {lo}..{hi})")
+    if wide.size and (wide.min() < lo or wide.max() > hi):
+        raise InvalidInput(
+            f"{what} has values in [{wide.min():g}, {wide.max():g}] but {dtype_name} must be in {lo}..{hi}"
+        )
+    # exact: every integer in range of UINT8 (and up to 2**53) is exact in float64
+    return wide.astype(dtype)
+
+
 def _tensor(spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, int]:
     """One input tensor -> (array, new binary offset)."""
     shape = spec.get("shape")
     dtype_name = spec.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInput(f"input {INPUT_NAME!r} needs a shape: a list of non-negative integers; got {shape!r}")
-    if dtype_name not in DTYPES:
+    if len(shape) > MAX_NDIM:
+        raise InvalidInput(f"input {INPUT_NAME!r} has {len(shape)} dimensions; send [B, C, H, W]")
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
         raise InvalidInput(
             f"input {INPUT_NAME!r} has datatype {dtype_name!r}; send FP32 pixels in [0, 1] "
-            f"(or UINT8 0..255; supported: {sorted(DTYPES)})"
+            f"(or UINT8 0..255; one of {sorted(DTYPES)}, as a string)"
         )
     dtype = DTYPES[dtype_name]
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # exact Python ints: no wrap-around (math.prod([]) == 1)
     params = spec.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
@@ -195,16 +221,25 @@ def _tensor(spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarra
     else:
         if "data" not in spec:
             raise InvalidInput(f"input {INPUT_NAME!r} has neither `data` nor parameters.binary_data_size")
-        try:
-            arr = np.asarray(spec["data"], dtype=dtype)
-        except (ValueError, TypeError, OverflowError):
-            raise InvalidInput(f"input {INPUT_NAME!r}: `data` must be numbers of datatype {dtype_name}") from None
+        arr = _json_values(spec["data"], dtype_name, dtype)
         if arr.size != count:
             raise InvalidInput(f"input {INPUT_NAME!r}: `data` has {arr.size} values but shape {shape} needs {count}")
-    arr = arr.reshape(shape)
+    try:
+        arr = arr.reshape(shape)
+    except ValueError as e:  # e.g. a zero-sized shape with a dimension too large for numpy
+        raise InvalidInput(f"input {INPUT_NAME!r}: shape {shape} is not usable ({e}); send [B, C, H, W]") from None
     if dtype_name == "UINT8":
         return arr.astype(np.float32) / 255.0, offset
     return arr, offset
+
+
+def _bool_param(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = params.get(key)
+    if value is None:  # absent or null, as for the integer parameters
+        return default
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where} {key!r} must be a JSON boolean (true or false); got {value!r}")
+    return value
 
 
 def parse_infer(body: bytes, header_length: str | None, state: AppState, engine: InferenceEngine) -> InferRequest:
@@ -223,6 +258,8 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
         req = json.loads(head)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"the inference header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise InvalidInput("the inference header nests JSON too deeply; send flat or [B, C, H, W] data") from None
     if not isinstance(req, dict):
         raise InvalidInput('the inference request must be a JSON object with "inputs"')
     inputs = req.get("inputs")
@@ -240,7 +277,7 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
         raise InvalidInput("`parameters` must be a JSON object")
     samples = _int_param(params, "samples", 1, state.settings.max_samples)
     seed = _int_param(params, "seed", 0, MAX_SEED)
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = _bool_param(params, "binary_data_output", False, "parameter")
     requested = req.get("outputs")
     if requested is None:
         outputs = [(name, binary_default) for name in OUTPUTS]
@@ -250,10 +287,14 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
         outputs = []
         for o in requested:
             name = o.get("name")
-            if name not in OUTPUTS:
-                raise InvalidInput(f"unknown output {name!r}; choose among {list(OUTPUTS)}")
-            oparams = o.get("parameters") or {}
-            outputs.append((name, bool(oparams.get("binary_data", binary_default))))
+            if not isinstance(name, str) or name not in OUTPUTS:
+                raise InvalidInput(f"unknown output {name!r}; give a name string among {list(OUTPUTS)}")
+            oparams = o.get("parameters")
+            if oparams is None:
+                oparams = {}
+            if not isinstance(oparams, dict):
+                raise InvalidInput(f"output {name!r}: `parameters` must be a JSON object; got {oparams!r}")
+            outputs.append((name, _bool_param(oparams, "binary_data", binary_default, f"output {name!r} parameter")))
     request_id = req.get("id")
     return InferRequest(
         images=images,
