@@ -48,9 +48,10 @@ class Settings(BaseSettings):
         max_probe_inputs: most inputs in one attack-probe request (over it: 422).
         max_probe_gradient_budget: most gradient work in one probe: the sum over its gradient
             attacks of steps x EOT draws x inputs (FGSM: 1 step; the surrogate: 1 draw; min_eps:
-            steps x (iters + 1) rounds). Over it: 422 naming the request's cost.
+            (steps x eot + samples) x (iters + 1) + samples, its judging draws included). Over it:
+            422 naming the request's cost.
         max_probe_queries: most score queries in one probe: the sum over its score-based attacks
-            (Square) of ``queries`` x inputs. Over it: 422.
+            (Square) of ``queries`` x ``samples`` (draws per query) x inputs. Over it: 422.
         max_probe_eps: largest perturbation budget an attack may ask for (``eps``, and ``hi`` of
             min_eps), in pixel units. Over it: 422.
         max_probe_seconds: wall-time limit of one probe, from its arrival. It is checked after
@@ -83,7 +84,7 @@ class Settings(BaseSettings):
     attack_threads: int = Field(1, ge=1)
     max_probe_inputs: int = Field(64, ge=1)
     max_probe_gradient_budget: int = Field(163840, ge=1)
-    max_probe_queries: int = Field(64000, ge=0)
+    max_probe_queries: int = Field(1_024_000, ge=0)
     max_probe_eps: float = Field(0.3, gt=0, le=1)
     max_probe_seconds: float = Field(60, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
