@@ -237,11 +237,16 @@ class _Judgement:
     mi: torch.Tensor
 
 
-def _judge(model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, samples: int, seed: int) -> _Judgement:
+def _judge(
+    model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor | None, samples: int, seed: int
+) -> tuple[_Judgement, torch.Tensor]:
+    """Judge ``x`` with fresh draws; ``y=None`` takes the majority vote as the label. Returns (judgement, y)."""
     logits = predict_draws(model, x, samples, _generator(seed))  # (N, B, K): one backbone pass
     u = summarize(logits)
+    votes = majority_vote(logits)
+    y = votes if y is None else y
     flips = (logits.argmax(-1) != y.unsqueeze(0)).sum(0)
-    return _Judgement(majority_vote(logits), flips, u.mean_probs, u.predictive_entropy, u.mutual_information)
+    return _Judgement(votes, flips, u.mean_probs, u.predictive_entropy, u.mutual_information), y
 
 
 def _flagged(mi: float, threshold: float | None) -> bool | None:
@@ -256,7 +261,7 @@ def _ci(successes: int, n: int) -> list[float]:
 def _validate_inputs(
     model: StochasticClassifier,
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None,
     judge_samples: int,
     seed: int,
     mi_threshold: float | None,
@@ -268,9 +273,9 @@ def _validate_inputs(
     if not x.is_floating_point() or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise ValueError("x must hold finite float pixels in [0, 1]")
     k = model.cfg.num_classes
-    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.is_floating_point():
-        raise ValueError(f"y must be an integer tensor [{x.shape[0]}]")
-    if y.min() < 0 or y.max() >= k:
+    if y is not None and (not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.is_floating_point()):
+        raise ValueError(f"y must be an integer tensor [{x.shape[0]}] or None")
+    if y is not None and (y.min() < 0 or y.max() >= k):
         raise ValueError(f"labels must be in [0, {k})")
     if isinstance(judge_samples, bool) or not isinstance(judge_samples, int) or judge_samples < 1:
         raise ValueError(f"judge_samples must be an integer >= 1, got {judge_samples!r}")
@@ -285,7 +290,7 @@ def _validate_inputs(
 def probe(
     model: StochasticClassifier,
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None,
     attacks: Sequence[Mapping[str, Any]],
     *,
     judge_samples: int = DEFAULT_JUDGE_SAMPLES,
@@ -298,7 +303,8 @@ def probe(
     Args:
         model: the classifier (switched to eval mode for the run, then restored).
         x: inputs [B, C, H, W], pixels in [0, 1].
-        y: true labels [B].
+        y: true labels [B]; None: each input's clean majority-vote label (from the same draws
+            that judge the clean inputs).
         attacks: specs like ``{"name": "pgd", "eps": 0.1, "steps": 10}``; see
             ``resolve_attacks`` for defaults and validation.
         judge_samples: fresh draws per judgement (default 64).
@@ -322,13 +328,13 @@ def probe(
     requests = resolve_attacks(attacks, model.cfg.input_shape)
     dev = model.proj.weight.device
     x = x.detach().to(dev, torch.float32)
-    y = y.to(dev, torch.long)
+    y = None if y is None else y.to(dev, torch.long)
     b = x.shape[0]
     n = judge_samples
-    yl = y.tolist()
 
     with eval_mode(model):
-        clean = _judge(model, x, y, n, derive_seed(seed, "clean"))
+        clean, y = _judge(model, x, y, n, derive_seed(seed, "clean"))
+    yl = y.tolist()
     clean_labels = clean.label.tolist()
     clean_results = [
         CleanResult(
@@ -356,8 +362,8 @@ def probe(
         if x_adv.shape != x.shape:
             raise RuntimeError(f"attack {req.name!r} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
         with eval_mode(model):
-            adv = _judge(model, x_adv, y, n, derive_seed(seed, a, req.name, "judge"))
-            rounded = _judge(model, torch.round(x_adv * 255) / 255, y, n, derive_seed(seed, a, req.name, "round"))
+            adv, _ = _judge(model, x_adv, y, n, derive_seed(seed, a, req.name, "judge"))
+            rounded, _ = _judge(model, torch.round(x_adv * 255) / 255, y, n, derive_seed(seed, a, req.name, "round"))
         delta = (x_adv - x).flatten(1)
         linf = delta.abs().amax(1).tolist()
         l2 = delta.norm(dim=1).tolist()

@@ -28,9 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from models import StochasticClassifier
-from models.attacks import predict_draws
-from models.probe import DEFAULT_JUDGE_SAMPLES, AttackReport, AttackRequest, derive_seed, probe, resolve_attacks
-from models.uncertainty import majority_vote
+from models.probe import DEFAULT_JUDGE_SAMPLES, AttackReport, AttackRequest, probe, resolve_attacks
 
 from ..deps import ApiKeyDep, AppState, EngineDep, StateDep
 from ..engine import InferenceEngine, random_seed
@@ -328,10 +326,7 @@ def run_probe(
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     x = job.images.to(model.proj.weight.device)
-    y = job.labels
-    if y is None:  # the clean majority vote, with the same draws that judge the clean inputs
-        g = torch.Generator().manual_seed(derive_seed(job.seed, "clean"))
-        y = majority_vote(predict_draws(model, x, job.judge_samples, g))
+    y = job.labels  # None: probe() takes the clean majority vote
     images: list[list[str]] = []
     stop: dict[str, Any] = {}
 

@@ -266,3 +266,14 @@ def test_after_attack_sees_each_report_and_can_stop_the_rest(data: tuple[torch.T
     assert [s["name"] for s in rep.summary["attacks"]] == ["fgsm", "pgd"]
     full = probe(trained_model("vanilla"), x, y, specs[:2], judge_samples=4, seed=0)
     assert [a.success_rate for a in full.attacks] == [a.success_rate for a in rep.attacks]
+
+
+def test_without_labels_the_clean_majority_vote_is_the_label(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = data
+    model = trained_model("mfdv")
+    rep = probe(model, x, None, [{"name": "fgsm", "eps": 0.05}], judge_samples=16, seed=3)
+    assert all(c.correct and c.true_label == c.label for c in rep.clean)
+    # the same labels as judging clean inputs against the given labels, with the same seed
+    given = probe(model, x, y, [{"name": "fgsm", "eps": 0.05}], judge_samples=16, seed=3)
+    assert [c.label for c in rep.clean] == [c.label for c in given.clean]
+    assert all(r.true_label == c.label for r, c in zip(rep.attacks[0].inputs, rep.clean, strict=True))
