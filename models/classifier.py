@@ -114,15 +114,25 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> StochasticClassifier:
     return StochasticClassifier(cfg)
 
 
-def noise_to_margin(model: StochasticClassifier, x: torch.Tensor) -> torch.Tensor:
+def noise_to_margin(
+    model: StochasticClassifier, x: torch.Tensor | None = None, *, mu: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-input ratio of the logit-noise std to the top-2 logit margin (noise-free).
 
     Uses the exact logit covariance W Sigma W^T: for the predicted class c and
     runner-up j the margin noise std is sqrt(Var(l_c - l_j)). Large values mean
     noise can flip the decision; tiny values mean mu has outgrown sigma.
+
+    Args:
+        model: the classifier.
+        x: inputs [B, C, H, W]; or pass ``mu`` (features [B, D]) to reuse a backbone pass.
     """
     with torch.no_grad():
-        logits = model(x, None)[0]
+        if mu is None:
+            if x is None:
+                raise ValueError("pass x or mu")
+            mu = model.features(x)
+        logits = model.head(mu, None)[0]
         top2 = logits.topk(2, dim=1)
         c, j = top2.indices[:, 0], top2.indices[:, 1]
         margin = top2.values[:, 0] - top2.values[:, 1]

@@ -61,12 +61,13 @@ def clean_accuracy(
     for sl in _batches(len(ds), batch):
         x = as_float(ds.x[sl]).to(device)
         y = ds.y[sl].to(device)
-        u = summarize(predict_draws(model, x, samples, g))
+        mu = model.features(x)  # (B, D): one backbone pass serves all three below
+        u = summarize(model.head(mu, model.sample_noise(samples, g)))
         correct += int((u.label == y).sum())
-        correct_nf += int((model(x, None)[0].argmax(-1) == y).sum())
+        correct_nf += int((model.head(mu, None)[0].argmax(-1) == y).sum())
         mi.append(u.mutual_information.cpu())
         if model.stochastic:
-            ntm.append(noise_to_margin(model, x).cpu())
+            ntm.append(noise_to_margin(model, mu=mu).cpu())
     out = {
         "accuracy": correct / len(ds),
         "accuracy_noise_free": correct_nf / len(ds),
