@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.config import DEFAULT_MODEL_DIR  # noqa: E402
-from service.testing import ServerProcess  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
 
 log = logging.getLogger("bench_probe")
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from models import ModelConfig, build_model, load_checkpoint, summarize  # noqa: E402
 from service.backends import TorchBackend  # noqa: E402
-from service.testing import ServerProcess  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
 
 log = logging.getLogger("bench")
 

@@ -86,9 +86,27 @@ class StochasticHead(nn.Module):
         delta = None if noise is None else self.scale_noise(noise)
         return gaussian_logits(mu, delta, self.fc.weight, self.fc.bias)
 
+    def base_logits(self, mu: torch.Tensor) -> torch.Tensor:
+        """The noise-free logits ``W mu + b`` [B, K] (the mean of the logits given x)."""
+        return F.linear(mu, self.fc.weight, self.fc.bias)
+
+    def noise_shift(self, noise: torch.Tensor) -> torch.Tensor:
+        """Each draw's logit shift ``W delta(noise)`` [T, K] for standard normal ``noise`` [T, D].
+
+        ``forward(mu, noise) == base_logits(mu)[None] + noise_shift(noise)[:, None]``: a server can
+        compute the two parts separately (the shift depends on the noise alone).
+        """
+        if noise.shape[-1] != self.feature_dim:
+            raise ValueError(f"noise must have last dim {self.feature_dim}, got shape {tuple(noise.shape)}")
+        return F.linear(self.scale_noise(noise), self.fc.weight)
+
     def regularizer(self) -> torch.Tensor:
         """Term added to the loss (multiplied by lambda); zero for heads with nothing to learn."""
         return self.fc.weight.new_zeros(())
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        """The learnable parameters of the noise (trained without weight decay, at their own rate)."""
+        return []
 
     def sigma(self) -> torch.Tensor:
         """Per-dimension noise standard deviation [D]."""
@@ -179,6 +197,9 @@ class MFDVHead(StochasticHead):
     def regularizer(self) -> torch.Tensor:
         return -torch.log(self.sigma() ** 2).mean()
 
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [self.s]
+
     def extra_repr(self) -> str:
         return f"D={self.feature_dim}, sigma_max={self.sigma_max}"
 
@@ -211,6 +232,9 @@ class WCAHead(StochasticHead):
 
     def lower(self) -> torch.Tensor:
         return self.L * self.tril_mask
+
+    def noise_parameters(self) -> list[nn.Parameter]:
+        return [self.L]
 
     def scale_noise(self, noise: torch.Tensor) -> torch.Tensor:
         return noise @ self.lower().T

@@ -3,16 +3,16 @@
 Pure torch, no web framework: the service's attack-probe endpoint calls ``probe`` and
 turns the report into JSON (``ProbeReport.to_dict()`` is JSON-ready).
 
-Each attack's outcome is judged the way the service predicts: ``judge_samples`` fresh
-noise draws (one backbone pass), the label is the majority vote of the per-draw argmax,
-and an attack succeeds on an input when that label differs from the true label. The
-flip probability is the share of draws whose argmax differs from the true label, with
-a Wilson 95% interval.
+Attacks are typed specs (``models.attacks.AttackSpec``: validated once, where they come in),
+or a named evaluation suite (``SuiteSpec``: ``standard`` or ``published``), which runs all its
+attacks and reports the per-input worst case as one entry.
 
-Probe defaults differ from the attack registry's: gradient attacks get ``eot=16`` draws
-per gradient (the registry says 1; with one backward pass per step whatever the draws,
-16 costs little and a stochastic model needs it), ``steps=20`` and an explicit step size
-``alpha=eps/4``. The default ``eps`` is 0.1 for 28x28 inputs and 8/255 for 32x32.
+Each outcome is judged the way the service predicts (``models.prediction.predict_label``:
+the argmax of the mean softmax over ``judge_samples`` fresh noise draws, one backbone pass),
+and an attack succeeds on an input when that label differs from the true label (a suite
+uses its own, stricter judgement). The flip probability is the share of draws whose argmax
+differs from the true label, with a Wilson 95% interval.
+
 Randomness comes from ``torch.Generator`` objects seeded from ``seed``, one stream per
 attack and one per judgement, so a report is reproducible and an attack's result does
 not depend on the other attacks in the request. The judging draws never reuse the
@@ -21,127 +21,71 @@ attack's draws.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from .attacks import eval_mode, get_attack, list_attacks, predict_draws, run_attack
+from .attacks import ATTACK_SPEC, Attack, AttackCost, AttackResult, StopFn, eval_mode, predict_draws, run_suite
+from .attacks.suite import SUITES, derive_seed, get_suite
 from .classifier import StochasticClassifier
-from .uncertainty import majority_vote, summarize, wilson_interval
+from .prediction import predict_label
+from .uncertainty import summarize, wilson_interval
 
 DEFAULT_JUDGE_SAMPLES = 64
-PROBE_DEFAULTS: dict[str, Any] = {"eot": 16, "steps": 20}
-"""Settings the probe uses instead of the registry defaults, for attacks that have them."""
-
-_DEFAULT_EPS = {28: 0.1, 32: 8 / 255}
-_MIN_INT = {"steps": 1, "eot": 1, "queries": 1, "samples": 1, "iters": 0}
-_CHOICES = {"loss": ("ce", "dlr")}
-_OPEN_UNIT = ("rho",)  # 0 < value < 1
-_HALF_OPEN_UNIT = ("p_init",)  # 0 < value <= 1
 _L0_TOL = 1e-6
-_RESERVED = ("name", "eps")
 
 
-def default_eps(input_shape: Sequence[int]) -> float:
-    """Default L-inf budget: 0.1 for 28x28 inputs (MNIST-like), 8/255 for 32x32 (CIFAR-like).
+class SuiteSpec(BaseModel):
+    """A named evaluation suite as one probe entry: every attack of it, per-input worst case."""
 
-    Raises:
-        ValueError: for other sizes (the request must give ``eps``).
-    """
-    h, w = int(input_shape[-2]), int(input_shape[-1])
-    if h != w or h not in _DEFAULT_EPS:
-        raise ValueError(f"no default eps for {h}x{w} inputs (defaults: 28x28 -> 0.1, 32x32 -> 8/255); give 'eps'")
-    return _DEFAULT_EPS[h]
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+    suite: Literal["standard", "published"] = Field(description="standard (AutoAttack-grade) or published.")
+    eps: float | None = Field(
+        None, ge=0, le=1, description="Budget in pixel units; default 0.1 (up to 28x28) or 8/255 (larger)."
+    )
 
-@dataclass
-class AttackRequest:
-    """A validated attack spec: the name, the budget and every setting the attack will run with."""
+    @property
+    def name(self) -> str:
+        return self.suite
 
-    name: str
-    eps: float
-    settings: dict[str, Any]
-    kind: str
+    kind: ClassVar[str] = "suite"
 
+    def resolve(self, input_shape: Sequence[int]) -> SuiteSpec:
+        from .attacks import default_eps
 
-def _check_setting(attack: str, key: str, value: Any, default: Any) -> None:
-    def bad(what: str) -> ValueError:
-        return ValueError(f"attack {attack!r}: setting {key!r} must be {what}, got {value!r}")
+        return self.model_copy(update={"eps": default_eps(input_shape) if self.eps is None else float(self.eps)})
 
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-    elif isinstance(default, int):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise bad("an integer")
-        if value < _MIN_INT.get(key, 0):
-            raise bad(f"an integer >= {_MIN_INT.get(key, 0)}")
-    elif isinstance(default, float) or default is None:
-        if value is None and default is None:
-            return
-        if not is_number or not math.isfinite(value) or value < 0:
-            raise bad("a finite number >= 0" + (" or null" if default is None else ""))
-    elif isinstance(default, str) and not isinstance(value, str):
-        raise bad("a string")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise bad(f"one of {list(_CHOICES[key])}")
-    if key in _OPEN_UNIT and not 0.0 < value < 1.0:
-        raise bad("a number with 0 < value < 1")
-    if key in _HALF_OPEN_UNIT and not 0.0 < value <= 1.0:
-        raise bad("a number with 0 < value <= 1")
+    def radius(self) -> float:
+        return float(self.eps or 0.0)
+
+    def cost(self, inputs: int) -> AttackCost:
+        """Every attack of the suite on every input (the worst case: later attacks see fewer)."""
+        return get_suite(self.suite).cost(self.radius(), inputs)
+
+    def settings(self) -> dict[str, Any]:
+        return get_suite(self.suite).describe(self.radius())
 
 
-def resolve_attacks(specs: Sequence[Mapping[str, Any]], input_shape: Sequence[int]) -> list[AttackRequest]:
-    """Validate attack specs and merge defaults (registry < ``PROBE_DEFAULTS`` < the spec).
+ProbeItem = Attack | SuiteSpec
 
-    Each spec is a mapping with ``name``, optional ``eps`` (default: ``default_eps``) and
-    any of the attack's settings. ``alpha`` left at None becomes ``eps / 4`` explicitly.
 
-    Raises:
-        ValueError: unknown attack (the message lists the valid ones), unknown setting
-            (the message lists the attack's settings), or a value of the wrong type/range
-            (integers >= their minimum, e.g. ``samples`` >= 1; numbers finite and >= 0;
-            ``0 < rho < 1``; ``0 < p_init <= 1``; ``lo < hi``; null only where the
-            default is null, e.g. ``alpha``).
-    """
-    if isinstance(specs, Mapping) or not isinstance(specs, Sequence) or len(specs) == 0:
-        raise ValueError("attacks must be a non-empty list of specs like {'name': 'pgd', 'eps': 0.1}")
-    out = []
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-            raise ValueError(f"attack spec {i} must be a mapping with a 'name'; choose one of {list_attacks()}")
-        name = spec["name"]
-        if name not in list_attacks():
-            raise ValueError(f"unknown attack {name!r}; choose one of {list_attacks()}")
-        reg = get_attack(name)
-        given = {k: v for k, v in spec.items() if k not in _RESERVED}
-        unknown = sorted(set(given) - set(reg.defaults))
-        if unknown:
-            raise ValueError(
-                f"attack {name!r} has no setting(s) {unknown}; valid: {list(_RESERVED) + sorted(reg.defaults)}"
-            )
-        eps = spec.get("eps")
-        if eps is None:
-            eps = default_eps(input_shape)
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0.0 <= eps <= 1.0:
-            raise ValueError(f"attack {name!r}: eps must be a number in [0, 1] (pixel scale), got {eps!r}")
-        for k, v in given.items():
-            _check_setting(name, k, v, reg.defaults[k])
-        settings = {**reg.defaults, **{k: v for k, v in PROBE_DEFAULTS.items() if k in reg.defaults}, **given}
-        if "lo" in settings and "hi" in settings and not settings["lo"] < settings["hi"]:
-            raise ValueError(
-                f"attack {name!r}: needs lo < hi (the search range), got lo={settings['lo']!r}, hi={settings['hi']!r}"
-            )
-        if "alpha" in settings and settings["alpha"] is None:
-            settings["alpha"] = float(eps) / 4
-        out.append(AttackRequest(name=name, eps=float(eps), settings=settings, kind=reg.kind))
-    return out
+def parse_item(item: ProbeItem | Mapping[str, Any] | str) -> ProbeItem:
+    """An attack spec, a suite spec, or a suite name, validated (pydantic errors are ValueErrors)."""
+    if isinstance(item, Attack | SuiteSpec):
+        return item
+    if isinstance(item, str):
+        if item not in SUITES:
+            raise ValueError(f"unknown suite {item!r}; choose one of {sorted(SUITES)} or give a list of attacks")
+        return SuiteSpec(suite=item)  # type: ignore[arg-type]
+    if isinstance(item, Mapping) and "suite" in item:
+        return SuiteSpec.model_validate(dict(item))
+    return ATTACK_SPEC.validate_python(item, strict=True)
 
 
 @dataclass
@@ -150,7 +94,7 @@ class CleanResult:
 
     index: int
     true_label: int
-    label: int  # majority vote
+    label: int  # predict_label over judge_samples draws
     correct: bool
     flip_prob: float  # share of draws whose argmax != true label
     flip_ci: list[float]  # Wilson 95%
@@ -166,9 +110,9 @@ class InputResult:
 
     index: int
     true_label: int
-    clean_label: int  # majority vote on the clean input
-    adv_label: int  # majority vote on the adversarial input
-    success: bool  # adv_label != true_label
+    clean_label: int  # predicted label on the clean input
+    adv_label: int  # predicted label on the adversarial input
+    success: bool  # adv_label != true_label (a suite: its own, stricter verdict)
     flip_prob: float  # share of draws on the adversarial input whose argmax != true label
     flip_ci: list[float]  # Wilson 95% interval of flip_prob
     mean_probs: list[float]
@@ -218,19 +162,13 @@ class ProbeReport:
         return asdict(self)
 
 
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 62-bit seed for one random stream, from the request seed and a stream name."""
-    digest = hashlib.sha256(repr((int(seed), *parts)).encode()).hexdigest()
-    return int(digest[:15], 16) >> 2
-
-
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
 @dataclass
 class _Judgement:
-    label: torch.Tensor  # (B,) majority vote
+    label: torch.Tensor  # (B,) predict_label
     flips: torch.Tensor  # (B,) draws whose argmax != y
     mean_probs: torch.Tensor
     entropy: torch.Tensor
@@ -240,13 +178,14 @@ class _Judgement:
 def _judge(
     model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor | None, samples: int, seed: int
 ) -> tuple[_Judgement, torch.Tensor]:
-    """Judge ``x`` with fresh draws; ``y=None`` takes the majority vote as the label. Returns (judgement, y)."""
-    logits = predict_draws(model, x, samples, _generator(seed))  # (N, B, K): one backbone pass
+    """Judge ``x`` with fresh draws; ``y=None`` takes the predicted label as the label. Returns (judgement, y)."""
+    with eval_mode(model):
+        logits = predict_draws(model, x, samples, _generator(seed))  # (N, B, K): one backbone pass
     u = summarize(logits)
-    votes = majority_vote(logits)
-    y = votes if y is None else y
+    label = predict_label(logits)
+    y = label if y is None else y
     flips = (logits.argmax(-1) != y.unsqueeze(0)).sum(0)
-    return _Judgement(votes, flips, u.mean_probs, u.predictive_entropy, u.mutual_information), y
+    return _Judgement(label, flips, u.mean_probs, u.predictive_entropy, u.mutual_information), y
 
 
 def _flagged(mi: float, threshold: float | None) -> bool | None:
@@ -287,32 +226,67 @@ def _validate_inputs(
         raise ValueError(f"mi_threshold must be a finite number or None, got {mi_threshold!r}")
 
 
+def parse_items(
+    attacks: Sequence[ProbeItem | Mapping[str, Any]] | Mapping[str, Any] | str | SuiteSpec,
+) -> list[ProbeItem]:
+    """The probe's attack list: typed specs, mappings to validate, or one suite (name, spec or mapping)."""
+    if isinstance(attacks, str | SuiteSpec) or (isinstance(attacks, Mapping) and "suite" in attacks):
+        return [parse_item(attacks)]
+    if isinstance(attacks, Mapping) or not isinstance(attacks, Sequence) or len(attacks) == 0:
+        raise ValueError("attacks must be a non-empty list of specs like {'name': 'pgd', 'eps': 0.1}, or a suite name")
+    return [parse_item(a) for a in attacks]
+
+
+def _run_item(
+    item: ProbeItem,
+    model: StochasticClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    should_stop: StopFn | None,
+) -> tuple[AttackResult, torch.Tensor | None]:
+    """Run one attack (or suite); returns its result and the suite's per-input verdict (None for
+    an attack: the probe judges it)."""
+    if isinstance(item, SuiteSpec):
+        res = run_suite(model, x, y, item.suite, eps=item.radius(), seed=seed, should_stop=should_stop)
+        grad = sum(a.grad_evals for a in res.attacks)
+        queries = sum(a.queries for a in res.attacks)
+        extras = {"suite": res.summary(), "fooled_by": res.fooled_by.tolist()}
+        result = AttackResult(res.x_adv, grad_evals=grad, queries=queries, stopped=not res.complete, info=extras)
+        return result, ~res.robust
+    return item.run(model, x, y, generator=_generator(seed), should_stop=should_stop), None
+
+
 def probe(
     model: StochasticClassifier,
     x: torch.Tensor,
     y: torch.Tensor | None,
-    attacks: Sequence[Mapping[str, Any]],
+    attacks: Sequence[ProbeItem | Mapping[str, Any]] | Mapping[str, Any] | str | SuiteSpec,
     *,
     judge_samples: int = DEFAULT_JUDGE_SAMPLES,
     seed: int = 0,
     mi_threshold: float | None = None,
     after_attack: Callable[[AttackReport, torch.Tensor], bool] | None = None,
+    should_stop: StopFn | None = None,
 ) -> ProbeReport:
     """Run each attack on the inputs and judge the results with fresh noise draws.
 
     Args:
         model: the classifier (switched to eval mode for the run, then restored).
         x: inputs [B, C, H, W], pixels in [0, 1].
-        y: true labels [B]; None: each input's clean majority-vote label (from the same draws
+        y: true labels [B]; None: each input's clean predicted label (from the same draws
             that judge the clean inputs).
-        attacks: specs like ``{"name": "pgd", "eps": 0.1, "steps": 10}``; see
-            ``resolve_attacks`` for defaults and validation.
+        attacks: typed specs (``models.attacks.AttackSpec``; mappings are validated into
+            them), or a suite: ``"standard"``, ``"published"`` or a ``SuiteSpec``. An unset
+            ``eps`` becomes ``default_eps`` of the model's input size.
         judge_samples: fresh draws per judgement (default 64).
         seed: the request seed; every random stream derives from it (``derive_seed``).
         mi_threshold: inputs whose mutual information exceeds it are ``flagged``.
         after_attack: called after each attack with its report and its adversarial inputs
             [B, C, H, W]; returning True skips the remaining attacks (the report then covers
-            the attacks run so far). The service uses it for metrics, images and its wall-time limit.
+            the attacks run so far). The service uses it for metrics and images.
+        should_stop: checked between an attack's steps (queries, bisection rounds); True
+            ends the running attack with what it has (``info["stopped"]``) and skips the rest.
 
     Returns:
         A ``ProbeReport``: ``clean`` (one ``CleanResult`` per input), ``attacks`` (one
@@ -325,15 +299,14 @@ def probe(
         ValueError: invalid inputs or attack specs (nothing is run then).
     """
     _validate_inputs(model, x, y, judge_samples, seed, mi_threshold)
-    requests = resolve_attacks(attacks, model.cfg.input_shape)
+    items = [item.resolve(model.cfg.input_shape) for item in parse_items(attacks)]
     dev = model.proj.weight.device
     x = x.detach().to(dev, torch.float32)
     y = None if y is None else y.to(dev, torch.long)
     b = x.shape[0]
     n = judge_samples
 
-    with eval_mode(model):
-        clean, y = _judge(model, x, y, n, derive_seed(seed, "clean"))
+    clean, y = _judge(model, x, y, n, derive_seed(seed, "clean"))
     yl = y.tolist()
     clean_labels = clean.label.tolist()
     clean_results = [
@@ -353,26 +326,27 @@ def probe(
     ]
 
     reports = []
-    for a, req in enumerate(requests):
-        attack_seed = derive_seed(seed, a, req.name, "attack")
+    for a, item in enumerate(items):
+        attack_seed = derive_seed(seed, a, item.name, "attack")
         start = time.perf_counter()
-        res = run_attack(req.name, model, x, y, eps=req.eps, generator=_generator(attack_seed), **req.settings)
+        res, verdict = _run_item(item, model, x, y, attack_seed, should_stop)
         wall = time.perf_counter() - start
         x_adv = res.x_adv.detach().to(dev)
         if x_adv.shape != x.shape:
-            raise RuntimeError(f"attack {req.name!r} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
-        with eval_mode(model):
-            adv, _ = _judge(model, x_adv, y, n, derive_seed(seed, a, req.name, "judge"))
-            rounded, _ = _judge(model, torch.round(x_adv * 255) / 255, y, n, derive_seed(seed, a, req.name, "round"))
+            raise RuntimeError(f"attack {item.name!r} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
+        adv, _ = _judge(model, x_adv, y, n, derive_seed(seed, a, item.name, "judge"))
+        rounded, _ = _judge(model, torch.round(x_adv * 255) / 255, y, n, derive_seed(seed, a, item.name, "round"))
         delta = (x_adv - x).flatten(1)
         linf = delta.abs().amax(1).tolist()
         l2 = delta.norm(dim=1).tolist()
         l0 = (delta.abs() > _L0_TOL).sum(1).tolist()
-        success = (adv.label != y).tolist()
+        success = (adv.label != y).tolist() if verdict is None else verdict.tolist()
         round_success = (rounded.label != y).tolist()
         adv_labels = adv.label.tolist()
         per_input = {k: v for k, v in res.info.items() if isinstance(v, list) and len(v) == b}
         shared = {k: v for k, v in res.info.items() if k not in per_input}
+        if res.stopped:
+            shared["stopped"] = "the wall-time limit stopped this attack before its budget was spent"
         grad_list = per_input.pop("grad_evals_per_input", [res.grad_evals] * b)
         query_list = per_input.pop("queries_per_input", [0] * b)
         inputs = [
@@ -381,7 +355,7 @@ def probe(
                 true_label=yl[i],
                 clean_label=clean_labels[i],
                 adv_label=adv_labels[i],
-                success=success[i],
+                success=bool(success[i]),
                 flip_prob=int(adv.flips[i]) / n,
                 flip_ci=_ci(int(adv.flips[i]), n),
                 mean_probs=adv.mean_probs[i].tolist(),
@@ -398,13 +372,13 @@ def probe(
             )
             for i in range(b)
         ]
-        n_success = sum(success)
+        n_success = sum(r.success for r in inputs)
         reports.append(
             AttackReport(
-                name=req.name,
-                kind=req.kind,
-                eps=req.eps,
-                settings=dict(req.settings),
+                name=item.name,
+                kind=item.kind,
+                eps=item.radius() if isinstance(item, SuiteSpec) else item.budget,
+                settings=item.settings(),
                 seed=attack_seed,
                 grad_evals=res.grad_evals,
                 draws=res.draws,
@@ -416,7 +390,8 @@ def probe(
                 info=shared,
             )
         )
-        if after_attack is not None and after_attack(reports[-1], x_adv) and a + 1 < len(requests):
+        stop = res.stopped or (after_attack is not None and after_attack(reports[-1], x_adv))
+        if stop and a + 1 < len(items):
             break
 
     summary = {

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .prediction import predict_label
+
 MI_FLOOR = 1e-9  # nats: below this, mutual information is rounding error
 
 
@@ -30,7 +32,7 @@ class Uncertainty:
     """Per-input summaries of T draws; every tensor has leading dim B."""
 
     mean_probs: torch.Tensor  # (B, K)
-    label: torch.Tensor  # (B,)
+    label: torch.Tensor  # (B,) predict_label: argmax of mean_probs
     predictive_entropy: torch.Tensor  # (B,)
     expected_entropy: torch.Tensor  # (B,)
     mutual_information: torch.Tensor  # (B,)
@@ -47,7 +49,7 @@ def summarize(logits: torch.Tensor) -> Uncertainty:
     t, _, k = logits.shape
     probs = torch.softmax(logits.double(), dim=-1)  # (T, B, K)
     mean = probs.mean(0)  # (B, K)
-    label = mean.argmax(-1)
+    label = predict_label(logits)  # the argmax of ``mean``: the one rule, in models.prediction
     pe = entropy(mean)
     ee = entropy(probs).mean(0)
     mi = pe - ee
@@ -70,12 +72,6 @@ def summarize(logits: torch.Tensor) -> Uncertainty:
         top_prob_stderr=(top_std / t**0.5).float(),
         votes=votes,
     )
-
-
-def majority_vote(logits: torch.Tensor) -> torch.Tensor:
-    """Most frequent per-draw argmax [B] (ties go to the lowest class index)."""
-    k = logits.shape[-1]
-    return torch.nn.functional.one_hot(logits.argmax(-1), k).sum(0).argmax(-1)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -8,6 +8,7 @@ reader never sees half a checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -153,3 +154,22 @@ def export_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def update_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """Replace the clean and robust metrics of a checkpoint's manifest (training stats kept), atomically.
+
+    ``metrics["evaluation"]`` (the command that measured them) goes into the manifest too.
+    The weights and graph are untouched, so their sha256 stay valid; the model id (the
+    manifest's sha256) changes.
+    """
+    manifest_path = Path(path) / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    old = manifest.get("metrics", {})
+    manifest["metrics"] = {**old, **{k: v for k, v in metrics.items() if k != "evaluation"}}
+    if "evaluation" in metrics:
+        manifest["evaluation"] = metrics["evaluation"]
+    tmp = manifest_path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.chmod(0o644)
+    os.replace(tmp, manifest_path)

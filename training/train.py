@@ -24,10 +24,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import METHODS, ModelConfig, StochasticClassifier, build_model, list_backbones
+from models import METHODS, ModelConfig, StochasticClassifier, build_model, list_backbones, resolve_device
+from models.attacks import SUITES, default_eps
 
+from .adversarial import ADV_KINDS, AdvConfig, adversarial_loss, perturb
 from .data import Dataset, as_float, channel_stats, load_dataset
-from .evaluate import calibrate_mi_threshold, default_eps, evaluate, standard_suite
+from .evaluate import calibrate_mi_threshold, evaluate
 from .export import export_checkpoint
 
 log = logging.getLogger("training")
@@ -56,9 +58,17 @@ class TrainArgs:
     seed: int = 0
     eval_samples: int = 32
     attack_n: int | None = 1000
-    eot: int = 16
+    suite: tuple[str, ...] = ("standard", "published")
     no_attacks: bool = False
     max_steps: int | None = None
+    adv: str = "none"
+    adv_eps: float | None = None
+    adv_steps: int | None = None
+    adv_alpha: float | None = None
+    adv_eot: int = 1
+    adv_ramp: float = 1.0
+    trades_beta: float = 6.0
+    adv_val_n: int = 1000
     threads: int | None = None
     device: str = "auto"
     out: str | None = None
@@ -87,14 +97,6 @@ def split_train_val(ds: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dat
     return ds.subset(perm[val_size:]), ds.subset(perm[:val_size])
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda given but CUDA is not available")
-    return torch.device(name)
-
-
 def make_model(args: TrainArgs, train: Dataset) -> StochasticClassifier:
     mean, std = channel_stats(train)
     c, h, w = train.input_shape
@@ -118,6 +120,54 @@ def make_model(args: TrainArgs, train: Dataset) -> StochasticClassifier:
     return build_model(cfg)
 
 
+def adv_config(args: TrainArgs, img_size: int) -> AdvConfig:
+    """The adversarial-training settings of a run (eps defaults to the dataset's standard budget)."""
+    eps = default_eps((img_size, img_size)) if args.adv_eps is None else args.adv_eps
+    return AdvConfig.build(
+        args.adv,
+        eps,
+        steps=args.adv_steps,
+        alpha=args.adv_alpha,
+        eot=args.adv_eot,
+        ramp=args.adv_ramp,
+        beta=args.trades_beta,
+    )
+
+
+def _param_groups(model: StochasticClassifier, args: TrainArgs) -> list[dict[str, Any]]:
+    """Weight decay on everything but the head's noise parameters, which get ``noise_lr_mult``."""
+    head_w = model.head.fc.weight
+    noise = {id(p) for p in model.head.noise_parameters()}
+    others = [p for p in model.parameters() if p is not head_w]
+    return [
+        {"params": [p for p in others if id(p) not in noise], "weight_decay": args.weight_decay},
+        {"params": [p for p in others if id(p) in noise], "weight_decay": 0.0, "lr_mult": args.noise_lr_mult},
+        {"params": [head_w], "weight_decay": args.weight_decay + args.head_wd},
+    ]
+
+
+def val_robust_accuracy(
+    model: StochasticClassifier, val: Dataset, adv: AdvConfig, device: torch.device, seed: int
+) -> dict[str, float]:
+    """Clean and PGD-10 (step eps/4, EOT 4, random start) accuracy on held-out images, one draw each.
+
+    The per-epoch check against catastrophic overfitting: cheap, and judged on single draws so
+    a collapse shows at once.
+    """
+    from models.attacks import predict_draws, run_attack
+
+    g = torch.Generator().manual_seed(seed + 777)
+    correct = robust = 0
+    eot = 4 if model.stochastic else 1
+    for i in range(0, len(val), 500):
+        x = as_float(val.x[i : i + 500]).to(device)
+        y = val.y[i : i + 500].to(device)
+        res = run_attack("pgd", model, x, y, eps=adv.eps, generator=g, steps=10, eot=eot)
+        correct += int((predict_draws(model, x, 1, g)[0].argmax(-1) == y).sum())
+        robust += int((predict_draws(model, res.x_adv, 1, g)[0].argmax(-1) == y).sum())
+    return {"clean": correct / len(val), "robust": robust / len(val)}
+
+
 def fit(
     model: StochasticClassifier,
     train: Dataset,
@@ -125,23 +175,22 @@ def fit(
     device: torch.device,
     rank: int = 0,
     world: int = 1,
-) -> dict[str, float]:
-    """The training loop: CE on one noise draw per input, minus lambda times the head's variance term."""
+    val: Dataset | None = None,
+) -> dict[str, Any]:
+    """The training loop: CE on one noise draw per input, minus lambda times the head's variance term.
+
+    With ``args.adv`` the inputs are replaced by adversarial ones (``training.adversarial``), the
+    attack seeing the noise as the served model does. Then, when ``val`` is given, every epoch
+    ends with PGD on ``args.adv_val_n`` held-out images, and the weights of the most robust
+    epoch are kept (a guard against catastrophic overfitting; the stats say when it rolled back).
+    """
     model.to(device)
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
-    head_w = [model.head.fc.weight]
-    others = [p for p in model.parameters() if p is not model.head.fc.weight]
-    no_decay = {id(p) for n, p in model.head.named_parameters() if n in ("s", "L")}
-    opt = torch.optim.AdamW(
-        [
-            {"params": [p for p in others if id(p) not in no_decay], "weight_decay": args.weight_decay},
-            {"params": [p for p in others if id(p) in no_decay], "weight_decay": 0.0, "lr_mult": args.noise_lr_mult},
-            {"params": head_w, "weight_decay": args.weight_decay + args.head_wd},
-        ],
-        lr=args.lr,
-    )
+    opt = torch.optim.AdamW(_param_groups(model, args), lr=args.lr)
+    adv = adv_config(args, model.cfg.img_size)
+    check = val.subset(slice(0, args.adv_val_n)) if (adv.active and val is not None and args.adv_val_n > 0) else None
     g = torch.Generator().manual_seed(args.seed)
     per_rank = len(train) // world
     steps_per_epoch = max(1, per_rank // args.batch_size)
@@ -149,48 +198,104 @@ def fit(
     if args.max_steps is not None:
         total = min(total, args.max_steps)
     step = 0
-    stats: dict[str, float] = {}
+    stats: dict[str, Any] = {}
+    epochs: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    attack_s = update_s = 0.0
     bar = tqdm(
         total=total,
         disable=rank != 0 or (not sys.stderr.isatty() and os.environ.get("TQDM_FORCE") is None),
-        desc=f"train {args.method}",
+        desc=f"train {args.method}" + ("" if not adv.active else f"+{adv.kind}"),
         unit="step",
     )
     model.train()
     t0 = time.perf_counter()
+    epoch = 0
     while step < total:
         perm = torch.randperm(len(train), generator=g)[rank * per_rank : (rank + 1) * per_rank]
+        t_epoch = time.perf_counter()
         for i in range(steps_per_epoch):
             if step >= total:
                 break
             idx = perm[i * args.batch_size : (i + 1) * args.batch_size]
             x = as_float(train.x[idx]).to(device)
             y = train.y[idx].to(device)
-            noise = model.sample_noise(1, g, batch=len(idx))  # (1, B, D): one draw per input
-            lam = lambda_at(step / steps_per_epoch, args.lam, args.lam_warmup)
+            progress = step / steps_per_epoch
+            lam = lambda_at(progress, args.lam, args.lam_warmup)
             for grp in opt.param_groups:
                 grp["lr"] = lr_at(step, total, args.lr) * grp.get("lr_mult", 1.0)
-            logits = net(x, noise)[0]  # (B, K)
-            ce = F.cross_entropy(logits, y)
+            ta = time.perf_counter()
+            x_adv = perturb(model, x, y, adv, adv.eps_at(progress), g) if adv.active else x
+            tb = time.perf_counter()
+            noise = model.sample_noise(1, g, batch=len(idx))  # (1, B, D): one fresh draw per input
+            if adv.active:
+                task, logits = adversarial_loss(net, x, x_adv, y, noise, adv)
+            else:
+                logits = net(x, noise)[0]  # (B, K)
+                task = F.cross_entropy(logits, y)
             reg = model.head.regularizer()
-            loss = ce + lam * reg
+            loss = task + lam * reg
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            attack_s += tb - ta
+            update_s += time.perf_counter() - tb
             step += 1
             acc = float((logits.argmax(-1) == y).float().mean())
             sig = float(model.head.sigma().detach().mean())
-            stats = {"loss": float(loss.detach()), "ce": float(ce.detach()), "acc": acc, "sigma": sig, "lam": lam}
+            stats = {"loss": float(loss.detach()), "ce": float(task.detach()), "acc": acc, "sigma": sig, "lam": lam}
             bar.update(1)
             if step % 20 == 0 or step == total:
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{acc:.3f}", sigma=f"{sig:.3f}")
             if rank == 0 and bar.disable and (step % 200 == 0 or step == total):
                 log.info("step %d/%d loss %.4f acc %.3f sigma %.3f lam %.3g", step, total, stats["loss"], acc, sig, lam)
+        epoch += 1
+        rec: dict[str, float] = {"epoch": epoch, "seconds": round(time.perf_counter() - t_epoch, 1)}
+        if check is not None and rank == 0:
+            model.eval()
+            rec.update(val_robust_accuracy(model, check, adv, device, args.seed))
+            model.train()
+            if best is None or rec["robust"] >= best[0]:  # ties go to the later epoch
+                best = (rec["robust"], epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            log.info(
+                "epoch %d: held-out clean %.4f, PGD-10 eps %.3g %.4f (best %.4f at epoch %d)",
+                epoch, rec["clean"], adv.eps, rec["robust"], best[0], best[1],
+            )  # fmt: skip
+        epochs.append(rec)
     bar.close()
     stats["steps"] = step
     stats["seconds"] = round(time.perf_counter() - t0, 1)
+    stats["epochs"] = epochs
+    if adv.active:
+        # Time of an adversarial step relative to the clean update it wraps (measured in this run).
+        stats["epoch_time_vs_clean"] = round((attack_s + update_s) / max(update_s, 1e-9), 2)
+    if best is not None:
+        stats["kept_epoch"] = best[1]
+        stats["rolled_back"] = best[1] != epoch
+        if best[1] != epoch:
+            log.warning(
+                "rolled back to epoch %d: held-out PGD accuracy %.4f there vs %.4f at the last epoch "
+                "(catastrophic overfitting guard)",
+                best[1], best[0], epochs[-1]["robust"],
+            )  # fmt: skip
+            model.load_state_dict(best[2])
     model.eval()
     return stats
+
+
+def adversarial_summary(args: TrainArgs, img_size: int, stats: dict[str, Any]) -> dict[str, Any] | None:
+    """What the manifest says about adversarial training (None without it)."""
+    adv = adv_config(args, img_size)
+    if not adv.active:
+        return None
+    return {
+        **adv.to_dict(),
+        "epoch_time_vs_clean": stats.get("epoch_time_vs_clean"),
+        "kept_epoch": stats.get("kept_epoch"),
+        "rolled_back": stats.get("rolled_back", False),
+        "held_out_check": {"n": args.adv_val_n, "attack": "pgd", "steps": 10, "alpha": "eps/4", "eot": 4},
+        "epochs": stats.get("epochs", []),
+    }
 
 
 def _float_or_none(text: str) -> float | None:
@@ -244,15 +349,36 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--eval-samples", type=int, default=d.eval_samples, help="noise draws T per prediction")
     p.add_argument("--attack-n", type=int, default=d.attack_n, help="test inputs to attack (0: all)")
-    p.add_argument("--eot", type=int, default=d.eot, help="EOT draws for the adaptive attacks")
+    p.add_argument(
+        "--suite",
+        nargs="+",
+        choices=sorted(SUITES),
+        default=list(d.suite),
+        help="evaluation suites run after training (models.attacks.suite)",
+    )
     p.add_argument("--no-attacks", action="store_true", help="skip robust evaluation")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    p.add_argument("--adv", choices=ADV_KINDS, default=d.adv, help="adversarial training (default none)")
+    p.add_argument("--adv-eps", type=float, default=None, help="L-inf radius (default 0.1 for 28x28, 8/255 for 32x32)")
+    p.add_argument("--adv-steps", type=int, default=None, help="inner steps for pgd/trades (default 10)")
+    p.add_argument(
+        "--adv-alpha", type=float, default=None, help="inner step size (default fgsm 1.25 eps, else 2.5 eps/steps)"
+    )
+    p.add_argument("--adv-eot", type=int, default=d.adv_eot, help="noise draws averaged per inner gradient")
+    p.add_argument("--adv-ramp", type=float, default=d.adv_ramp, help="epochs of linear eps ramp (0: none)")
+    p.add_argument("--trades-beta", type=float, default=d.trades_beta, help="weight of the TRADES KL term")
+    p.add_argument(
+        "--adv-val-n",
+        type=int,
+        default=d.adv_val_n,
+        help="held-out images attacked after each epoch; the most robust epoch is kept (0: keep the last)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--out", default=None, help="checkpoint directory (default checkpoints/<dataset>_<method>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
     ns = p.parse_args(argv)
-    args = TrainArgs(**{k: v for k, v in vars(ns).items()})
+    args = TrainArgs(**{k: tuple(v) if k == "suite" else v for k, v in vars(ns).items()})
     if args.attack_n == 0:
         args.attack_n = None
     return args
@@ -262,7 +388,10 @@ def run(args: TrainArgs, argv: list[str] | None = None) -> Path | None:
     """Train, evaluate and export; returns the checkpoint path (None on ranks > 0)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"--device {args.device}: {e}") from None
     if world > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend)
@@ -292,16 +421,21 @@ def run(args: TrainArgs, argv: list[str] | None = None) -> Path | None:
             world,
             device,
         )
-    train_stats = fit(model, train, args, device, rank, world)
+    train_stats = fit(model, train, args, device, rank, world, val=val)
     if world > 1:
         dist.barrier()
     if rank != 0:
         dist.destroy_process_group()
         return None
-    eps = default_eps(model.cfg.img_size)
-    attacks = [] if args.no_attacks else standard_suite(eps, args.eot)
     metrics = evaluate(
-        model, test, samples=args.eval_samples, attacks=attacks, attack_n=args.attack_n, seed=args.seed, log=log.info
+        model,
+        test,
+        samples=args.eval_samples,
+        suites=[] if args.no_attacks else list(args.suite),
+        attack_n=args.attack_n,
+        seed=args.seed,
+        progress=True,
+        log=log.info,
     )
     metrics["train"] = train_stats
     threshold = calibrate_mi_threshold(model, val, samples=args.eval_samples, seed=args.seed)
@@ -316,7 +450,10 @@ def run(args: TrainArgs, argv: list[str] | None = None) -> Path | None:
         mi_threshold=threshold,
         command=command,
         overwrite=args.overwrite,
-        extra={"mi_threshold_calibration": {"quantile": 0.95, "n": len(val), "samples": args.eval_samples}},
+        extra={
+            "mi_threshold_calibration": {"quantile": 0.95, "n": len(val), "samples": args.eval_samples},
+            "adversarial_training": adversarial_summary(args, model.cfg.img_size, train_stats),
+        },
     )
     log.info("exported %s", path)
     if world > 1:

@@ -10,10 +10,22 @@ the step-size checks is the mean over the same draws, so it costs nothing extra.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from ..classifier import StochasticClassifier
-from .base import AttackResult, eot_loss_grad, eval_mode, project_linf, register_attack
+from .base import (
+    Attack,
+    AttackCost,
+    AttackResult,
+    StopFn,
+    eot_loss_grad,
+    eval_mode,
+    project_linf,
+    register_attack,
+)
 
 
 def _oscillation(loss_hist: list[torch.Tensor], k: int, rho: float) -> torch.Tensor:
@@ -24,97 +36,105 @@ def _oscillation(loss_hist: list[torch.Tensor], k: int, rho: float) -> torch.Ten
     return rises <= k * rho
 
 
-@register_attack("apgd", steps=20, eot=1, noise_free=False, loss="ce", rho=0.75)
-def apgd(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    generator: torch.Generator | None = None,
-    steps: int = 20,
-    eot: int = 1,
-    noise_free: bool = False,
-    loss: str = "ce",
-    rho: float = 0.75,
-) -> AttackResult:
+@register_attack
+class APGD(Attack):
     """APGD (Croce & Hein 2020), L-inf ball of radius eps, one run with a random start.
 
-    Defaults: steps=20, eot=1 draw per gradient, noise_free=False, loss="ce" (or "dlr",
-    the difference-of-logits-ratio loss), rho=0.75. Step size starts at 2 eps; momentum
-    0.75 (the first step has none); checkpoints after ``0.22 steps`` steps, the gap
-    shrinking by ``0.03 steps`` down to ``0.06 steps`` (each at least 1). At a checkpoint
-    an input's step size is halved, and it restarts from its best point, when the loss
-    rose in at most ``rho`` of the steps since the previous checkpoint, or when the step
-    was not halved at the previous checkpoint and the best loss has not improved since
-    (the reference implementation's ``<=`` test). Returns the highest-loss point seen per
-    input; ``info["best_loss"]`` holds that loss (mean over the ``eot`` draws).
+    Defaults: AutoAttack's version='rand' settings: steps=100, eot=20 draws per gradient,
+    loss="ce" (or "dlr", the difference-of-logits-ratio loss), rho=0.75. Step size starts
+    at 2 eps; momentum 0.75 (the first step has none); checkpoints after ``0.22 steps``
+    steps, the gap shrinking by ``0.03 steps`` down to ``0.06 steps`` (each at least 1). At
+    a checkpoint an input's step size is halved, and it restarts from its best point, when
+    the loss rose in at most ``rho`` of the steps since the previous checkpoint, or when
+    the step was not halved at the previous checkpoint and the best loss has not improved
+    since (the reference implementation's ``<=`` test). Returns the highest-loss point seen
+    per input; ``info["best_loss"]`` holds that loss (mean over the ``eot`` draws).
 
-    Each step costs one backward pass through the backbone whatever ``eot`` is; the
-    loss estimate for the checks comes from the same draws. ``grad_evals`` is steps + 1
-    (the starting point is evaluated too).
+    Each step costs one backward pass through the backbone whatever ``eot`` is; the loss
+    estimate for the checks comes from the same draws. ``grad_evals`` is steps + 1 (the
+    starting point is evaluated too).
     """
-    if eps < 0 or steps < 1 or eot < 1:
-        raise ValueError("apgd needs eps >= 0, steps >= 1 and eot >= 1")
-    if not 0.0 < rho < 1.0:
-        raise ValueError(f"apgd needs 0 < rho < 1, got {rho}")
-    if loss not in ("ce", "dlr"):
-        raise ValueError(f"unknown loss {loss!r}; choose 'ce' or 'dlr'")
-    draws = 0 if noise_free else eot
-    x = x.detach()
-    b = x.shape[0]
-    view = (b, *([1] * (x.dim() - 1)))
-    k = max(int(0.22 * steps), 1)
-    k_min = max(int(0.06 * steps), 1)
-    k_decr = max(int(0.03 * steps), 1)
 
-    # Random start inside the ball (uniform direction, scaled so that |delta|_inf = eps).
-    t = 2 * torch.rand(x.shape, generator=generator).to(x.device) - 1
-    t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)
-    x_adv = torch.clamp(x + eps * t, 0.0, 1.0)
+    name: Literal["apgd"] = "apgd"
+    steps: int = Field(100, ge=1, description="Iterations.")
+    eot: int = Field(20, ge=1, description="Noise draws averaged per gradient (one backward pass).")
+    noise_free: bool = Field(False, description="Attack the network with its noise switched off.")
+    loss: Literal["ce", "dlr"] = Field("ce", description="Cross-entropy or difference-of-logits-ratio.")
+    rho: float = Field(0.75, gt=0, lt=1, description="Oscillation threshold of the step-size checks.")
 
-    with eval_mode(model):
-        loss_cur, grad = eot_loss_grad(model, x_adv, y, draws, generator, loss)
-        x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss_cur.clone()
-        loss_hist = [loss_cur]  # loss at the start point, then after each step
-        step_size = torch.full(view, 2.0 * eps, device=x.device)
-        x_old = x_adv.clone()
-        since_check = 0
-        best_at_check = loss_best.clone()
-        reduced_at_check = torch.ones(b, dtype=torch.bool, device=x.device)
+    def cost(self, inputs: int) -> AttackCost:
+        return AttackCost(gradient=(self.steps + 1) * (1 if self.noise_free else self.eot) * inputs)
 
-        for i in range(steps):
-            with torch.no_grad():
-                a = 0.75 if i > 0 else 1.0
-                z = project_linf(x_adv + step_size * grad.sign(), x, eps)
-                x_new = project_linf(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old), x, eps)
-                x_old, x_adv = x_adv, x_new
+    def run(
+        self,
+        model: StochasticClassifier,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        should_stop: StopFn | None = None,
+    ) -> AttackResult:
+        eps, steps, rho, loss = self.budget, self.steps, self.rho, self.loss
+        draws = 0 if self.noise_free else self.eot
+        x = x.detach()
+        b = x.shape[0]
+        view = (b, *([1] * (x.dim() - 1)))
+        k = max(int(0.22 * steps), 1)
+        k_min = max(int(0.06 * steps), 1)
+        k_decr = max(int(0.03 * steps), 1)
 
+        # Random start inside the ball (uniform direction, scaled so that |delta|_inf = eps).
+        t = 2 * torch.rand(x.shape, generator=generator).to(x.device) - 1
+        t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)
+        x_adv = torch.clamp(x + eps * t, 0.0, 1.0)
+
+        taken = 0
+        with eval_mode(model):
             loss_cur, grad = eot_loss_grad(model, x_adv, y, draws, generator, loss)
-            loss_hist.append(loss_cur)
-            better = loss_cur > loss_best
-            x_best[better] = x_adv[better]
-            grad_best[better] = grad[better]
-            loss_best = torch.where(better, loss_cur, loss_best)
+            x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss_cur.clone()
+            loss_hist = [loss_cur]  # loss at the start point, then after each step
+            step_size = torch.full(view, 2.0 * eps, device=x.device)
+            x_old = x_adv.clone()
+            since_check = 0
+            best_at_check = loss_best.clone()
+            reduced_at_check = torch.ones(b, dtype=torch.bool, device=x.device)
 
-            since_check += 1
-            if since_check == k:
-                stalled = _oscillation(loss_hist, k, rho)
-                no_gain = ~reduced_at_check & (best_at_check >= loss_best)
-                reduce = stalled | no_gain
-                reduced_at_check = reduce
-                best_at_check = loss_best.clone()
-                if reduce.any():
-                    step_size[reduce] /= 2.0
-                    x_adv = x_adv.clone()
-                    x_adv[reduce] = x_best[reduce]
-                    grad[reduce] = grad_best[reduce]
-                since_check = 0
-                k = max(k - k_decr, k_min)
+            for i in range(steps):
+                if should_stop is not None and should_stop():
+                    break
+                with torch.no_grad():
+                    a = 0.75 if i > 0 else 1.0
+                    z = project_linf(x_adv + step_size * grad.sign(), x, eps)
+                    x_new = project_linf(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old), x, eps)
+                    x_old, x_adv = x_adv, x_new
 
-    return AttackResult(
-        x_best.detach(),
-        grad_evals=steps + 1,
-        draws=(steps + 1) * draws,
-        info={"best_loss": loss_best.tolist()},
-    )
+                loss_cur, grad = eot_loss_grad(model, x_adv, y, draws, generator, loss)
+                taken += 1
+                loss_hist.append(loss_cur)
+                better = loss_cur > loss_best
+                x_best[better] = x_adv[better]
+                grad_best[better] = grad[better]
+                loss_best = torch.where(better, loss_cur, loss_best)
+
+                since_check += 1
+                if since_check == k:
+                    stalled = _oscillation(loss_hist, k, rho)
+                    no_gain = ~reduced_at_check & (best_at_check >= loss_best)
+                    reduce = stalled | no_gain
+                    reduced_at_check = reduce
+                    best_at_check = loss_best.clone()
+                    if reduce.any():
+                        step_size[reduce] /= 2.0
+                        x_adv = x_adv.clone()
+                        x_adv[reduce] = x_best[reduce]
+                        grad[reduce] = grad_best[reduce]
+                    since_check = 0
+                    k = max(k - k_decr, k_min)
+
+        return AttackResult(
+            x_best.detach(),
+            grad_evals=taken + 1,
+            draws=(taken + 1) * draws,
+            stopped=taken < steps,
+            info={"best_loss": loss_best.tolist()},
+        )

@@ -1,16 +1,36 @@
-"""Shared machinery for attacks: the registry, the EOT gradient, and the result type."""
+"""Shared machinery for attacks: the typed spec every attack declares, the registry, the EOT
+gradient and the result type.
+
+An attack is one pydantic model (a subclass of ``Attack``) in one file of this package:
+its fields are the settings with their defaults and bounds, ``cost`` is its cost formula
+and ``run`` does the work. ``@register_attack`` adds it to the registry; the discriminated
+union ``AttackSpec`` (on ``name``) is built from the registry, so the HTTP edge, the
+evaluation suites and the training code all validate with the same model, once.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..classifier import StochasticClassifier
+
+StopFn = Callable[[], bool]
+"""Called between steps (queries, bisection rounds); True stops the attack with what it has."""
+
+
+def default_eps(input_shape: Sequence[int]) -> float:
+    """The default L-inf budget in pixel space: 0.1 for images up to 28x28 (MNIST-like), 8/255 above.
+
+    The one rule for every caller (attack specs, evaluation, training, the probe).
+    """
+    return 0.1 if int(input_shape[-1]) <= 28 else 8 / 255
 
 
 @dataclass
@@ -22,6 +42,7 @@ class AttackResult:
         grad_evals: backward passes through the backbone (one per step, whatever the EOT draws).
         draws: noise draws whose gradients were averaged, summed over steps.
         queries: forward queries of a score-based attack (0 for gradient attacks).
+        stopped: True when ``should_stop`` ended the attack before its budget was spent.
         info: attack-specific extras (e.g. the eps bracket of a minimal-eps search).
     """
 
@@ -29,46 +50,137 @@ class AttackResult:
     grad_evals: int = 0
     draws: int = 0
     queries: int = 0
+    stopped: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
 
-AttackFn = Callable[..., AttackResult]
-
-
 @dataclass(frozen=True)
-class AttackSpec:
-    """A registered attack: its function, default settings and kind (gradient or score)."""
+class AttackCost:
+    """Work an attack needs for ``inputs`` inputs, in the units the service caps.
+
+    Attributes:
+        gradient: steps x EOT draws x inputs, summed (plus any judging draws the attack makes).
+        queries: score queries x draws per query x inputs.
+    """
+
+    gradient: int = 0
+    queries: int = 0
+
+    def __add__(self, other: AttackCost) -> AttackCost:
+        return AttackCost(self.gradient + other.gradient, self.queries + other.queries)
+
+
+class Attack(BaseModel):
+    """Base of every attack spec: the name, the L-inf (or L2) budget ``eps`` and the attack's settings.
+
+    ``eps=None`` means the default for the model's input size (``default_eps``); ``resolve``
+    fills it (and any other setting whose default depends on eps), so a resolved spec lists
+    every value the attack runs with.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ClassVar[Literal["gradient", "score"]] = "gradient"
+    norm: ClassVar[Literal["linf", "l2"]] = "linf"
 
     name: str
-    fn: AttackFn
-    defaults: dict[str, Any]
-    kind: str
-    doc: str
+    eps: float | None = Field(
+        None, ge=0, le=1, description="Budget in pixel units; default 0.1 (up to 28x28) or 8/255 (larger)."
+    )
+
+    def resolve(self, input_shape: Sequence[int]) -> Attack:
+        """This spec with ``eps`` (and eps-dependent defaults) filled for a model of ``input_shape``."""
+        eps = default_eps(input_shape) if self.eps is None else self.eps
+        return self.model_copy(update={"eps": float(eps), **self._eps_defaults(float(eps))})
+
+    def _eps_defaults(self, eps: float) -> dict[str, Any]:
+        """Settings whose default depends on eps (e.g. PGD's step eps/4); overridden by attacks."""
+        return {}
+
+    @property
+    def budget(self) -> float:
+        """The resolved eps (raises when the spec is not resolved)."""
+        if self.eps is None:
+            raise ValueError(f"attack {self.name!r}: eps is not resolved; call resolve(input_shape) first")
+        return float(self.eps)
+
+    def radius(self) -> float:
+        """The largest perturbation the attack may produce (``eps``; min_eps: its search's ``hi``)."""
+        return self.budget
+
+    def cost(self, inputs: int) -> AttackCost:
+        """Gradient and query work for ``inputs`` inputs."""
+        raise NotImplementedError
+
+    def run(
+        self,
+        model: StochasticClassifier,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        should_stop: StopFn | None = None,
+    ) -> AttackResult:
+        """Attack inputs ``x`` [B, C, H, W] in [0, 1] with true labels ``y`` [B]."""
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting but the name and eps."""
+        return self.model_dump(exclude={"name", "eps"})
+
+    def key(self) -> str:
+        """A readable key, e.g. ``pgd100_eot20_eps0.1``."""
+        s = self.settings()
+        key = self.name + (str(s["steps"]) if "steps" in s else "")
+        if s.get("loss") not in (None, "ce"):
+            key += f"_{s['loss']}"
+        if s.get("noise_free"):
+            key += "_nf"
+        elif "eot" in s:
+            key += f"_eot{s['eot']}"
+        if "queries" in s:
+            key += f"_q{s['queries']}"
+        return key + ("" if self.eps is None else f"_eps{self.eps:.4g}")
 
 
-_ATTACKS: dict[str, AttackSpec] = {}
+_ATTACKS: dict[str, type[Attack]] = {}
 
 
-def register_attack(name: str, *, kind: str = "gradient", **defaults: Any) -> Callable[[AttackFn], AttackFn]:
-    """Register ``fn(model, x, y, *, eps, generator, **settings) -> AttackResult``."""
-
-    def deco(fn: AttackFn) -> AttackFn:
-        if name in _ATTACKS:
-            raise ValueError(f"attack {name!r} is already registered")
-        _ATTACKS[name] = AttackSpec(name, fn, dict(defaults), kind, (fn.__doc__ or "").strip())
-        return fn
-
-    return deco
+def register_attack(cls: type[Attack]) -> type[Attack]:
+    """Class decorator: add an ``Attack`` subclass to the registry under its ``name`` literal."""
+    name = cls.model_fields["name"].default
+    if not isinstance(name, str):
+        raise TypeError(f"{cls.__name__} needs `name: Literal[...] = '...'` with a default")
+    if name in _ATTACKS:
+        raise ValueError(f"attack {name!r} is already registered")
+    _ATTACKS[name] = cls
+    return cls
 
 
 def list_attacks() -> list[str]:
+    """Names of the registered attacks."""
     return sorted(_ATTACKS)
 
 
-def get_attack(name: str) -> AttackSpec:
+def attack_classes() -> list[type[Attack]]:
+    """The registered spec classes, by name."""
+    return [_ATTACKS[n] for n in list_attacks()]
+
+
+def get_attack(name: str) -> type[Attack]:
+    """The spec class of a registered attack.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
     if name not in _ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose one of {list_attacks()}")
     return _ATTACKS[name]
+
+
+def make_attack(name: str, **settings: Any) -> Attack:
+    """A validated spec from a name and settings (pydantic's ValidationError is a ValueError)."""
+    return get_attack(name).model_validate({"name": name, **settings})
 
 
 def run_attack(
@@ -81,13 +193,9 @@ def run_attack(
     generator: torch.Generator | None = None,
     **settings: Any,
 ) -> AttackResult:
-    """Run a registered attack with its defaults overridden by ``settings``."""
-    spec = get_attack(name)
-    unknown = set(settings) - set(spec.defaults)
-    if unknown:
-        raise ValueError(f"attack {name!r} has no setting(s) {sorted(unknown)}; valid: {sorted(spec.defaults)}")
-    kwargs = {**spec.defaults, **settings}
-    return spec.fn(model, x, y, eps=eps, generator=generator, **kwargs)
+    """Build, resolve and run one attack: ``run_attack("pgd", model, x, y, eps=0.1, steps=10)``."""
+    spec = make_attack(name, eps=eps, **settings).resolve(model.cfg.input_shape)
+    return spec.run(model, x, y, generator=generator)
 
 
 @contextlib.contextmanager
@@ -110,49 +218,14 @@ def eot_logits(
     return model.head(mu, noise)  # (T, B, K)
 
 
-def eot_loss_grad(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eot: int,
-    generator: torch.Generator | None = None,
-    loss: str = "ce",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-input loss [B] averaged over ``eot`` draws (0: noise off) and its gradient w.r.t. x.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(logits [T, B, K], labels [B]) -> per-draw, per-input loss [T, B] that the attacker maximizes."""
 
-    One backward pass whatever ``eot`` is (all noise is after the backbone); ``eot_grad``
-    is its gradient alone.
-    """
-    x = x.detach().requires_grad_(True)
-    logits = eot_logits(model, x, eot, generator)  # (T, B, K)
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per draw and input [T, B]."""
     t = logits.shape[0]
-    if loss == "ce":
-        per_draw = F.cross_entropy(logits.flatten(0, 1), y.repeat(t), reduction="none").view(t, -1)  # (T, B)
-    elif loss == "dlr":
-        per_draw = dlr_loss(logits, y)  # (T, B)
-    else:
-        raise ValueError(f"unknown loss {loss!r}; choose 'ce' or 'dlr'")
-    per_input = per_draw.mean(0)  # (B,)
-    (grad,) = torch.autograd.grad(per_input.sum(), x)
-    return per_input.detach(), grad
-
-
-def eot_grad(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eot: int,
-    generator: torch.Generator | None = None,
-    loss: str = "ce",
-) -> torch.Tensor:
-    """Gradient w.r.t. x of the loss averaged over ``eot`` noise draws (0: noise off).
-
-    All noise is after the backbone, so the mean over T draws of the per-draw
-    gradients is one backward pass: d/dx mean_t L(head(f(x), eps_t)).
-    Each input's loss is summed over the batch, so its gradient does not depend
-    on the batch size.
-    """
-    return eot_loss_grad(model, x, y, eot, generator, loss)[1]
+    return F.cross_entropy(logits.flatten(0, 1), y.repeat(t), reduction="none").view(t, -1)
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -165,6 +238,49 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(z_y - other) / (srt[..., -1] - srt[..., -3] + 1e-12)
 
 
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss}
+
+
+def eot_loss_grad(
+    model: StochasticClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eot: int,
+    generator: torch.Generator | None = None,
+    loss: str | LossFn = "ce",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input loss [B] averaged over ``eot`` draws (0: noise off) and its gradient w.r.t. x.
+
+    One backward pass whatever ``eot`` is (all noise is after the backbone); ``eot_grad``
+    is its gradient alone. ``loss`` is a name in ``LOSSES`` or a function of (logits, y).
+    """
+    fn = LOSSES[loss] if isinstance(loss, str) else loss
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = eot_logits(model, x, eot, generator)  # (T, B, K)
+        per_input = fn(logits, y).mean(0)  # (B,)
+        (grad,) = torch.autograd.grad(per_input.sum(), x)
+    return per_input.detach(), grad
+
+
+def eot_grad(
+    model: StochasticClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eot: int,
+    generator: torch.Generator | None = None,
+    loss: str | LossFn = "ce",
+) -> torch.Tensor:
+    """Gradient w.r.t. x of the loss averaged over ``eot`` noise draws (0: noise off).
+
+    All noise is after the backbone, so the mean over T draws of the per-draw
+    gradients is one backward pass: d/dx mean_t L(head(f(x), eps_t)).
+    Each input's loss is summed over the batch, so its gradient does not depend
+    on the batch size.
+    """
+    return eot_loss_grad(model, x, y, eot, generator, loss)[1]
+
+
 @torch.no_grad()
 def predict_draws(
     model: StochasticClassifier, x: torch.Tensor, samples: int, generator: torch.Generator | None = None
@@ -173,12 +289,33 @@ def predict_draws(
     return eot_logits(model, x, samples, generator)
 
 
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0.0, 1.0)
+def _per_input(eps: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
+    """A scalar radius, or a per-input radius [B] shaped to broadcast over [B, C, H, W]."""
+    return eps.view(-1, *([1] * (x.dim() - 1))) if isinstance(eps, torch.Tensor) else eps
 
 
-def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """Clip into the L-inf ball of radius ``eps`` (a float or one per input) around x, and into [0, 1]."""
+    e = _per_input(eps, x)
+    return torch.clamp(torch.min(torch.max(x_adv, x - e), x + e), 0.0, 1.0)
+
+
+def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """Scale into the L2 ball of radius ``eps`` around x, then clip into [0, 1]."""
     delta = x_adv - x
     norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-    delta = delta * torch.clamp(eps / norms, max=1.0)
+    delta = delta * torch.clamp(_per_input(eps, x) / norms, max=1.0)
     return torch.clamp(x + delta, 0.0, 1.0)
+
+
+def random_start(
+    x: torch.Tensor, eps: float | torch.Tensor, norm: str, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A uniform random point of the L-inf ball, or a random direction and radius in the L2 ball."""
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator).to(x.device)
+        return project_linf(x + (2 * u - 1) * _per_input(eps, x), x, eps)
+    d = torch.randn(x.shape, generator=generator).to(x.device)
+    n = d.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    r = torch.rand((x.shape[0],), generator=generator).to(x.device).view_as(n)
+    return project_l2(x + d / n.clamp_min(1e-12) * r * _per_input(eps, x), x, eps)

@@ -2,31 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from ..classifier import StochasticClassifier
-from .base import AttackResult, eot_grad, eval_mode, register_attack
+from .base import Attack, AttackCost, AttackResult, StopFn, eot_grad, eval_mode, register_attack
 
 
-@register_attack("fgsm", eot=1, noise_free=False)
-def fgsm(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    generator: torch.Generator | None = None,
-    eot: int = 1,
-    noise_free: bool = False,
-) -> AttackResult:
+@register_attack
+class FGSM(Attack):
     """FGSM, L-inf: one signed-gradient step of size eps.
 
-    Defaults: eot=1 (one noise draw per gradient), noise_free=False. ``eot`` > 1 averages
-    the gradient over that many draws (one backward pass); ``noise_free`` attacks the
-    network with the noise switched off.
+    Defaults: eot=16 noise draws averaged in the gradient (one backward pass), noise on.
     """
-    draws = 0 if noise_free else eot
-    with eval_mode(model):
-        grad = eot_grad(model, x, y, draws, generator)
-    x_adv = torch.clamp(x + eps * grad.sign(), 0.0, 1.0).detach()
-    return AttackResult(x_adv, grad_evals=1, draws=draws)
+
+    name: Literal["fgsm"] = "fgsm"
+    eot: int = Field(16, ge=1, description="Noise draws averaged in the gradient (one backward pass).")
+    noise_free: bool = Field(False, description="Attack the network with its noise switched off.")
+
+    def cost(self, inputs: int) -> AttackCost:
+        return AttackCost(gradient=(1 if self.noise_free else self.eot) * inputs)
+
+    def run(
+        self,
+        model: StochasticClassifier,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        should_stop: StopFn | None = None,
+    ) -> AttackResult:
+        draws = 0 if self.noise_free else self.eot
+        with eval_mode(model):
+            grad = eot_grad(model, x, y, draws, generator)
+        x_adv = torch.clamp(x + self.budget * grad.sign(), 0.0, 1.0).detach()
+        return AttackResult(x_adv, grad_evals=1, draws=draws)

@@ -3,145 +3,151 @@
 With ``eot`` > 1 this is EOT-PGD (Athalye et al., "Obfuscated Gradients Give a
 False Sense of Security", ICML 2018): each step's gradient is averaged over
 ``eot`` noise draws, in one backward pass because the noise is after the backbone.
+``surrogate`` is PGD on the noise-free network (E[logits] for these zero-mean heads).
 """
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
+from pydantic import Field
 
 from ..classifier import StochasticClassifier
-from .base import AttackResult, eot_grad, eval_mode, project_l2, project_linf, register_attack
+from .base import (
+    Attack,
+    AttackCost,
+    AttackResult,
+    LossFn,
+    StopFn,
+    eot_grad,
+    eval_mode,
+    project_l2,
+    project_linf,
+    random_start,
+    register_attack,
+)
 
 
-def _pgd(
+def pgd_loop(
     model: StochasticClassifier,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    eps: float,
-    generator: torch.Generator | None,
+    eps: float | torch.Tensor,
+    alpha: float | torch.Tensor,
     steps: int,
-    alpha: float | None,
-    eot: int,
-    noise_free: bool,
-    random_start: bool,
-    norm: str,
-    loss: str = "ce",
-) -> AttackResult:
-    if eps < 0 or steps < 1 or eot < 1:
-        raise ValueError("pgd needs eps >= 0, steps >= 1 and eot >= 1")
-    step = eps / 4 if alpha is None else alpha
-    draws = 0 if noise_free else eot
+    draws: int,
+    norm: str = "linf",
+    start: bool = True,
+    loss: str | LossFn = "ce",
+    generator: torch.Generator | None = None,
+    should_stop: StopFn | None = None,
+) -> tuple[torch.Tensor, int]:
+    """The PGD iteration shared by every PGD-style attack.
+
+    Args:
+        eps, alpha: radius and step size, each a float or one value per input [B].
+        draws: noise draws per gradient (0: the noise-free network).
+        start: begin at a random point of the ball (else at x).
+        should_stop: checked before each step; True ends the loop early.
+
+    Returns:
+        The adversarial inputs and the number of steps taken.
+    """
     x = x.detach()
-    x_adv = x.clone()
-    if random_start and eps > 0:
-        if norm == "linf":
-            u = torch.rand(x.shape, generator=generator).to(x.device)
-            x_adv = project_linf(x + (2 * u - 1) * eps, x, eps)
-        else:
-            d = torch.randn(x.shape, generator=generator).to(x.device)
-            n = d.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
-            r = torch.rand((x.shape[0],), generator=generator).to(x.device).view_as(n)
-            x_adv = project_l2(x + d / n.clamp_min(1e-12) * r * eps, x, eps)
+    x_adv = random_start(x, eps, norm, generator) if start else x.clone()
+    a = alpha.view(-1, *([1] * (x.dim() - 1))) if isinstance(alpha, torch.Tensor) else alpha
+    taken = 0
     with eval_mode(model):
         for _ in range(steps):
+            if should_stop is not None and should_stop():
+                break
             grad = eot_grad(model, x_adv, y, draws, generator, loss=loss)
             if norm == "linf":
-                x_adv = project_linf(x_adv + step * grad.sign(), x, eps)
+                x_adv = project_linf(x_adv + a * grad.sign(), x, eps)
             else:
                 g = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-                x_adv = project_l2(x_adv + step * grad / g, x, eps)
-    return AttackResult(x_adv.detach(), grad_evals=steps, draws=steps * draws)
+                x_adv = project_l2(x_adv + a * grad / g, x, eps)
+            taken += 1
+    return x_adv.detach(), taken
 
 
-@register_attack("pgd", steps=20, alpha=None, eot=1, noise_free=False, random_start=True)
-def pgd(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    generator: torch.Generator | None = None,
-    steps: int = 20,
-    alpha: float | None = None,
-    eot: int = 1,
-    noise_free: bool = False,
-    random_start: bool = True,
-) -> AttackResult:
-    """PGD, L-inf, random start. Defaults: 20 steps, step size eps/4, eot=1 draw per step."""
-    return _pgd(
-        model,
-        x,
-        y,
-        eps=eps,
-        generator=generator,
-        steps=steps,
-        alpha=alpha,
-        eot=eot,
-        noise_free=noise_free,
-        random_start=random_start,
-        norm="linf",
-    )
+class _PGDBase(Attack):
+    steps: int = Field(20, ge=1, description="Gradient steps.")
+    alpha: float | None = Field(None, ge=0, description="Step size; default eps/4.")
+    random_start: bool = Field(True, description="Start at a random point of the ball.")
+
+    def _eps_defaults(self, eps: float) -> dict[str, Any]:
+        return {"alpha": eps / 4} if self.alpha is None else {}
+
+    def draws(self) -> int:
+        """Noise draws per gradient (0: the noise-free network)."""
+        return 0
+
+    def cost(self, inputs: int) -> AttackCost:
+        return AttackCost(gradient=self.steps * max(self.draws(), 1) * inputs)
+
+    def run(
+        self,
+        model: StochasticClassifier,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        should_stop: StopFn | None = None,
+    ) -> AttackResult:
+        eps = self.budget
+        draws = self.draws()
+        x_adv, taken = pgd_loop(
+            model,
+            x,
+            y,
+            eps=eps,
+            alpha=self.alpha if self.alpha is not None else eps / 4,
+            steps=self.steps,
+            draws=draws,
+            norm=self.norm,
+            start=self.random_start and eps > 0,
+            generator=generator,
+            should_stop=should_stop,
+        )
+        return AttackResult(x_adv, grad_evals=taken, draws=taken * draws, stopped=taken < self.steps)
 
 
-@register_attack("pgd_l2", steps=20, alpha=None, eot=1, noise_free=False, random_start=True)
-def pgd_l2(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    generator: torch.Generator | None = None,
-    steps: int = 20,
-    alpha: float | None = None,
-    eot: int = 1,
-    noise_free: bool = False,
-    random_start: bool = True,
-) -> AttackResult:
-    """PGD, L2 ball of radius eps, random start. Defaults: 20 steps, step eps/4, eot=1."""
-    return _pgd(
-        model,
-        x,
-        y,
-        eps=eps,
-        generator=generator,
-        steps=steps,
-        alpha=alpha,
-        eot=eot,
-        noise_free=noise_free,
-        random_start=random_start,
-        norm="l2",
-    )
+class _EOTPGD(_PGDBase):
+    eot: int = Field(16, ge=1, description="Noise draws averaged per gradient (one backward pass).")
+    noise_free: bool = Field(False, description="Attack the network with its noise switched off.")
+
+    def draws(self) -> int:
+        return 0 if self.noise_free else self.eot
 
 
-@register_attack("surrogate", steps=20, alpha=None, random_start=True)
-def surrogate(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    generator: torch.Generator | None = None,
-    steps: int = 20,
-    alpha: float | None = None,
-    random_start: bool = True,
-) -> AttackResult:
+@register_attack
+class PGD(_EOTPGD):
+    """PGD, L-inf, random start (Madry et al. 2018); with eot > 1, EOT-PGD (Athalye et al. 2018).
+
+    Defaults: 20 steps of eps/4, eot=16 draws per gradient, random start.
+    """
+
+    name: Literal["pgd"] = "pgd"
+
+
+@register_attack
+class PGDL2(_EOTPGD):
+    """PGD, L2 ball of radius eps, random start. Defaults: 20 steps of eps/4, eot=16."""
+
+    norm = "l2"
+    name: Literal["pgd_l2"] = "pgd_l2"
+
+
+@register_attack
+class Surrogate(_PGDBase):
     """Noise-free surrogate, L-inf: PGD on the network with the noise switched off.
 
     With zero-mean feature noise and a linear head, E[logits] equals the noise-free
     logits, so this is a cheap and strong adaptive attack; judge it with the noise on.
-    Defaults: 20 steps, step size eps/4.
+    Defaults: 20 steps of eps/4, random start.
     """
-    return _pgd(
-        model,
-        x,
-        y,
-        eps=eps,
-        generator=generator,
-        steps=steps,
-        alpha=alpha,
-        eot=1,
-        noise_free=True,
-        random_start=random_start,
-        norm="linf",
-    )
+
+    name: Literal["surrogate"] = "surrogate"

@@ -10,11 +10,13 @@ softmax over ``samples`` fresh noise draws, which is what a client of the API se
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from ..classifier import StochasticClassifier
-from .base import AttackResult, eval_mode, predict_draws, register_attack
+from .base import Attack, AttackCost, AttackResult, StopFn, eval_mode, predict_draws, register_attack
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -80,6 +82,7 @@ def square_linf(
     queries: int = 1000,
     p_init: float = 0.8,
     generator: torch.Generator | None = None,
+    should_stop: StopFn | None = None,
 ) -> AttackResult:
     """Square attack (Andriushchenko et al. 2020), L-inf ball of radius eps, untargeted.
 
@@ -98,6 +101,7 @@ def square_linf(
         queries: per-input budget of score calls, the clean query included (default 1000).
         p_init: initial fraction of pixels per square (default 0.8).
         generator: for the window positions and signs.
+        should_stop: checked before each iteration; True ends the search with what it has.
 
     Returns:
         ``queries`` is the total number of inputs scored; ``info`` has
@@ -136,9 +140,13 @@ def square_linf(
     rows = torch.arange(h, device=dev).view(1, 1, h, 1)
     cols = torch.arange(w, device=dev).view(1, 1, 1, w)
     n_features = c * h * w
+    stopped = False
     for it in range(queries):
         active = all_idx[~fooled & (used < queries)]
         if active.numel() == 0 or eps == 0:
+            break
+        if should_stop is not None and should_stop():
+            stopped = True
             break
         n = active.numel()
         xa, xb = x[active], x_best[active]
@@ -164,27 +172,46 @@ def square_linf(
     return AttackResult(
         x_best,
         queries=int(used.sum()),
+        stopped=stopped,
         info={"queries_per_input": used.tolist(), "fooled": fooled.tolist(), "score_calls": calls},
     )
 
 
-@register_attack("square", kind="score", queries=1000, p_init=0.8, samples=16)
-def square(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    generator: torch.Generator | None = None,
-    queries: int = 1000,
-    p_init: float = 0.8,
-    samples: int = 16,
-) -> AttackResult:
+@register_attack
+class Square(Attack):
     """Square attack (Andriushchenko et al. 2020), L-inf, black-box on the model's mean probabilities.
 
     Defaults: queries=1000 per input, p_init=0.8, samples=16 noise draws per query (one
     backbone pass each, fresh draws every query). No gradient is ever computed.
     """
-    score_fn = model_score_fn(model, samples, generator)
-    with eval_mode(model):
-        return square_linf(score_fn, x, y, eps=eps, queries=queries, p_init=p_init, generator=generator)
+
+    kind = "score"
+    name: Literal["square"] = "square"
+    queries: int = Field(1000, ge=1, description="Score queries per input (the clean query included).")
+    p_init: float = Field(0.8, gt=0, le=1, description="Initial fraction of pixels per square.")
+    samples: int = Field(16, ge=1, description="Fresh noise draws averaged per query.")
+
+    def cost(self, inputs: int) -> AttackCost:
+        return AttackCost(queries=self.queries * self.samples * inputs)
+
+    def run(
+        self,
+        model: StochasticClassifier,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        should_stop: StopFn | None = None,
+    ) -> AttackResult:
+        score_fn = model_score_fn(model, self.samples, generator)
+        with eval_mode(model):
+            return square_linf(
+                score_fn,
+                x,
+                y,
+                eps=self.budget,
+                queries=self.queries,
+                p_init=self.p_init,
+                generator=generator,
+                should_stop=should_stop,
+            )

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from models import StochasticClassifier
-from models.probe import DEFAULT_JUDGE_SAMPLES, AttackReport, AttackRequest, probe, resolve_attacks
+from models.probe import DEFAULT_JUDGE_SAMPLES, AttackReport, ProbeItem, parse_items, probe
 
 from ..deps import ApiKeyDep, AppState, EngineDep, StateDep
 from ..engine import InferenceEngine, random_seed
@@ -94,32 +94,7 @@ def probe_model(model: StochasticClassifier) -> StochasticClassifier:
 # -- checking a request against the caps --------------------------------------------------
 
 
-def gradient_cost(req: AttackRequest, inputs: int) -> int:
-    """Gradient work of one attack: steps x EOT draws x inputs (0 for score attacks).
-
-    ``min_eps`` runs ``iters`` + 1 PGD rounds, and judges the clean input and each round
-    with ``samples`` draws: (steps x eot + samples) x (iters + 1) x inputs + samples x inputs.
-    """
-    if req.kind != "gradient":
-        return 0
-    s = req.settings
-    steps = int(s.get("steps", 1))
-    eot = 1 if s.get("noise_free") else int(s.get("eot", 1))
-    if "iters" not in s:
-        return steps * eot * inputs
-    rounds = int(s["iters"]) + 1
-    samples = int(s.get("samples", 0))
-    return ((steps * eot + samples) * rounds + samples) * inputs
-
-
-def query_cost(req: AttackRequest, inputs: int) -> int:
-    """Score work of one attack: ``queries`` x ``samples`` (draws per query) x inputs (0 for gradient attacks)."""
-    if req.kind != "score":
-        return 0
-    return int(req.settings.get("queries", 0)) * int(req.settings.get("samples", 1)) * inputs
-
-
-def check_budget(requests: list[AttackRequest], inputs: int, state: AppState) -> dict[str, int]:
+def check_budget(requests: list[ProbeItem], inputs: int, state: AppState) -> dict[str, int]:
     """Check eps, gradient work and queries against the caps.
 
     Returns:
@@ -130,31 +105,32 @@ def check_budget(requests: list[AttackRequest], inputs: int, state: AppState) ->
     """
     s = state.settings
     for i, req in enumerate(requests):
-        draws = req.settings.get("samples")
+        draws = getattr(req, "samples", None)
         if isinstance(draws, int) and draws > s.max_samples:
             raise ValidationFailed(
                 f"attacks[{i}] ({req.name}): samples={draws} is over the limit of {s.max_samples} "
                 "(MFDV_MAX_SAMPLES); ask for fewer noise draws"
             )
-        budgets = {"eps": req.eps}
-        if "hi" in req.settings:
-            budgets["hi"] = float(req.settings["hi"])
+        budgets = {"eps": float(req.eps or 0.0)}
+        if hasattr(req, "hi"):
+            budgets["hi"] = float(req.hi)
         for key, value in budgets.items():
             if value > s.max_probe_eps:
                 raise ValidationFailed(
                     f"attacks[{i}] ({req.name}): {key}={value:g} is over the limit of {s.max_probe_eps:g} "
                     "(MFDV_MAX_PROBE_EPS); ask for a smaller budget"
                 )
-    grad = sum(gradient_cost(r, inputs) for r in requests)
+    costs = [r.cost(inputs) for r in requests]
+    grad = sum(c.gradient for c in costs)
     if grad > s.max_probe_gradient_budget:
-        parts = ", ".join(f"{r.name}: {gradient_cost(r, inputs)}" for r in requests if r.kind == "gradient")
+        parts = ", ".join(f"{r.name}: {c.gradient}" for r, c in zip(requests, costs, strict=True) if c.gradient)
         raise ValidationFailed(
             f"this probe needs {grad} gradient units (steps x eot x inputs, plus min_eps's judging draws, summed over "
             f"attacks: {parts}), over the "
             f"limit of {s.max_probe_gradient_budget} (MFDV_MAX_PROBE_GRADIENT_BUDGET); use fewer steps, eot draws, "
             "inputs or attacks"
         )
-    queries = sum(query_cost(r, inputs) for r in requests)
+    queries = sum(c.queries for c in costs)
     if queries > s.max_probe_queries:
         raise ValidationFailed(
             f"this probe needs {queries} score units (queries x samples x inputs), over the limit of "
@@ -239,7 +215,7 @@ class PreparedProbe:
     request: ProbeRequest
     images: torch.Tensor  # [N, C, H, W]
     labels: torch.Tensor | None  # [N], or None: the clean prediction
-    attacks: list[AttackRequest]
+    attacks: list[ProbeItem]
     judge_samples: int
     seed: int
     cost: dict[str, int] = field(default_factory=dict)
@@ -263,7 +239,7 @@ def prepare_request(raw: bytes | ProbeRequest, source: str, state: AppState, eng
     # Not exclude_none: a null setting must reach resolve_attacks (a 422 unless the default is null too).
     specs = [a.model_dump() for a in req.attacks] if req.attacks is not None else list(DEFAULT_ATTACKS)
     try:
-        attacks = resolve_attacks(specs, engine.input_shape)
+        attacks = [a.resolve(engine.input_shape) for a in parse_items(specs)]
     except ValueError as e:
         raise ValidationFailed(str(e)) from None
     cost = check_budget(attacks, max(n, 1), state)
@@ -348,7 +324,7 @@ def run_probe(
             model,
             x,
             y,
-            [{"name": a.name, "eps": a.eps, **a.settings} for a in job.attacks],
+            job.attacks,
             judge_samples=job.judge_samples,
             seed=job.seed,
             mi_threshold=mi_threshold,
@@ -411,7 +387,7 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
         "request": {
             "inputs": int(job.images.shape[0]),
             "labels": "given" if run.labels_given else "clean_prediction",
-            "attacks": [{"name": a.name, "kind": a.kind, "eps": a.eps, **a.settings} for a in job.attacks],
+            "attacks": [{"name": a.name, "kind": a.kind, "eps": a.eps, **a.settings()} for a in job.attacks],
             "judge_samples": job.judge_samples,
             "seed": job.seed,
             "return_adversarial": job.request.return_adversarial,

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.testing import ServerProcess
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 

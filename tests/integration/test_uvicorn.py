@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.testing import ServerProcess
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 

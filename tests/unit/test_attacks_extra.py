@@ -55,8 +55,8 @@ def test_eot_grad_is_mean_of_per_draw_grads(method: str, loss: str) -> None:
 
 
 def _fast_settings(name: str) -> dict[str, object]:
-    small = {"steps": 3, "queries": 40, "iters": 2, "eot": 2, "samples": 4, "hi": 0.2}
-    return {k: v for k, v in small.items() if k in get_attack(name).defaults}
+    small = {"steps": 3, "queries": 40, "iters": 2, "eot": 2, "samples": 4, "hi": 0.2, "threshold": 0.05}
+    return {k: v for k, v in small.items() if k in get_attack(name).model_fields}
 
 
 @pytest.mark.parametrize("name", list_attacks())
@@ -82,11 +82,11 @@ def test_apgd_ce_and_dlr_reduce_accuracy_at_least_as_much_as_fgsm(data: tuple[to
     clean = noise_free_acc(model, x, y)
     fgsm = noise_free_acc(model, run_attack("fgsm", model, x, y, eps=eps).x_adv, y)
     for loss in ("ce", "dlr"):
-        res = run_attack("apgd", model, x, y, eps=eps, generator=torch.Generator().manual_seed(0), loss=loss)
+        res = run_attack("apgd", model, x, y, eps=eps, generator=torch.Generator().manual_seed(0), loss=loss, steps=20)
         acc = noise_free_acc(model, res.x_adv, y)
         assert acc <= fgsm, f"apgd-{loss} {acc:.3f} > fgsm {fgsm:.3f}"
         assert acc < clean
-        assert res.grad_evals == 21 and len(res.info["best_loss"]) == len(y)
+        assert res.grad_evals == 21 and len(res.info["best_loss"]) == len(y)  # steps + the start point
 
 
 def test_apgd_keeps_the_highest_loss_point(data: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -107,6 +107,8 @@ def test_apgd_rejects_bad_settings(data: tuple[torch.Tensor, torch.Tensor]) -> N
         run_attack("apgd", model, x, y, eps=0.1, loss="hinge")
     with pytest.raises(ValueError, match="rho"):
         run_attack("apgd", model, x, y, eps=0.1, rho=1.5)
+    with pytest.raises(ValueError, match="stepz"):
+        run_attack("apgd", model, x, y, eps=0.1, stepz=3)
 
 
 def test_square_fools_a_vanilla_model_without_gradients(

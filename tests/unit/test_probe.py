@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from models import ModelConfig
-from models.attacks import list_attacks
-from models.probe import PROBE_DEFAULTS, ProbeReport, default_eps, probe, resolve_attacks
+from models.attacks import ATTACK_SPEC, default_eps, list_attacks
+from models.probe import ProbeReport, SuiteSpec, parse_items, probe
 from tests.unit._attack_models import one_thread, synthetic, trained_model
 
 SPECS: list[dict[str, Any]] = [
@@ -138,9 +138,9 @@ def test_judgements_are_consistent(report: ProbeReport, data: tuple[torch.Tensor
 def test_costs_and_settings_are_reported(report: ProbeReport) -> None:
     by_name = {a.name: a for a in report.attacks}
     fgsm, pgd, apgd, square, min_eps = (by_name[n] for n in ("fgsm", "pgd", "apgd", "square", "min_eps"))
-    assert fgsm.settings == {"eot": PROBE_DEFAULTS["eot"], "noise_free": False}  # probe default, not the registry's 1
+    assert fgsm.settings == {"eot": 16, "noise_free": False}  # the spec's defaults, merged
     assert pgd.settings["eot"] == 4 and pgd.settings["alpha"] == pytest.approx(0.03) and pgd.settings["steps"] == 4
-    assert apgd.settings == {"steps": 4, "eot": 16, "noise_free": False, "loss": "dlr", "rho": 0.75}
+    assert apgd.settings == {"steps": 4, "eot": 20, "noise_free": False, "loss": "dlr", "rho": 0.75}
     assert pgd.grad_evals == 4 and pgd.draws == 16 and pgd.queries == 0
     assert all(r.grad_evals == 4 and r.queries == 0 for r in pgd.inputs)
     assert square.kind == "score" and square.grad_evals == 0
@@ -178,30 +178,33 @@ def test_a_vanilla_model_flips_all_or_nothing(data: tuple[torch.Tensor, torch.Te
 
 def test_default_eps_by_input_size() -> None:
     assert default_eps((1, 28, 28)) == 0.1
+    assert default_eps((1, 8, 8)) == 0.1
     assert default_eps((3, 32, 32)) == 8 / 255
-    with pytest.raises(ValueError, match="eps"):
-        default_eps((1, 8, 8))
-    (req,) = resolve_attacks([{"name": "pgd"}], ModelConfig().input_shape)
-    assert req.eps == 0.1 and req.settings["eot"] == 16 and req.settings["steps"] == 20
-    assert req.settings["alpha"] == pytest.approx(0.025)
+    req = ATTACK_SPEC.validate_python({"name": "pgd"}).resolve(ModelConfig().input_shape)
+    assert req.eps == 0.1 and req.eot == 16 and req.steps == 20
+    assert req.alpha == pytest.approx(0.025)
+    assert SuiteSpec(suite="standard").resolve((3, 32, 32)).eps == pytest.approx(8 / 255)
 
 
 @pytest.mark.parametrize(
     ("specs", "match"),
     [
-        ([{"name": "nope", "eps": 0.1}], "unknown attack 'nope'.*" + list_attacks()[0]),
-        ([{"name": "pgd", "eps": 0.1, "stepz": 3}], r"no setting.*stepz.*valid.*steps"),
+        ([{"name": "nope", "eps": 0.1}], "'nope'.*" + list_attacks()[0]),
+        ([{"name": "pgd", "eps": 0.1, "stepz": 3}], r"stepz"),
         ([{"name": "pgd", "eps": 0.1, "steps": 0}], "steps"),
         ([{"name": "pgd", "eps": 0.1, "steps": 2.5}], "integer"),
-        ([{"name": "pgd", "eps": 0.1, "random_start": 1}], "true or false"),
+        ([{"name": "pgd", "eps": 0.1, "random_start": 1}], "bool"),
         ([{"name": "apgd", "eps": 0.1, "loss": "hinge"}], "loss"),
         ([{"name": "pgd", "eps": 2.0}], "eps"),
         ([{"name": "pgd", "eps": "big"}], "eps"),
         ([{"eps": 0.1}], "name"),
         ([], "non-empty"),
+        ("nope", "unknown suite 'nope'"),
     ],
 )
-def test_invalid_specs_raise(specs: list[dict[str, Any]], match: str, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_invalid_specs_raise(
+    specs: list[dict[str, Any]] | str, match: str, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     x, y = data
     with pytest.raises(ValueError, match=match):
         probe(trained_model("vanilla"), x, y, specs)
@@ -210,20 +213,22 @@ def test_invalid_specs_raise(specs: list[dict[str, Any]], match: str, data: tupl
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        ({"name": "apgd", "rho": 1.5}, "0 < value < 1"),
-        ({"name": "apgd", "rho": 0}, "0 < value < 1"),
-        ({"name": "square", "p_init": 0}, "0 < value <= 1"),
-        ({"name": "square", "p_init": 2.0}, "0 < value <= 1"),
+        ({"name": "apgd", "rho": 1.5}, "rho.*less than 1"),
+        ({"name": "apgd", "rho": 0}, "rho.*greater than 0"),
+        ({"name": "square", "p_init": 0}, "p_init.*greater than 0"),
+        ({"name": "square", "p_init": 2.0}, "p_init.*less than or equal to 1"),
         ({"name": "square", "samples": 0}, "samples"),
+        ({"name": "evade_mi", "eot": 1, "threshold": 0.1}, "eot"),
+        ({"name": "evade_mi"}, "threshold"),
         ({"name": "min_eps", "lo": 0.2, "hi": 0.1}, "lo < hi"),
         ({"name": "min_eps", "lo": 0.1, "hi": 0.1}, "lo < hi"),
         ({"name": "min_eps", "lo": 0.4}, "lo < hi"),
-        ({"name": "min_eps", "hi": None}, "'hi'"),
+        ({"name": "min_eps", "hi": None}, "hi"),
     ],
 )
 def test_attack_specific_ranges_are_checked_before_running(spec: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        resolve_attacks([{"eps": 0.1, **spec}], ModelConfig().input_shape)
+    with pytest.raises(ValueError, match=f"(?s){match}"):
+        parse_items([{"eps": 0.1, **spec}])
 
 
 def test_attack_specific_ranges_accept_their_edges() -> None:
@@ -233,7 +238,7 @@ def test_attack_specific_ranges_accept_their_edges() -> None:
         {"name": "min_eps", "lo": 0.05, "hi": 0.1},
         {"name": "pgd", "alpha": None},
     ]
-    assert len(resolve_attacks(specs, ModelConfig().input_shape)) == 4
+    assert len(parse_items(specs)) == 4
 
 
 def test_invalid_inputs_raise(data: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -268,7 +273,7 @@ def test_after_attack_sees_each_report_and_can_stop_the_rest(data: tuple[torch.T
     assert [a.success_rate for a in full.attacks] == [a.success_rate for a in rep.attacks]
 
 
-def test_without_labels_the_clean_majority_vote_is_the_label(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_without_labels_the_clean_prediction_is_the_label(data: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = data
     model = trained_model("mfdv")
     rep = probe(model, x, None, [{"name": "fgsm", "eps": 0.05}], judge_samples=16, seed=3)

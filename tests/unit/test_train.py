@@ -65,8 +65,8 @@ def test_cli_trains_exports_and_refuses_to_overwrite(tmp_path: Path, capsys: pyt
         "32",
         "--attack-n",
         "20",
-        "--eot",
-        "2",
+        "--suite",
+        "published",
         "--eval-samples",
         "8",
         "--out",
@@ -78,16 +78,12 @@ def test_cli_trains_exports_and_refuses_to_overwrite(tmp_path: Path, capsys: pyt
     assert m["training"]["command"].startswith("python -m training.train --dataset")
     assert m["training"]["args"]["seed"] == 0 and m["lambda"] == 1.0
     robust = m["metrics"]["robust"]
-    assert set(robust) == {
-        "fgsm_eot1_eps0.1",
-        "fgsm_eot2_eps0.1",
-        "pgd20_eot1_eps0.1",
-        "pgd20_eot2_eps0.1",
-        "surrogate20_eps0.1",
-    }
-    pgd = robust["pgd20_eot2_eps0.1"]
-    assert pgd["attack"] == {"name": "pgd", "eps": 0.1, "steps": 20, "eot": 2}
-    assert pgd["n"] == 20 and pgd["judged_with_samples"] == 8  # the npz test split: last 10% of 200
+    assert set(robust) == {"published_eps0.1"}
+    pub = robust["published_eps0.1"]
+    assert [a["key"] for a in pub["attacks"]] == ["pgd10_eot50_eps0.1"]
+    assert pub["attacks"][0]["alpha"] == pytest.approx(0.01)
+    assert pub["n"] == 20 and pub["judge"] == "single_draw"  # the npz test split: last 10% of 200
+    assert pub["robust_ci"][0] <= pub["robust_accuracy"] <= pub["robust_ci"][1]
     assert m["metrics"]["clean"]["samples"] == 8
     assert m["mi_threshold"] >= 0
     with pytest.raises(SystemExit, match="--overwrite"):
