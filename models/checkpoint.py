@@ -18,13 +18,54 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors.torch import load_file
 
-from .classifier import StochasticClassifier, build_model
+from .classifier import ModelConfig, StochasticClassifier, build_model
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 ONNX = "model.onnx"
+FORMAT = "mfdv-snn-checkpoint/2"
+FORMATS = ("mfdv-snn-checkpoint/1", FORMAT)
+"""Formats this loader reads: 1 kept the head's settings flat in ``model``; 2 nests them in ``model.head``."""
+
+
+class Manifest(BaseModel):
+    """The fields of ``manifest.json`` that loading relies on (others are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str
+    name: str = Field(min_length=1)
+    arch: str
+    method: str
+    dataset: str
+    class_names: list[str] = Field(min_length=2)
+    input_shape: list[int] = Field(min_length=3, max_length=3)
+    feature_dim: int = Field(ge=1)
+    mi_threshold: float = Field(0.0, ge=0)
+    model: ModelConfig
+    files: dict[str, str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r} is not one this loader reads ({list(FORMATS)}); upgrade mfdv-snn")
+        m = self.model
+        if (self.arch, self.method, self.feature_dim) != (m.arch, m.method, m.feature_dim):
+            raise ValueError("arch/method/feature_dim disagree with the 'model' section")
+        if len(self.class_names) != m.num_classes or tuple(self.input_shape) != m.input_shape:
+            raise ValueError(
+                f"{len(self.class_names)} class names and input shape {self.input_shape} disagree with the "
+                f"'model' section ({m.num_classes} classes, {list(m.input_shape)})"
+            )
+        if WEIGHTS not in self.files:
+            raise ValueError(f"'files' lists no sha256 for {WEIGHTS}; the checkpoint is incomplete")
+        bad = [name for name, digest in self.files.items() if not isinstance(digest, str) or len(digest) != 64]
+        if bad:
+            raise ValueError(f"'files' has malformed sha256 entries for {bad}")
+        return self
 
 
 class CheckpointError(Exception):
@@ -75,9 +116,16 @@ def read_manifest(path: str | Path, verify: bool = True) -> tuple[dict[str, Any]
         manifest = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{mpath} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{mpath} must hold a JSON object")
     files = manifest.get("files")
     if not isinstance(files, dict) or WEIGHTS not in files:
         raise CheckpointError(f"{mpath} lists no sha256 for {WEIGHTS}; the checkpoint is incomplete")
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'manifest'}: {err['msg']}" for err in e.errors())
+        raise CheckpointError(f"{mpath} is not a valid manifest: {problems}") from None
     if verify:
         for name, digest in files.items():
             fpath = root / name

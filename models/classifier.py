@@ -2,52 +2,79 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from .backbones import Normalize, create_backbone
-from .heads import METHODS, create_head
+from .backbones import Normalize, create_backbone, list_backbones
+from .heads import METHODS, create_head, get_head
+
+_LEGACY_HEAD_KEYS = ("sigma_init", "fixed_sigma", "sigma_max", "entropy_max")
 
 
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model; stored in the checkpoint manifest."""
+class ModelConfig(BaseModel):
+    """Everything needed to rebuild a model; the manifest's ``model`` section.
 
-    arch: str = "small_cnn"
-    method: str = "mfdv"
-    in_chans: int = 1
-    img_size: int = 28
-    num_classes: int = 10
-    feature_dim: int = 64
-    mean: list[float] = field(default_factory=lambda: [0.5])
-    std: list[float] = field(default_factory=lambda: [0.5])
-    sigma_init: float = 0.5
-    fixed_sigma: float = 1.0
-    sigma_max: float | None = None
-    entropy_max: float | None = 2.0
-    mu_bound: float | None = None
+    ``head`` holds the settings of the method's head, validated by that head's ``Config``
+    (``models.heads``); the rest describes the backbone, the input and the feature space.
+    """
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str = Field("small_cnn", description="backbone (models.backbones registry)")
+    method: str = Field("mfdv", description="stochastic head (models.heads registry)")
+    in_chans: int = Field(1, ge=1)
+    img_size: int = Field(28, ge=1)
+    num_classes: int = Field(10, ge=2)
+    feature_dim: int = Field(64, ge=1, description="feature dimension D")
+    mean: list[float] = Field(default_factory=lambda: [0.5])
+    std: list[float] = Field(default_factory=lambda: [0.5])
+    mu_bound: float | None = Field(5.0, gt=0, description="bound features: mu = b*tanh(mu/b) ('none': unbounded)")
+    head: dict[str, Any] = Field(default_factory=dict, description="the head's own settings")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_flat_head(cls, data: Any) -> Any:
+        """Checkpoint format 1 kept the head settings at the top level: move the method's own into ``head``."""
+        if isinstance(data, dict) and any(k in data for k in _LEGACY_HEAD_KEYS):
+            data = dict(data)
+            flat = {k: data.pop(k) for k in _LEGACY_HEAD_KEYS if k in data}
+            method = data.get("method", "mfdv")
+            if method in METHODS:
+                own = get_head(method).Config.model_fields
+                data["head"] = {**{k: v for k, v in flat.items() if k in own}, **data.get("head", {})}
+        return data
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in list_backbones():
+            raise ValueError(f"unknown arch {v!r}; choose one of {list_backbones()}")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {list(METHODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean/std need {self.in_chans} values (one per channel)")
-        if self.feature_dim < 1 or self.num_classes < 2:
-            raise ValueError("feature_dim must be >= 1 and num_classes >= 2")
+        self.head = get_head(self.method).Config.model_validate(self.head).model_dump()
+        return self
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}")
-        return cls(**d)
+        """Validate a manifest's ``model`` section (format 1's flat head settings accepted)."""
+        return cls.model_validate(d)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -66,15 +93,7 @@ class StochasticClassifier(nn.Module):
         self.normalize = Normalize(cfg.mean, cfg.std)
         self.backbone = create_backbone(cfg.arch, in_chans=cfg.in_chans, img_size=cfg.img_size)
         self.proj = nn.Linear(self.backbone.out_dim, cfg.feature_dim)
-        self.head = create_head(
-            cfg.method,
-            feature_dim=cfg.feature_dim,
-            num_classes=cfg.num_classes,
-            sigma_init=cfg.sigma_init,
-            fixed_sigma=cfg.fixed_sigma,
-            sigma_max=cfg.sigma_max,
-            entropy_max=cfg.entropy_max,
-        )
+        self.head = create_head(cfg.method, feature_dim=cfg.feature_dim, num_classes=cfg.num_classes, config=cfg.head)
 
     @property
     def feature_dim(self) -> int:

@@ -16,30 +16,77 @@ which equals E[logits] for these zero-mean heads). Nothing depends on
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-HeadFactory = Callable[..., "StochasticHead"]
-_HEADS: dict[str, HeadFactory] = {}
-METHODS = ("vanilla", "fixed", "wca", "mfdv")
+_HEADS: dict[str, type[StochasticHead]] = {}
 
 
-def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
-    def deco(cls: HeadFactory) -> HeadFactory:
+class HeadConfig(BaseModel):
+    """A head's own settings (each head declares its fields, defaults and bounds once)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FixedConfig(HeadConfig):
+    fixed_sigma: float = Field(1.0, ge=0, description="noise std of the 'fixed' baseline")
+
+
+class SigmaInitConfig(HeadConfig):
+    sigma_init: float = Field(0.5, gt=0, description="initial noise std of the learned heads (mfdv, wca)")
+
+
+class MFDVConfig(SigmaInitConfig):
+    sigma_max: float | None = Field(6.0, gt=0, description="cap on the learned sigma of mfdv ('none': no cap)")
+
+
+class WCAConfig(SigmaInitConfig):
+    entropy_max: float | None = Field(
+        2.0, description="wca: noise entropy per dimension past which the alignment term stops ('none': never)"
+    )
+
+
+def register_head(name: str) -> Callable[[type[StochasticHead]], type[StochasticHead]]:
+    """Class decorator: add a head (with its ``Config``) to the registry under ``name``."""
+
+    def deco(cls: type[StochasticHead]) -> type[StochasticHead]:
+        if name in _HEADS:
+            raise ValueError(f"head {name!r} is already registered")
+        cls.method = name
         _HEADS[name] = cls
         return cls
 
     return deco
 
 
-def create_head(method: str, *, feature_dim: int, num_classes: int, **cfg: float | None) -> StochasticHead:
-    """Build the head for ``method`` (one of ``METHODS``)."""
+def list_heads() -> list[str]:
+    """The registered methods, in registration order."""
+    return list(_HEADS)
+
+
+def get_head(method: str) -> type[StochasticHead]:
+    """The head class of ``method``.
+
+    Raises:
+        ValueError: unknown method (the message lists the valid ones).
+    """
     if method not in _HEADS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(_HEADS)}")
-    return _HEADS[method](feature_dim=feature_dim, num_classes=num_classes, **cfg)
+        raise ValueError(f"unknown method {method!r}; choose one of {list_heads()}")
+    return _HEADS[method]
+
+
+def create_head(
+    method: str, *, feature_dim: int, num_classes: int, config: HeadConfig | Mapping[str, Any] | None = None
+) -> StochasticHead:
+    """Build the head for ``method`` with its config (a mapping is validated by the head's ``Config``)."""
+    cls = get_head(method)
+    cfg = config if isinstance(config, cls.Config) else cls.Config.model_validate(dict(config or {}))
+    return cls(feature_dim, num_classes, cfg)
 
 
 def gaussian_logits(
@@ -62,12 +109,20 @@ def gaussian_logits(
 
 
 class StochasticHead(nn.Module):
-    """Linear classifier over ``mu + delta(noise)``. Subclasses define ``scale_noise``."""
+    """Linear classifier over ``mu + delta(noise)``. Subclasses define ``scale_noise``.
 
-    method = "base"
+    Adding a head is one class: a ``Config`` (its settings), ``@register_head(name)``,
+    ``scale_noise``, ``covariance`` and, for learned noise, ``noise_parameters`` and
+    ``regularizer`` (set ``has_variance_term`` when the regularizer is weighted by lambda).
+    """
 
-    def __init__(self, feature_dim: int, num_classes: int) -> None:
+    method: ClassVar[str] = "base"
+    Config: ClassVar[type[HeadConfig]] = HeadConfig
+    has_variance_term: ClassVar[bool] = False
+
+    def __init__(self, feature_dim: int, num_classes: int, cfg: HeadConfig | None = None) -> None:
         super().__init__()
+        self.cfg = cfg or self.Config()
         self.feature_dim = feature_dim
         self.num_classes = num_classes
         self.fc = nn.Linear(feature_dim, num_classes)
@@ -122,11 +177,6 @@ class StochasticHead(nn.Module):
 class VanillaHead(StochasticHead):
     """No noise: every draw gives the same logits (the noise input is accepted and ignored)."""
 
-    method = "vanilla"
-
-    def __init__(self, feature_dim: int, num_classes: int, **_: float | None) -> None:
-        super().__init__(feature_dim, num_classes)
-
     def scale_noise(self, noise: torch.Tensor) -> torch.Tensor:
         return noise * 0.0
 
@@ -138,13 +188,11 @@ class VanillaHead(StochasticHead):
 class FixedNoiseHead(StochasticHead):
     """Isotropic feature noise of a fixed sigma (a PNI-style baseline without learning)."""
 
-    method = "fixed"
+    Config = FixedConfig
 
-    def __init__(self, feature_dim: int, num_classes: int, fixed_sigma: float = 1.0, **_: float | None) -> None:
-        super().__init__(feature_dim, num_classes)
-        if fixed_sigma < 0:
-            raise ValueError(f"fixed_sigma must be >= 0, got {fixed_sigma}")
-        self.register_buffer("sigma_value", torch.tensor(float(fixed_sigma)))
+    def __init__(self, feature_dim: int, num_classes: int, cfg: FixedConfig | None = None) -> None:
+        super().__init__(feature_dim, num_classes, cfg)
+        self.register_buffer("sigma_value", torch.tensor(float(self.cfg.fixed_sigma)))
 
     def scale_noise(self, noise: torch.Tensor) -> torch.Tensor:
         return noise * self.sigma_value
@@ -165,22 +213,14 @@ class MFDVHead(StochasticHead):
     Adversarial Robustness" (arXiv 2201.00148).
     """
 
-    method = "mfdv"
+    Config = MFDVConfig
+    has_variance_term = True
 
-    def __init__(
-        self,
-        feature_dim: int,
-        num_classes: int,
-        sigma_init: float = 0.5,
-        sigma_max: float | None = None,
-        **_: float | None,
-    ) -> None:
-        super().__init__(feature_dim, num_classes)
-        if sigma_init <= 0:
-            raise ValueError(f"sigma_init must be > 0, got {sigma_init}")
-        s0 = math.log(math.expm1(sigma_init))  # softplus^-1
+    def __init__(self, feature_dim: int, num_classes: int, cfg: MFDVConfig | None = None) -> None:
+        super().__init__(feature_dim, num_classes, cfg)
+        s0 = math.log(math.expm1(self.cfg.sigma_init))  # softplus^-1
         self.s = nn.Parameter(torch.full((feature_dim,), s0))
-        self.sigma_max = sigma_max
+        self.sigma_max = self.cfg.sigma_max
 
     def sigma(self) -> torch.Tensor:
         sig = F.softplus(self.s)
@@ -215,19 +255,13 @@ class WCAHead(StochasticHead):
     so the variance cannot run away.
     """
 
-    method = "wca"
+    Config = WCAConfig
+    has_variance_term = True
 
-    def __init__(
-        self,
-        feature_dim: int,
-        num_classes: int,
-        sigma_init: float = 0.5,
-        entropy_max: float | None = 2.0,
-        **_: float | None,
-    ) -> None:
-        super().__init__(feature_dim, num_classes)
-        self.L = nn.Parameter(torch.eye(feature_dim) * sigma_init)
-        self.entropy_max = entropy_max
+    def __init__(self, feature_dim: int, num_classes: int, cfg: WCAConfig | None = None) -> None:
+        super().__init__(feature_dim, num_classes, cfg)
+        self.L = nn.Parameter(torch.eye(feature_dim) * self.cfg.sigma_init)
+        self.entropy_max = self.cfg.entropy_max
         self.register_buffer("tril_mask", torch.tril(torch.ones(feature_dim, feature_dim)))
 
     def lower(self) -> torch.Tensor:
@@ -254,3 +288,7 @@ class WCAHead(StochasticHead):
         if self.entropy_max is not None and float(self.entropy_per_dim().detach()) > self.entropy_max:
             return reg * 0.0
         return reg
+
+
+METHODS: tuple[str, ...] = tuple(list_heads())
+"""The registered methods (derived from the registry)."""

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
+from training.config import TrainConfig
 from training.data import Dataset
 from training.export import export_checkpoint
-from training.train import TrainArgs, fit, make_model
+from training.train import fit, make_model
 
 TINY_CLASSES = ["top", "bottom", "left", "right"]
 
@@ -40,7 +41,7 @@ def train_tiny(method: str = "mfdv", steps: int = 60, seed: int = 0, feature_dim
     """A tiny_cnn model trained on the tiny dataset (a second or two on CPU)."""
     torch.manual_seed(seed)
     ds = make_tiny_dataset(seed=seed)
-    args = TrainArgs(
+    args = TrainConfig(
         method=method,
         arch="tiny_cnn",
         feature_dim=feature_dim,

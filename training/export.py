@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from models import StochasticClassifier, sha256_file
-from models.checkpoint import MANIFEST, ONNX, WEIGHTS
+from models.checkpoint import FORMAT, MANIFEST, ONNX, WEIGHTS
 
 ONNX_OPSET = 17
 
@@ -118,7 +118,7 @@ def export_checkpoint(
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         parity = export_onnx(model, tmp / ONNX)
         manifest = {
-            "format": "mfdv-snn-checkpoint/1",
+            "format": FORMAT,
             "name": out.name,
             "arch": model.cfg.arch,
             "method": model.cfg.method,
@@ -127,7 +127,7 @@ def export_checkpoint(
             "input_shape": list(model.cfg.input_shape),
             "feature_dim": model.cfg.feature_dim,
             # vanilla and fixed have no variance term: lambda does not apply to them
-            "lambda": (train_args or {}).get("lam") if model.cfg.method in ("mfdv", "wca") else None,
+            "lambda": (train_args or {}).get("lam") if model.head.has_variance_term else None,
             "sigma": sigma_summary(model),
             "mi_threshold": float(mi_threshold),
             "model": model.cfg.to_dict(),

@@ -8,14 +8,12 @@ evaluates and exports.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,55 +22,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import METHODS, ModelConfig, StochasticClassifier, build_model, list_backbones, resolve_device
-from models.attacks import SUITES, default_eps
+from models import ModelConfig, StochasticClassifier, build_model, resolve_device
+from models.attacks import default_eps
 
-from .adversarial import ADV_KINDS, AdvConfig, adversarial_loss, perturb
+from .adversarial import AdvConfig, adversarial_loss, perturb
+from .config import TrainConfig, parse_args
 from .data import Dataset, as_float, channel_stats, load_dataset
 from .evaluate import calibrate_mi_threshold, evaluate
 from .export import export_checkpoint
 
 log = logging.getLogger("training")
-
-
-@dataclass
-class TrainArgs:
-    method: str = "mfdv"
-    arch: str = "small_cnn"
-    dataset: str = "fashion_mnist"
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    feature_dim: int = 64
-    lam: float = 1.0
-    lam_warmup: float = 1.0
-    sigma_init: float = 0.5
-    fixed_sigma: float = 1.0
-    sigma_max: float | None = 6.0
-    mu_bound: float | None = 5.0
-    entropy_max: float | None = 2.0
-    head_wd: float = 0.0
-    noise_lr_mult: float = 20.0
-    val_size: int = 5000
-    seed: int = 0
-    eval_samples: int = 32
-    attack_n: int | None = 1000
-    suite: tuple[str, ...] = ("standard", "published")
-    no_attacks: bool = False
-    max_steps: int | None = None
-    adv: str = "none"
-    adv_eps: float | None = None
-    adv_steps: int | None = None
-    adv_alpha: float | None = None
-    adv_eot: int = 1
-    adv_ramp: float = 1.0
-    trades_beta: float = 6.0
-    adv_val_n: int = 1000
-    threads: int | None = None
-    device: str = "auto"
-    out: str | None = None
-    overwrite: bool = False
 
 
 def lambda_at(epoch_progress: float, lam: float, warmup: float) -> float:
@@ -97,7 +56,7 @@ def split_train_val(ds: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dat
     return ds.subset(perm[val_size:]), ds.subset(perm[:val_size])
 
 
-def make_model(args: TrainArgs, train: Dataset) -> StochasticClassifier:
+def make_model(args: TrainConfig, train: Dataset) -> StochasticClassifier:
     mean, std = channel_stats(train)
     c, h, w = train.input_shape
     if h != w:
@@ -111,16 +70,13 @@ def make_model(args: TrainArgs, train: Dataset) -> StochasticClassifier:
         feature_dim=args.feature_dim,
         mean=mean,
         std=std,
-        sigma_init=args.sigma_init,
-        fixed_sigma=args.fixed_sigma,
-        sigma_max=args.sigma_max,
-        entropy_max=args.entropy_max,
         mu_bound=args.mu_bound,
+        head=args.head_config(),
     )
     return build_model(cfg)
 
 
-def adv_config(args: TrainArgs, img_size: int) -> AdvConfig:
+def adv_config(args: TrainConfig, img_size: int) -> AdvConfig:
     """The adversarial-training settings of a run (eps defaults to the dataset's standard budget)."""
     eps = default_eps((img_size, img_size)) if args.adv_eps is None else args.adv_eps
     return AdvConfig.build(
@@ -134,7 +90,7 @@ def adv_config(args: TrainArgs, img_size: int) -> AdvConfig:
     )
 
 
-def _param_groups(model: StochasticClassifier, args: TrainArgs) -> list[dict[str, Any]]:
+def _param_groups(model: StochasticClassifier, args: TrainConfig) -> list[dict[str, Any]]:
     """Weight decay on everything but the head's noise parameters, which get ``noise_lr_mult``."""
     head_w = model.head.fc.weight
     noise = {id(p) for p in model.head.noise_parameters()}
@@ -171,7 +127,7 @@ def val_robust_accuracy(
 def fit(
     model: StochasticClassifier,
     train: Dataset,
-    args: TrainArgs,
+    args: TrainConfig,
     device: torch.device,
     rank: int = 0,
     world: int = 1,
@@ -283,7 +239,7 @@ def fit(
     return stats
 
 
-def adversarial_summary(args: TrainArgs, img_size: int, stats: dict[str, Any]) -> dict[str, Any] | None:
+def adversarial_summary(args: TrainConfig, img_size: int, stats: dict[str, Any]) -> dict[str, Any] | None:
     """What the manifest says about adversarial training (None without it)."""
     adv = adv_config(args, img_size)
     if not adv.active:
@@ -298,93 +254,7 @@ def adversarial_summary(args: TrainArgs, img_size: int, stats: dict[str, Any]) -
     }
 
 
-def _float_or_none(text: str) -> float | None:
-    """A float, or ``none`` to switch the option off."""
-    return None if text.lower() == "none" else float(text)
-
-
-def parse_args(argv: list[str] | None = None) -> TrainArgs:
-    d = TrainArgs()
-    p = argparse.ArgumentParser(
-        prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--method", choices=METHODS, default=d.method)
-    p.add_argument("--arch", choices=list_backbones(), default=d.arch)
-    p.add_argument("--dataset", default=d.dataset, help="fashion_mnist | mnist | path/to.npz | path/to/image_folder")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--feature-dim", "-D", type=int, default=d.feature_dim, help="feature dimension D")
-    p.add_argument("--lam", type=float, default=d.lam, help="weight lambda of the variance term")
-    p.add_argument("--lam-warmup", type=float, default=d.lam_warmup, help="epochs of linear lambda warm-up (0: none)")
-    p.add_argument("--sigma-init", type=float, default=d.sigma_init)
-    p.add_argument("--fixed-sigma", type=float, default=d.fixed_sigma, help="noise std of the 'fixed' baseline")
-    p.add_argument(
-        "--sigma-max",
-        type=_float_or_none,
-        default=d.sigma_max,
-        help="cap on the learned sigma of mfdv ('none': no cap)",
-    )
-    p.add_argument(
-        "--mu-bound",
-        type=_float_or_none,
-        default=d.mu_bound,
-        help="bound features: mu = b*tanh(mu/b) ('none': unbounded)",
-    )
-    p.add_argument(
-        "--entropy-max",
-        type=float,
-        default=d.entropy_max,
-        help="wca: entropy per dim past which the alignment term stops",
-    )
-    p.add_argument("--head-wd", type=float, default=d.head_wd, help="extra weight decay on the classifier W")
-    p.add_argument(
-        "--noise-lr-mult",
-        type=float,
-        default=d.noise_lr_mult,
-        help="learning-rate multiplier for the noise parameters (mfdv s, wca L)",
-    )
-    p.add_argument("--val-size", type=int, default=d.val_size, help="held-out training images for MI calibration")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--eval-samples", type=int, default=d.eval_samples, help="noise draws T per prediction")
-    p.add_argument("--attack-n", type=int, default=d.attack_n, help="test inputs to attack (0: all)")
-    p.add_argument(
-        "--suite",
-        nargs="+",
-        choices=sorted(SUITES),
-        default=list(d.suite),
-        help="evaluation suites run after training (models.attacks.suite)",
-    )
-    p.add_argument("--no-attacks", action="store_true", help="skip robust evaluation")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
-    p.add_argument("--adv", choices=ADV_KINDS, default=d.adv, help="adversarial training (default none)")
-    p.add_argument("--adv-eps", type=float, default=None, help="L-inf radius (default 0.1 for 28x28, 8/255 for 32x32)")
-    p.add_argument("--adv-steps", type=int, default=None, help="inner steps for pgd/trades (default 10)")
-    p.add_argument(
-        "--adv-alpha", type=float, default=None, help="inner step size (default fgsm 1.25 eps, else 2.5 eps/steps)"
-    )
-    p.add_argument("--adv-eot", type=int, default=d.adv_eot, help="noise draws averaged per inner gradient")
-    p.add_argument("--adv-ramp", type=float, default=d.adv_ramp, help="epochs of linear eps ramp (0: none)")
-    p.add_argument("--trades-beta", type=float, default=d.trades_beta, help="weight of the TRADES KL term")
-    p.add_argument(
-        "--adv-val-n",
-        type=int,
-        default=d.adv_val_n,
-        help="held-out images attacked after each epoch; the most robust epoch is kept (0: keep the last)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    p.add_argument("--out", default=None, help="checkpoint directory (default checkpoints/<dataset>_<method>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
-    ns = p.parse_args(argv)
-    args = TrainArgs(**{k: tuple(v) if k == "suite" else v for k, v in vars(ns).items()})
-    if args.attack_n == 0:
-        args.attack_n = None
-    return args
-
-
-def run(args: TrainArgs, argv: list[str] | None = None) -> Path | None:
+def run(args: TrainConfig, argv: list[str] | None = None) -> Path | None:
     """Train, evaluate and export; returns the checkpoint path (None on ranks > 0)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -431,7 +301,7 @@ def run(args: TrainArgs, argv: list[str] | None = None) -> Path | None:
         model,
         test,
         samples=args.eval_samples,
-        suites=[] if args.no_attacks else list(args.suite),
+        suites=list(args.suite) if args.attacks else [],
         attack_n=args.attack_n,
         seed=args.seed,
         progress=True,
@@ -445,7 +315,7 @@ def run(args: TrainArgs, argv: list[str] | None = None) -> Path | None:
         out,
         class_names=train.class_names,
         dataset=ds_name,
-        train_args=asdict(args),
+        train_args=args.model_dump(),
         metrics=metrics,
         mi_threshold=threshold,
         command=command,

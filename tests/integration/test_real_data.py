@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from models import load_checkpoint
+from training.config import TrainConfig
 from training.data import load_dataset
 from training.evaluate import clean_accuracy, robust_accuracy
-from training.train import TrainArgs, fit, make_model, split_train_val
+from training.train import fit, make_model, split_train_val
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,7 @@ def test_a_few_hundred_steps_on_fashion_mnist_land_clearly_above_chance(fashion_
     torch.manual_seed(0)
     train, _ = split_train_val(load_dataset("fashion_mnist", "train"), 5000, 0)
     test = load_dataset("fashion_mnist", "test").subset(slice(0, 2000))
-    args = TrainArgs(method="mfdv", arch="tiny_cnn", feature_dim=32, batch_size=64, max_steps=300, lr=3e-3)
+    args = TrainConfig(method="mfdv", arch="tiny_cnn", feature_dim=32, batch_size=64, max_steps=300, lr=3e-3)
     model = make_model(args, train)
     fit(model, train, args, torch.device("cpu"))
     acc = clean_accuracy(model, test, samples=16)["accuracy"]

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -106,8 +107,49 @@ def test_missing_or_incomplete_checkpoints_are_named(exported: Path, tmp_path: P
     manifest = json.loads((exported / "manifest.json").read_text())
     manifest["model"]["method"] = "bogus"
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="invalid 'model' section"):
+    with pytest.raises(CheckpointError, match=r"not a valid manifest: model\.method.*unknown method 'bogus'"):
         load_checkpoint(bad, verify=False)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m.update(format="mfdv-snn-checkpoint/9"), "format 'mfdv-snn-checkpoint/9' is not one"),
+        (lambda m: m.update(class_names=m["class_names"][:-1]), "class names .* disagree"),
+        (lambda m: m.update(method="mfdv"), "disagree with the 'model' section"),
+        (lambda m: m["model"]["head"].update(sigma_max=6.0), r"sigma_max: Extra inputs are not permitted"),
+        (lambda m: m["model"]["head"].update(sigma_init=-1), r"sigma_init: Input should be greater than 0"),
+        (lambda m: m.pop("dataset"), "dataset: Field required"),
+    ],
+)
+def test_the_manifest_is_validated_when_loading(exported: Path, tmp_path: Path, edit: Any, match: str) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    edit(manifest)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(bad)
+
+
+def test_format_1_checkpoints_still_load(exported: Path, tmp_path: Path) -> None:
+    """Format 1 kept the head's settings flat in ``model`` (and every head's, whatever the method)."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    head = manifest["model"].pop("head")
+    manifest["model"].update({"sigma_init": 0.5, "fixed_sigma": 1.0, "sigma_max": None, "entropy_max": 2.0, **head})
+    manifest["format"] = "mfdv-snn-checkpoint/1"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    ck, new = load_checkpoint(old), load_checkpoint(exported)
+    assert ck.model.cfg.head == new.model.cfg.head
+    x = torch.rand(3, *ck.model.cfg.input_shape)
+    noise = ck.model.sample_noise(4, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ck.model(x, noise), new.model(x, noise))
 
 
 def test_refuses_to_overwrite(exported: Path) -> None:

@@ -57,7 +57,7 @@ def test_cli_trains_exports_and_refuses_to_overwrite(tmp_path: Path, capsys: pyt
         "tiny_cnn",
         "--method",
         "mfdv",
-        "-D",
+        "--feature-dim",
         "8",
         "--max-steps",
         "30",
