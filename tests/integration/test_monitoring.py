@@ -138,7 +138,7 @@ def wait_for_scrape_after(prom: PrometheusProcess, t: float) -> None:
 
 @pytest.fixture(scope="module")
 def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusProcess]:
-    """Prometheus that has scraped two rounds of load and evaluated every rule since."""
+    """Prometheus that has scraped two rounds of load and evaluated every rule at least once."""
     with PrometheusProcess(scrape_config(server), tmp_path_factory.mktemp("prometheus")) as prom:
         for _ in range(2):
             drive_load(server)
