@@ -508,6 +508,56 @@ def test_app_exports_every_queried_metric(exposition: str) -> None:
     assert {"route", "method", "status"} <= series["mfdv_requests_total"][0]
 
 
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not installed (scripts/install apt-installs prometheus)"
+)
+ALERT_TESTS = sorted((PROMETHEUS / "tests").glob("*.yml"))
+
+
+def rule_files() -> list[Path]:
+    """The rule files prometheus.yml loads, as paths in deploy/prometheus (compose mounts it at /etc/prometheus)."""
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    return [PROMETHEUS / path.removeprefix("/etc/prometheus/") for path in config["rule_files"]]
+
+
+def promtool(*args: str | Path) -> None:
+    result = subprocess.run([str(PROMTOOL), *map(str, args)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    promtool("check", "rules", *rule_files())
+
+
+@needs_promtool
+def test_promtool_test_rules() -> None:
+    """The alerts fire (and stay quiet) on the synthetic series of deploy/prometheus/tests/."""
+    assert ALERT_TESTS
+    promtool("test", "rules", *ALERT_TESTS)
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+    """Each alert has a promtool test where it fires, and one where it never does."""
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for path in ALERT_TESTS:
+        doc = load_yaml(path)
+        tested = sorted((path.parent / f).resolve() for f in doc["rule_files"])
+        assert tested == sorted(p.resolve() for p in rule_files()), f"{path.name} must test what prometheus.yml loads"
+        for case in doc["tests"]:
+            expected: dict[str, list[bool]] = {}
+            for check in case.get("alert_rule_test", []):
+                expected.setdefault(check["alertname"], []).append(bool(check.get("exp_alerts")))
+            fires |= {name for name, firing in expected.items() if any(firing)}
+            quiet |= {name for name, firing in expected.items() if not any(firing)}
+    alerts = {name for name, _ in alert_exprs()}
+    assert alerts - fires == set(), f"no promtool case where these fire: {alerts - fires}"
+    assert alerts - quiet == set(), f"no promtool case where these stay quiet: {alerts - quiet}"
+    assert fires | quiet <= alerts, f"tests of unknown alerts: {(fires | quiet) - alerts}"
+
+
 # ---------------------------------------------------------------------------
 # Dockerfile
 # ---------------------------------------------------------------------------
