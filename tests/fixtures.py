@@ -1,7 +1,7 @@
 """A tiny generated dataset and checkpoints trained on it, so unit tests need no real data.
 
-Each of 4 classes is a bright bar (horizontal/vertical, top/left half) plus noise on
-14x14 grayscale images: any model learns it in a few dozen steps.
+Each of 4 classes is a bright half (top, bottom, left or right) plus noise on 14x14
+grayscale images (``training.data.make_bars_dataset``): any model learns it in a few dozen steps.
 """
 
 from __future__ import annotations
@@ -11,30 +11,17 @@ from pathlib import Path
 import torch
 
 from training.config import TrainConfig
-from training.data import Dataset
+from training.data import BARS_CLASSES, Dataset, make_bars_dataset
 from training.export import export_checkpoint
 from training.train import fit, make_model
 
-TINY_CLASSES = ["top", "bottom", "left", "right"]
+TINY_CLASSES = BARS_CLASSES
 
 
 def make_tiny_dataset(n: int = 400, size: int = 14, seed: int = 0, channels: int = 1) -> Dataset:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 4
-    x = torch.rand(n, channels, size, size, generator=g) * 0.3
-    h = size // 2
-    for i in range(n):
-        c = int(y[i])
-        if c == 0:
-            x[i, :, :h, :] += 0.6
-        elif c == 1:
-            x[i, :, h:, :] += 0.6
-        elif c == 2:
-            x[i, :, :, :h] += 0.6
-        else:
-            x[i, :, :, h:] += 0.6
-    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    return Dataset(x, y, list(TINY_CLASSES), "tiny")
+    """The generated bars task (``training.data.make_bars_dataset``), named ``tiny``."""
+    ds = make_bars_dataset(n=n, size=size, seed=seed, channels=channels)
+    return Dataset(ds.x, ds.y, ds.class_names, "tiny")
 
 
 def train_tiny(method: str = "mfdv", steps: int = 60, seed: int = 0, feature_dim: int = 8, **kw: object):

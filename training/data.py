@@ -30,6 +30,7 @@ FASHION_CLASSES = [
     "Ankle boot",
 ]
 MNIST_CLASSES = [str(i) for i in range(10)]
+BARS_CLASSES = ["top", "bottom", "left", "right"]
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -196,10 +197,28 @@ def load_image_folder(root: Path, split: str) -> Dataset:
     return Dataset(torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(ys), classes, base.name)
 
 
+def make_bars_dataset(n: int = 400, size: int = 14, seed: int = 0, channels: int = 1) -> Dataset:
+    """A generated 4-class task for smoke runs and tests: a bright half (top, bottom, left or
+    right) on noise, ``size`` x ``size`` pixels; any model learns it in a few dozen steps."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = torch.rand(n, channels, size, size, generator=g) * 0.3
+    h = size // 2
+    x[y == 0, :, :h, :] += 0.6
+    x[y == 1, :, h:, :] += 0.6
+    x[y == 2, :, :, :h] += 0.6
+    x[y == 3, :, :, h:] += 0.6
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return Dataset(x, y, list(BARS_CLASSES), "bars")
+
+
 def load_dataset(name: str, split: str = "train") -> Dataset:
-    """``fashion_mnist``, ``mnist``, a path to a ``.npz``, or a path to an image folder."""
+    """``fashion_mnist``, ``mnist``, ``bars`` (generated, for smoke runs), a path to a ``.npz``,
+    or a path to an image folder."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "bars":
+        return make_bars_dataset(n=2000, seed=0) if split == "train" else make_bars_dataset(n=400, seed=1)
     if name in ("fashion_mnist", "fashion-mnist"):
         return load_fashion_mnist(split)
     if name == "mnist":
@@ -210,5 +229,6 @@ def load_dataset(name: str, split: str = "train") -> Dataset:
     if path.is_dir():
         return load_image_folder(path, split)
     raise DatasetNotFoundError(
-        f"unknown dataset {name!r}: use 'fashion_mnist', 'mnist', a .npz file or an image folder (one subfolder per class)"
+        f"unknown dataset {name!r}: use 'fashion_mnist', 'mnist', 'bars' (generated), a .npz file or an image folder "
+        "(one subfolder per class)"
     )
