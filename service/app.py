@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import __version__
 from .config import Settings
 from .deps import AppState
 from .engine import InferenceEngine
@@ -19,6 +18,7 @@ from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from .pool import BoundedPool
 from .routes import ROUTERS
 from .routes.probe import probe_model
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ import torch
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
 from ..deps import AppState, EngineDep, StateDep
 from ..engine import MAX_SEED, InferenceEngine, PredictJob, random_seed
 from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..inputs import check_batch
 from ..schemas import ErrorResponse, floats
+from ..version import __version__
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
