@@ -16,10 +16,9 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models import load_checkpoint
+from models import load_checkpoint, seeded_noise
 from service import Settings, create_app
 from service.deps import ApiKeyDep
-from service.engine import draw_noise
 
 SIZE = 14
 
@@ -131,7 +130,7 @@ def test_predict_matches_the_model_computed_directly(client: TestClient, tiny_ch
     r = client.post("/v1/predict", json={"inputs": [x[0].tolist()], "samples": 8, "seed": 11})
     model = load_checkpoint(tiny_checkpoint).model
     with torch.no_grad():
-        probs = model(x, draw_noise(8, model.feature_dim, 11)).softmax(-1).mean(0)[0]
+        probs = model(x, seeded_noise(8, model.feature_dim, 11)).softmax(-1).mean(0)[0]
     assert r.json()["predictions"][0]["probs"] == pytest.approx(probs.tolist(), abs=1e-6)
 
 

@@ -91,6 +91,8 @@ def test_onnx_split_refuses_graphs_of_another_form(tmp_path: Path) -> None:
 def test_device_resolution() -> None:
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(BackendError, match="use auto, cpu or cuda"):
+        resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(BackendError, match="no CUDA device"):
             resolve_device("cuda")
