@@ -17,16 +17,14 @@ from PIL import Image
 
 from tests.support.server import ServerProcess
 
-pytestmark = pytest.mark.integration
-
 SIZE = 14
 MAX_BODY = 256 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint: Path) -> Iterator[ServerProcess]:
+def server(hand_checkpoint: Path) -> Iterator[ServerProcess]:
     env = {"MFDV_MAX_BATCH": "16", "MFDV_MAX_WAIT_MS": "20", "MFDV_MAX_BODY_BYTES": str(MAX_BODY)}
-    with ServerProcess(tiny_checkpoint, env=env, args=["--device", "cpu"]) as s:
+    with ServerProcess(hand_checkpoint, env=env, args=["--device", "cpu"]) as s:
         yield s
 
 
@@ -117,8 +115,8 @@ def test_bad_input_over_http_is_a_4xx(server: ServerProcess) -> None:
     assert r.status_code == 400 and "must be in [0, 1]" in r.json()["error"]
 
 
-def test_sigterm_shuts_down_gracefully(tiny_checkpoint: Path) -> None:
-    server = ServerProcess(tiny_checkpoint, args=["--device", "cpu", "--no-access-log"]).start()
+def test_sigterm_shuts_down_gracefully(hand_checkpoint: Path) -> None:
+    server = ServerProcess(hand_checkpoint, args=["--device", "cpu", "--no-access-log"]).start()
     try:
         assert httpx.post(f"{server.url}/v1/predict", json={"inputs": [image(0.5)], "samples": 2}).status_code == 200
         code = server.stop()

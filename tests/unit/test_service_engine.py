@@ -48,7 +48,7 @@ def run_concurrently(engine: InferenceEngine, jobs: list[PredictJob]) -> list:
 # -- backends -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["tiny_checkpoint", "tiny_vanilla_checkpoint"])
+@pytest.mark.parametrize("which", ["hand_checkpoint", "hand_vanilla_checkpoint"])
 def test_torch_and_onnx_backends_agree(which: str, request: pytest.FixtureRequest) -> None:
     checkpoint = request.getfixturevalue(which)
     torch_engine, onnx_engine = load(checkpoint, backend="torch"), load(checkpoint, backend="onnx")
@@ -60,8 +60,8 @@ def test_torch_and_onnx_backends_agree(which: str, request: pytest.FixtureReques
             assert torch.allclose(x.double(), y.double(), atol=1e-4), f
 
 
-def test_backend_logits_equal_the_models_forward(tiny_checkpoint: Path) -> None:
-    engine = load(tiny_checkpoint)
+def test_backend_logits_equal_the_models_forward(hand_checkpoint: Path) -> None:
+    engine = load(hand_checkpoint)
     model = engine.checkpoint.model
     x, noise = images(5), torch.randn(9, model.feature_dim)
     with torch.no_grad():
@@ -102,8 +102,8 @@ def test_device_resolution() -> None:
 
 
 @pytest.mark.parametrize("invariant", [True, False])
-def test_t_draws_cost_one_backbone_pass(tiny_checkpoint: Path, invariant: bool) -> None:
-    engine = load(tiny_checkpoint, max_batch=8, max_wait_ms=200, batch_invariant=invariant, backbone_chunk=8)
+def test_t_draws_cost_one_backbone_pass(hand_checkpoint: Path, invariant: bool) -> None:
+    engine = load(hand_checkpoint, max_batch=8, max_wait_ms=200, batch_invariant=invariant, backbone_chunk=8)
     calls = []
     engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
     jobs = [PredictJob(images(3, 0), 256, 1), PredictJob(images(2, 1), 64, 2), PredictJob(images(1, 2), 1, 3)]
@@ -112,14 +112,14 @@ def test_t_draws_cost_one_backbone_pass(tiny_checkpoint: Path, invariant: bool) 
     assert calls == [8 if invariant else 6]  # one pass for 3 requests and 321 draws in all
 
 
-def test_backbone_chunk_defaults_to_small_fixed_chunks_on_cpu(tiny_checkpoint: Path) -> None:
-    assert load(tiny_checkpoint, max_batch=64).chunk == 4
-    assert load(tiny_checkpoint, max_batch=2).chunk == 2
-    assert load(tiny_checkpoint, max_batch=64, backbone_chunk=16).chunk == 16
+def test_backbone_chunk_defaults_to_small_fixed_chunks_on_cpu(hand_checkpoint: Path) -> None:
+    assert load(hand_checkpoint, max_batch=64).chunk == 4
+    assert load(hand_checkpoint, max_batch=2).chunk == 2
+    assert load(hand_checkpoint, max_batch=64, backbone_chunk=16).chunk == 16
 
 
-def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(tiny_checkpoint: Path) -> None:
-    engine = load(tiny_checkpoint, max_batch=4, max_inputs=16)
+def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(hand_checkpoint: Path) -> None:
+    engine = load(hand_checkpoint, max_batch=4, max_inputs=16)
     calls = []
     engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
     x = images(10)
@@ -133,8 +133,8 @@ def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(tiny_checkpoint: P
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_same_seed_alone_or_batched_with_others_is_bit_identical(tiny_checkpoint: Path, backend: str) -> None:
-    engine = load(tiny_checkpoint, backend=backend, max_batch=8, max_wait_ms=300)
+def test_same_seed_alone_or_batched_with_others_is_bit_identical(hand_checkpoint: Path, backend: str) -> None:
+    engine = load(hand_checkpoint, backend=backend, max_batch=8, max_wait_ms=300)
     target = PredictJob(images(1, 42), 16, 1234)
     alone = run_concurrently(engine, [target])[0]
     others = [PredictJob(images(1 + i % 2, i), 4 + i, i) for i in range(5)]
@@ -147,8 +147,8 @@ def test_same_seed_alone_or_batched_with_others_is_bit_identical(tiny_checkpoint
     assert torch.equal(pair.uncertainty.mean_probs[1], alone.result.uncertainty.mean_probs[0])
 
 
-def test_without_padding_batched_answers_still_agree_closely(tiny_checkpoint: Path) -> None:
-    engine = load(tiny_checkpoint, max_batch=8, max_wait_ms=300, batch_invariant=False)
+def test_without_padding_batched_answers_still_agree_closely(hand_checkpoint: Path) -> None:
+    engine = load(hand_checkpoint, max_batch=8, max_wait_ms=300, batch_invariant=False)
     target = PredictJob(images(1, 42), 16, 99)
     alone = run_concurrently(engine, [target])[0]
     batched = run_concurrently(engine, [PredictJob(images(5, 1), 4, 0), target])[1]
@@ -156,8 +156,8 @@ def test_without_padding_batched_answers_still_agree_closely(tiny_checkpoint: Pa
     torch.testing.assert_close(alone.result.uncertainty.mean_probs, batched.result.uncertainty.mean_probs)
 
 
-def test_http_responses_do_not_depend_on_concurrent_traffic(tiny_checkpoint: Path) -> None:
-    settings = Settings(model_dir=tiny_checkpoint, device="cpu", max_batch=16, max_wait_ms=150)
+def test_http_responses_do_not_depend_on_concurrent_traffic(hand_checkpoint: Path) -> None:
+    settings = Settings(model_dir=hand_checkpoint, device="cpu", max_batch=16, max_wait_ms=150)
     target = {"inputs": [np.full((SIZE, SIZE), 0.7).tolist()], "samples": 32, "seed": 77}
     others = [{"inputs": images(1 + i % 3, i)[:, 0].tolist(), "samples": 8, "seed": i} for i in range(6)]
     with TestClient(create_app(settings)) as c:
@@ -173,8 +173,8 @@ def test_http_responses_do_not_depend_on_concurrent_traffic(tiny_checkpoint: Pat
 # -- back-pressure ----------------------------------------------------------------------------------
 
 
-def test_full_queue_answers_503_with_retry_after(tiny_checkpoint: Path) -> None:
-    settings = Settings(model_dir=tiny_checkpoint, device="cpu", max_batch=1, max_wait_ms=0, queue_size=1)
+def test_full_queue_answers_503_with_retry_after(hand_checkpoint: Path) -> None:
+    settings = Settings(model_dir=hand_checkpoint, device="cpu", max_batch=1, max_wait_ms=0, queue_size=1)
     app = create_app(settings)
     body = {"inputs": [np.zeros((SIZE, SIZE)).tolist()], "samples": 2}
     with TestClient(app) as c:
@@ -306,8 +306,8 @@ def test_bounded_pool_limits_running_and_waiting_jobs() -> None:
 
 
 @pytest.fixture
-def engine_app(tiny_checkpoint: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_dir=tiny_checkpoint, device="cpu", attack_workers=2))) as c:
+def engine_app(hand_checkpoint: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_dir=hand_checkpoint, device="cpu", attack_workers=2))) as c:
         yield c
 
 
@@ -318,9 +318,9 @@ def test_app_has_an_attack_pool_and_the_torch_model_for_probes(engine_app: TestC
 
 
 @pytest.mark.gpu
-def test_cuda_matches_cpu_and_stays_batch_invariant(tiny_checkpoint: Path) -> None:
-    cpu = load(tiny_checkpoint, device="cpu")
-    gpu = InferenceEngine.load(Settings(model_dir=tiny_checkpoint, device="cuda", max_batch=8, max_wait_ms=300))
+def test_cuda_matches_cpu_and_stays_batch_invariant(hand_checkpoint: Path) -> None:
+    cpu = load(hand_checkpoint, device="cpu")
+    gpu = InferenceEngine.load(Settings(model_dir=hand_checkpoint, device="cuda", max_batch=8, max_wait_ms=300))
     assert gpu.backend.device == "cuda" and gpu.chunk == 8
     jobs = [PredictJob(images(3, 1), 64, 5), PredictJob(images(1, 2), 7, 6)]
     for a, b in zip(cpu.run(jobs), gpu.run(jobs), strict=True):
