@@ -15,8 +15,8 @@ IMG = [[[0.5] * 14] * 14]
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoint: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_dir=tiny_checkpoint, device="cpu"))) as c:
+def client(hand_checkpoint: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_dir=hand_checkpoint, device="cpu"))) as c:
         yield c
 
 
@@ -60,7 +60,7 @@ def test_probe_rejects_coerced_types(client: TestClient) -> None:
     assert r.status_code == 422
     err = r.json()["error"]
     assert "judge_samples: Input should be a valid integer" in err
-    assert "attacks.0.eps: Input should be a valid number" in err
+    assert "attacks.0.fgsm.eps: Input should be a valid number" in err
 
 
 @pytest.mark.parametrize("route", ["/v1/predict", "/v1/attack-probe"])
