@@ -7,8 +7,9 @@ models, whose schemas are generated here from the models and registered as compo
 
 A deployment's limits are part of its contract: the document states them from the app's
 ``Settings`` and the served model (``samples`` up to ``MFDV_MAX_SAMPLES``, at most
-``MFDV_MAX_INPUTS`` images, pixel arrays of the model's shape, labels below the number of
-classes, ``eps`` up to ``MFDV_MAX_PROBE_EPS``...): the same settings the routes check against.
+``MFDV_MAX_INPUTS`` images, pixel arrays and v2 tensor shapes of the model's shape, labels below
+the number of classes, ``eps`` up to ``MFDV_MAX_PROBE_EPS``...): the same settings the routes
+check against. ``tests/integration/test_schemathesis.py`` checks the server against it.
 The document is built once the model is loaded (before that, without the model's shape).
 """
 
@@ -172,6 +173,18 @@ def apply_limits(schemas: dict[str, Any], state: AppState, engine: InferenceEngi
     item = input_item(engine.input_shape)
     for model in ("PredictRequest", "ProbeRequest"):
         _set(schemas, model, "inputs", items=item)
+    shape = schemas.get("InferInput", {}).get("properties", {}).get("shape")
+    if shape is not None:
+        c, h, w = engine.input_shape
+        batch = {"type": "integer", "minimum": 1, "maximum": s.max_inputs}
+        dims = [[batch, {"const": c}, {"const": h}, {"const": w}]] + (
+            [[batch, {"const": h}, {"const": w}]] if c == 1 else []
+        )
+        for key in ("items", "maxItems", "type"):
+            shape.pop(key, None)
+        shape["anyOf"] = [
+            {"type": "array", "prefixItems": d, "items": False, "minItems": len(d), "maxItems": len(d)} for d in dims
+        ]
     k = len(engine.class_names)
     for model in ("ProbeRequest", "ProbeForm"):
         labels = schemas.get(model, {}).get("properties", {}).get("labels")

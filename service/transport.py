@@ -4,8 +4,8 @@
 
 - ``application/json``: a JSON object validated **strictly** into the route's request model
   (no ``true`` as 1, no ``"5"`` as an int), inputs in ``inputs``;
-- ``multipart/form-data``: images as ``file`` parts and the options as text fields, validated
-  from text into the route's form model.
+- ``multipart/form-data``: images as ``file`` parts and the options as text fields, each read
+  as a JSON scalar (``5``, ``true``) or by the field's converter, then validated as strictly.
 
 Either way the route gets a ``Body``: the validated options and the raw inputs (JSON values or
 file bytes), which it decodes in the thread pool together with its other CPU work.
@@ -31,6 +31,7 @@ ResultT = TypeVar("ResultT")
 JSON_TYPES = ("application/json", "")
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 FILE_FIELD = "file"
+INPUTS_FIELD = "inputs"
 
 
 def validate_request(schema: type[ModelT], data: Mapping[str, Any], strict: bool = False) -> ModelT:
@@ -45,6 +46,28 @@ def validate_request(schema: type[ModelT], data: Mapping[str, Any], strict: bool
         return schema.model_validate(data, strict=strict)
     except ValidationError as e:
         raise ValidationFailed(describe_validation_errors(e.errors())) from None
+
+
+def integral_numbers(value: Any) -> Any:
+    """``value`` with every integral float made an int (``5.0`` -> ``5``), in lists and objects too.
+
+    JSON has one number type, and JSON Schema's ``integer`` is any integral number; strict
+    validation then still refuses ``true`` and ``"5"`` where an integer is due.
+    """
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, list):
+        return [integral_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: integral_numbers(v) for k, v in value.items()}
+    return value
+
+
+def holds_booleans(value: Any) -> bool:
+    """True when a nested list holds a JSON ``true``/``false`` (numpy would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(holds_booleans(v) for v in value)
 
 
 def parse_json_body(body: bytes, schema: type[ModelT], example: str) -> ModelT:
@@ -62,7 +85,14 @@ def parse_json_body(body: bytes, schema: type[ModelT], example: str) -> ModelT:
         raise InvalidInput(f"the body nests JSON arrays/objects too deeply; send {example}") from None
     if not isinstance(data, dict):
         raise ValidationFailed(f"the body must be a JSON object like {example}")
-    return validate_request(schema, data, strict=True)
+    # ``inputs`` (pixels) keeps its floats: the decoder takes numbers, and the walk would cost time.
+    options = {k: v if k == INPUTS_FIELD else integral_numbers(v) for k, v in data.items()}
+    inputs = data.get(INPUTS_FIELD)
+    if (b"true" in body or b"false" in body) and isinstance(inputs, list):  # the walk only when it can matter
+        for i, item in enumerate(inputs):
+            if isinstance(item, list) and holds_booleans(item):
+                raise InvalidInput(f"{INPUTS_FIELD}[{i}] holds booleans; send numbers in [0, 1]")
+    return validate_request(schema, options, strict=True)
 
 
 @dataclass(frozen=True)
@@ -88,8 +118,8 @@ class BodyReader(Generic[ModelT]):
         json_model: the JSON request model (``inputs`` plus the options).
         form_model: the multipart model (``file`` plus the same options).
         example: a minimal valid JSON body, quoted in error messages.
-        form_values: per form field, how its text becomes a value (default: the text itself,
-            which the form model converts); e.g. JSON text for structured fields.
+        form_values: per form field, how its text becomes a value (default: a JSON scalar, see
+            ``form_value``); e.g. JSON text for structured fields.
     """
 
     json_model: type[ModelT]
@@ -100,6 +130,18 @@ class BodyReader(Generic[ModelT]):
     @property
     def options(self) -> tuple[str, ...]:
         return tuple(name for name in self.form_model.model_fields if name != FILE_FIELD)
+
+    def form_value(self, key: str, text: str) -> Any:
+        """A form field's text -> its value: the field's converter, else the text read as a JSON scalar
+        (``5``, ``0.1``, ``true``; other text stays text and fails validation unless it is a string)."""
+        convert = self.form_values.get(key)
+        if convert is not None:
+            return convert(text)
+        try:
+            value = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            return text
+        return integral_numbers(value) if isinstance(value, int | float | bool) or value is None else text
 
     def parse_json(self, raw: bytes) -> Body[ModelT]:
         req = parse_json_body(raw, self.json_model, self.example)
@@ -132,9 +174,11 @@ class BodyReader(Generic[ModelT]):
                 if given:
                     if not isinstance(given[0], str):
                         raise InvalidInput(f"form field {key!r} must be a value, not a file")
-                    convert = self.form_values.get(key)
-                    values[key] = convert(given[0]) if convert else given[0]
-            options_model = validate_request(self.form_model, values)
+                    value = self.form_value(key, given[0])
+                    if value is None:
+                        raise ValidationFailed(f"{key}: a form field needs a value; leave it out for the default")
+                    values[key] = value
+            options_model = validate_request(self.form_model, values, strict=True)
             data = [await f.read() for f in files]  # type: ignore[union-attr]
         return Body(options_model, data, FILE_FIELD)
 
@@ -170,7 +214,7 @@ def json_text(field_name: str, example: str) -> Callable[[str], Any]:
 
     def convert(text: str) -> Any:
         try:
-            return json.loads(text)
+            return integral_numbers(json.loads(text))
         except (json.JSONDecodeError, RecursionError):
             raise InvalidInput(
                 f"form field {field_name!r} must be JSON text like {example}; got {text[:80]!r}"

@@ -8,6 +8,7 @@ the ``ProbeResponse``.
 
 from __future__ import annotations
 
+import re
 import time
 from functools import partial
 from typing import Any, get_args
@@ -15,7 +16,7 @@ from typing import Any, get_args
 from fastapi import APIRouter, Request
 
 from ..deps import ApiKeyDep, EngineDep, StateDep
-from ..errors import InvalidInput, ModelNotReady
+from ..errors import ModelNotReady
 from ..openapi import request_body
 from ..probe.prepare import prepare_probe
 from ..probe.runner import run_probe
@@ -25,17 +26,14 @@ from ..transport import BodyReader, json_text, read_body
 
 router = APIRouter(prefix="/v1", tags=["attack-probe"])
 
+_INTEGERS = re.compile(r"\s*-?\d+(\s*,\s*-?\d+)*\s*")
+
 
 def _labels_text(text: str) -> Any:
-    """A ``labels`` form field: ``3``, ``3,1,0`` or JSON ``[3, 1, 0]``."""
-    if text.strip().startswith("["):
-        return json_text("labels", "[3, 1, 0]")(text)
-    try:
+    """A ``labels`` form field: ``3``, ``3,1,0`` or JSON (``[3, 1, 0]``; ``null``: none)."""
+    if _INTEGERS.fullmatch(text):
         return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise InvalidInput(
-            f"form field 'labels' must be integers like 3 or 3,1,0 or [3, 1, 0]; got {text[:80]!r}"
-        ) from None
+    return json_text("labels", "3 or 3,1,0 or [3, 1, 0]")(text)
 
 
 def _attacks_text(text: str) -> Any:

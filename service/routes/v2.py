@@ -43,6 +43,7 @@ from ..schemas.v2 import (
     ServerMetadata,
     ServerReady,
 )
+from ..transport import holds_booleans, integral_numbers
 from ..version import __version__
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
@@ -195,7 +196,10 @@ def _json_values(data: Any, dtype_name: str, dtype: np.dtype[Any]) -> np.ndarray
     """``data`` (nested JSON numbers) -> a flat array of ``dtype``; integer types are range-checked."""
     what = f"input {INPUT_NAME!r}: `data`"
     try:
-        wide = np.asarray(data, dtype=np.float64).ravel()
+        raw = np.asarray(data)
+        if raw.dtype.kind not in "iuf" or holds_booleans(data):  # strings, objects, ragged, booleans
+            raise ValueError
+        wide = raw.astype(np.float64).ravel()
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise InvalidInput(f"{what} must be numbers (nested lists allowed) of datatype {dtype_name}") from None
     if dtype_name not in INT_RANGES:
@@ -267,6 +271,18 @@ def _bool_param(params: dict[str, Any], key: str, default: bool, where: str) -> 
     return value
 
 
+def _integral_header(req: dict[str, Any]) -> dict[str, Any]:
+    """The header with integral floats as ints (``shape: [1.0, 1, 14, 14]`` is a shape), tensor data aside."""
+    out = {k: v if k == "inputs" else integral_numbers(v) for k, v in req.items()}
+    inputs = req.get("inputs")
+    if isinstance(inputs, list):
+        out["inputs"] = [
+            {k: v if k == "data" else integral_numbers(v) for k, v in t.items()} if isinstance(t, dict) else t
+            for t in inputs
+        ]
+    return out
+
+
 def parse_infer(body: bytes, header_length: str | None, state: AppState, engine: InferenceEngine) -> InferRequest:
     """Parse and validate a v2 inference body (JSON, or JSON + binary tensors)."""
     if header_length is not None:
@@ -287,6 +303,7 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
         raise InvalidInput("the inference header nests JSON too deeply; send flat or [B, C, H, W] data") from None
     if not isinstance(req, dict):
         raise InvalidInput('the inference request must be a JSON object with "inputs"')
+    req = _integral_header(req)
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"send exactly one input, named {INPUT_NAME!r}")

@@ -26,6 +26,23 @@ Seed = Annotated[
 ]
 
 
+def form_fields_are_text(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of a multipart model: a form field is absent or has a value, never null.
+
+    The model takes None for an absent field; the document should not offer ``null`` as a value.
+    """
+    for prop in schema.get("properties", {}).values():
+        branches = [b for b in prop.get("anyOf", ()) if b.get("type") != "null"]
+        if "anyOf" in prop and len(branches) < len(prop["anyOf"]):
+            del prop["anyOf"]
+            if len(branches) == 1:
+                prop.update(branches[0])
+            else:
+                prop["anyOf"] = branches
+        if prop.get("default", 0) is None:
+            del prop["default"]
+
+
 class ErrorResponse(BaseModel):
     """Every error, on every route: ``{"error": "what to fix"}``."""
 

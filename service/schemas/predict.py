@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .common import ImageFile, Seed
+from .common import ImageFile, Seed, form_fields_are_text
 
 INPUT_DESCRIPTION = (
     "One image: a nested array [C,H,W] (or [H,W] for one channel) of pixels in [0, 1], "
@@ -38,6 +38,8 @@ class PredictRequest(PredictOptions):
 
 class PredictForm(PredictOptions):
     """``POST /v1/predict`` as ``multipart/form-data``: one ``file`` part per image, options as text fields."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=form_fields_are_text)
 
     file: list[ImageFile] = Field(description="PNG or JPEG images, one part each (1..MFDV_MAX_INPUTS).")
 

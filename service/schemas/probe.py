@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 from models.attacks import AttackSpec
 from models.probe import SuiteSpec
 
-from .common import ImageFile, Seed
+from .common import ImageFile, Seed, form_fields_are_text
 from .predict import INPUT_DESCRIPTION
 
 SuiteName = Literal["standard", "published"]
@@ -76,6 +76,8 @@ class ProbeRequest(ProbeOptions):
 class ProbeForm(ProbeOptions):
     """``POST /v1/attack-probe`` as ``multipart/form-data``: ``file`` parts, options as fields (``labels`` and
     ``attacks`` as JSON text; ``labels`` also as ``3`` or ``3,1,0``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=form_fields_are_text)
 
     file: list[ImageFile] = Field(description="PNG or JPEG images, one part each (1..MFDV_MAX_PROBE_INPUTS).")
 

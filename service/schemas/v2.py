@@ -69,20 +69,24 @@ class ModelMetadata(BaseModel):
 
 
 class InputParameters(BaseModel):
-    binary_data_size: Annotated[int, Field(ge=0)] | None = Field(
-        None, description="Bytes of this tensor after the JSON header (binary tensor extension)."
+    """Any parameters; ``binary_data_size`` belongs to the binary extension's header, not to a JSON body."""
+
+    model_config = ConfigDict(extra="allow")
+
+    binary_data_size: None = Field(
+        None, description="Binary extension only: bytes of this tensor after the JSON header (see the operation)."
     )
 
 
 class InferInput(BaseModel):
-    """The one input, ``image``: ``data`` (JSON) or ``parameters.binary_data_size`` (binary)."""
+    """The one input, ``image``, its values in ``data`` (the binary extension sends them after the header)."""
 
     name: Literal["image"]
     shape: list[Annotated[int, Field(ge=0)]] = Field(
         max_length=MAX_NDIM, description="[B, C, H, W], or [B, H, W] for one channel."
     )
     datatype: Literal["FP32", "FP64", "FP16", "UINT8"] = Field(description="FP* pixels in [0, 1]; UINT8 pixels 0..255.")
-    data: TensorData | None = Field(None, description="The values, flat (row-major) or nested.")
+    data: TensorData = Field(description="The values, flat (row-major) or nested.")
     parameters: InputParameters | None = None
 
 
