@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,20 +176,31 @@ def test_full_queue_answers_503_with_retry_after(hand_checkpoint: Path) -> None:
     settings = Settings(model_dir=hand_checkpoint, device="cpu", max_batch=1, max_wait_ms=0, queue_size=1)
     app = create_app(settings)
     body = {"inputs": [np.zeros((SIZE, SIZE)).tolist()], "samples": 2}
+    computing, release = threading.Event(), threading.Event()
     with TestClient(app) as c:
         backend = app.state.mfdv.engine.backend
         real = backend.backbone
 
-        def slow(x: torch.Tensor) -> torch.Tensor:
-            time.sleep(0.4)
+        def blocked(x: torch.Tensor) -> torch.Tensor:
+            computing.set()
+            assert release.wait(30), "the test never released the backbone"
             return real(x)
 
-        backend.backbone = slow
+        backend.backbone = blocked
         with ThreadPoolExecutor(6) as pool:
-            responses = list(pool.map(lambda _: c.post("/v1/predict", json=body), range(6)))
+            first = pool.submit(c.post, "/v1/predict", json=body)
+            assert computing.wait(30)  # the first request holds the compute thread
+            others = [pool.submit(c.post, "/v1/predict", json=body) for _ in range(5)]
+            # one of the others fits in the queue (size 1) and waits; four are refused at once
+            pending = set(others)
+            while len(pending) > 1:
+                done, pending = wait(pending, timeout=30, return_when=FIRST_COMPLETED)
+                assert done, "no answer within 30 s"
+            release.set()
+            responses = [first.result(), *(f.result() for f in others)]
         codes = sorted(r.status_code for r in responses)
+        assert codes == [200, 200, 503, 503, 503, 503], codes
         rejected = [r for r in responses if r.status_code == 503]
-        assert codes[0] == 200 and rejected, codes
         assert rejected[0].headers["retry-after"] == "1" and "queue is full" in rejected[0].json()["error"]
         assert 'route="/v1/predict",status="503"' in c.get("/metrics").text
 
@@ -246,27 +256,27 @@ def test_batcher_failures_reach_every_caller_and_it_keeps_serving() -> None:
 
 
 def test_batcher_rejects_when_full_and_fails_waiters_on_stop() -> None:
-    release = threading.Event()
+    computing, release = threading.Event(), threading.Event()
 
     def process(items: list[Item]) -> list[int]:
-        release.wait(5)
+        computing.set()
+        assert release.wait(30), "the test never released the batch"
         return [0 for _ in items]
 
     async def go() -> None:
         b: MicroBatcher[Item, int] = MicroBatcher(process, max_batch=1, max_wait_s=0, queue_size=1)
         b.start()
         running = asyncio.ensure_future(b.submit(Item(1)))
-        await asyncio.sleep(0.05)  # the worker took it and is computing
+        assert await asyncio.to_thread(computing.wait, 30)  # the worker took it and is computing
         waiting = asyncio.ensure_future(b.submit(Item(1)))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one turn of the loop: `waiting` is queued (a yield, not a wait)
         with pytest.raises(Overloaded, match="queue is full"):
             await b.submit(Item(1))
         stopping = asyncio.ensure_future(b.stop())
-        await asyncio.sleep(0.05)
+        with pytest.raises(ModelNotReady, match="shutting down"):
+            await waiting  # failed by stop() while the batch still computes
         release.set()
         await stopping
-        with pytest.raises(ModelNotReady, match="shutting down"):
-            await waiting
         assert running.done()
 
     asyncio.run(go())
@@ -279,25 +289,27 @@ def test_bounded_pool_limits_running_and_waiting_jobs() -> None:
     gate = threading.Event()
 
     def work(x: int) -> int:
-        gate.wait(5)
+        assert gate.wait(30), "the test never opened the gate"
         return x * 2
 
     async def go() -> None:
         pool = BoundedPool(workers=1, max_pending=1, name="attack", retry_after=7)
         jobs = [asyncio.ensure_future(pool.run(work, i)) for i in range(2)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: both calls are admitted (a yield, not a wait)
         assert pool.admitted == 2
         with pytest.raises(Overloaded) as info:
             await pool.run(work, 9)
         assert info.value.headers["Retry-After"] == "7" and "attack pool is busy" in info.value.message
         jobs[1].cancel()  # the caller gives up; its job had not started, so its slot frees
-        await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.CancelledError):
+            await jobs[1]
         assert pool.admitted == 1
         jobs[0].cancel()  # the running job keeps its slot until its thread is done
-        await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.CancelledError):
+            await jobs[0]
         assert pool.admitted == 1
         gate.set()
-        await asyncio.sleep(0.1)
+        assert await pool.run(int, 0) == 0  # one worker: this runs once the first job's thread is done
         assert pool.admitted == 0
         assert await pool.run(work, 4) == 8
         pool.shutdown()
