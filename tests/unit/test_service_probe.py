@@ -178,6 +178,9 @@ def test_multipart_files_with_labels_and_attacks_as_form_fields(client: TestClie
     d = r.json()
     assert [c["true_label"] for c in d["clean"]] == [1, 3] and d["seed"] == 4 and d["judge_samples"] == 8
     assert [a["name"] for a in d["attacks"]] == ["fgsm"]
+    r = client.post("/v1/attack-probe", files=files[:1], data={"labels": "[1]", "attacks": "published", "seed": "4"})
+    assert r.status_code == 200, r.text
+    assert [a["name"] for a in r.json()["attacks"]] == ["published"] and r.json()["attacks"][0]["kind"] == "suite"
     r = client.post("/v1/attack-probe", files=files[:1], data={"labels": "2", "attacks": "[{bad json"})
     assert r.status_code == 400 and "attacks" in r.json()["error"]
     r = client.post("/v1/attack-probe", files=files[:1], data={"label": "2"})
