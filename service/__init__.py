@@ -9,9 +9,8 @@ Public API::
 variables (``--host``, ``--port`` and ``--model-dir`` override them).
 """
 
-__version__ = "0.1.0"
-
-from .app import create_app  # after __version__, which routes read
+from .app import create_app
 from .config import Settings
+from .version import __version__
 
 __all__ = ["Settings", "__version__", "create_app"]

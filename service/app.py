@@ -9,16 +9,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import __version__
 from .config import Settings
 from .deps import AppState
 from .engine import InferenceEngine
 from .errors import CatchAllMiddleware, install_error_handlers
 from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
+from .openapi import install_openapi
 from .pool import BoundedPool
+from .probe.runner import probe_model
 from .routes import ROUTERS
-from .routes.probe import probe_model
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     app = FastAPI(title="MFDV-SNN inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
-    app.state.mfdv = AppState(settings=settings, metrics=metrics)
+    app.state.mfdv = state = AppState(settings=settings, metrics=metrics)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app, state)
     # Outermost last: metrics see every response, including 413s and generic 500s.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CatchAllMiddleware)

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+import models
 from models import Checkpoint
 from models.checkpoint import ONNX
 
@@ -54,28 +54,25 @@ class Backend(Protocol):
         ...
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU fails.
+def resolve_device(name: str) -> str:
+    """``models.resolve_device`` for the service: the device's name, or a ``BackendError`` saying what to use.
 
     Raises:
-        BackendError: ``cuda`` requested but not available.
+        BackendError: ``cuda`` asked for without a GPU, or an unknown name.
     """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BackendError("MFDV_DEVICE=cuda but torch sees no CUDA device; use MFDV_DEVICE=auto or cpu")
-    if device not in ("cpu", "cuda"):
-        raise BackendError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return device
+    try:
+        return models.resolve_device(name).type
+    except ValueError as e:
+        raise BackendError(f"MFDV_DEVICE={name}: {e}") from None
 
 
 class TorchBackend:
     """The checkpoint's torch model, split where the noise enters.
 
-    ``backbone`` returns the noise-free logits ``W mu + b`` [B,K] (``model.head(mu, None)``)
-    and ``head`` adds each draw's shift ``W delta(noise)`` [T,K]: the same sum the head's
-    ``forward`` computes, but the shift depends on the noise alone, so an input's logits
-    do not depend on how many other inputs share its request or batch.
+    ``backbone`` returns the noise-free logits ``W mu + b`` [B,K] (``head.base_logits``) and
+    ``head`` adds each draw's shift ``W delta(noise)`` [T,K] (``head.noise_shift``): the same
+    sum the head's ``forward`` computes, but the shift depends on the noise alone, so an
+    input's logits do not depend on how many other inputs share its request or batch.
     """
 
     name = "torch"
@@ -91,13 +88,11 @@ class TorchBackend:
     @torch.inference_mode()
     def backbone(self, images: torch.Tensor) -> torch.Tensor:
         mu = self.model.features(images.to(self.device, non_blocking=True))  # (B, D)
-        return self.model.head(mu, None)[0]  # (B, K)
+        return self.model.head.base_logits(mu)  # (B, K)
 
     @torch.inference_mode()
     def head(self, state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        head = self.model.head
-        delta = head.scale_noise(noise.to(state.device))  # (T, D)
-        shift = F.linear(delta, head.fc.weight)  # (T, K)
+        shift = self.model.head.noise_shift(noise.to(state.device))  # (T, K)
         return (state.unsqueeze(0) + shift.unsqueeze(1)).float().cpu()  # (T, B, K)
 
     def logits(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -123,8 +123,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if not p.future.done():
                 p.future.set_exception(ModelNotReady("the service is shutting down; retry on another replica"))
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True)  # the batch in compute ends; the loop keeps serving
 
     async def submit(self, item: ItemT) -> Batched[ResultT]:
         """Queue ``item`` and wait for its result.

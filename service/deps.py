@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader
 
 from models import StochasticClassifier
 
@@ -70,7 +71,14 @@ def get_engine(state: StateDep) -> InferenceEngine:
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
 
 
-def require_api_key(request: Request, state: StateDep) -> None:
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Required on protected routes when the server sets MFDV_API_KEY (otherwise they are open).",
+)
+
+
+def require_api_key(state: StateDep, given: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
     """Check ``X-API-Key`` against ``MFDV_API_KEY`` (no key configured: open).
 
     Raises:
@@ -79,8 +87,7 @@ def require_api_key(request: Request, state: StateDep) -> None:
     expected = state.settings.api_key
     if expected is None:
         return
-    given = request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    if not hmac.compare_digest((given or "").encode(), expected.get_secret_value().encode()):
         raise Unauthorized("this endpoint needs a valid X-API-Key header (MFDV_API_KEY)")
 
 

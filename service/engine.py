@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from models import Checkpoint, Uncertainty, load_checkpoint, summarize
+from models import Checkpoint, Uncertainty, load_checkpoint, seeded_noise, summarize
 
 from .backends import Backend, create_backend, resolve_device
 from .batcher import Batched, MicroBatcher
@@ -33,12 +33,6 @@ CPU_CHUNK = 4  # rows per backbone call on CPU unless MFDV_BACKBONE_CHUNK is set
 def random_seed() -> int:
     """A fresh seed for requests that bring none (fits in a JSON number without loss)."""
     return secrets.randbelow(2**31)
-
-
-def draw_noise(samples: int, dim: int, seed: int) -> torch.Tensor:
-    """Standard normal draws [T, D] (CPU float32) from a generator seeded with ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn((samples, dim), generator=g)
 
 
 @dataclass(frozen=True)
@@ -164,8 +158,8 @@ class InferenceEngine:
     # -- compute --------------------------------------------------------------------------
 
     def noise(self, samples: int, seed: int) -> torch.Tensor:
-        """The draws a request with ``samples`` and ``seed`` gets: [T, D]."""
-        return draw_noise(samples, self.feature_dim, seed)
+        """The draws a request with ``samples`` and ``seed`` gets: [T, D] (``models.seeded_noise``)."""
+        return seeded_noise(samples, self.feature_dim, seed)
 
     def backbone(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone state for [N, C, H, W], in chunks of ``chunk`` rows (zero-padded to ``chunk`` when ``pad``)."""

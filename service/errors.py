@@ -102,10 +102,18 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
 
 
 def describe_validation_errors(errors: list[dict[str, Any]] | Any) -> str:
-    """Pydantic/FastAPI validation errors as one readable sentence, e.g. ``samples: ...; seed: ...``."""
+    """Pydantic/FastAPI validation errors as one readable sentence, e.g. ``samples: ...; seed: ...``.
+
+    Locations leave out where the value came from (``body``, ``query``...) and the bracketed tags
+    of tagged unions (``[list]``): ``attacks.0.pgd.steps``, not ``attacks.[list].0.[attack].pgd.steps``.
+    """
     parts = []
     for err in errors:
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        loc = [
+            str(p)
+            for p in err.get("loc", ())
+            if p not in ("body", "query", "path", "header") and not (isinstance(p, str) and p.startswith("["))
+        ]
         where = ".".join(loc) or "body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"

@@ -8,13 +8,20 @@ import torch
 from training.data import FASHION_MNIST_DIR
 
 from .fixtures import make_tiny_checkpoint, make_tiny_dataset
+from .support.hand_model import export_hand_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
+FOLDER_MARKERS = {"integration": "integration"}
+"""Tests under ``tests/<folder>/`` get the marker, so ``-m "not integration"`` selects by location."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    tests = Path(__file__).resolve().parent
     for item in items:
+        folder = Path(item.path).resolve().relative_to(tests).parts[0]
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
 
@@ -33,6 +40,18 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vanilla_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_vanilla", "vanilla")
+
+
+@pytest.fixture(scope="session")
+def hand_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-set mfdv model (``tests/support/hand_model.py``) as a checkpoint named ``tiny_mfdv``."""
+    return export_hand_checkpoint(tmp_path_factory.mktemp("hand") / "tiny_mfdv", "mfdv")
+
+
+@pytest.fixture(scope="session")
+def hand_vanilla_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-set model without noise, named ``tiny_vanilla``."""
+    return export_hand_checkpoint(tmp_path_factory.mktemp("hand") / "tiny_vanilla", "vanilla")
 
 
 @pytest.fixture(scope="session")

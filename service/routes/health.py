@@ -5,27 +5,37 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from ..deps import StateDep
-from ..schemas import ErrorResponse
+from ..schemas import error_responses
+from ..schemas.predict import HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
 
+METRICS_MEDIA_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
 
 @router.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
 
 
 @router.get(
     "/readyz",
     summary="Readiness: the model is loaded and warmed up",
-    responses={503: {"model": ErrorResponse, "description": "loading, failed to load, or shutting down"}},
+    responses=error_responses({503: "loading, failed to load, or shutting down (Retry-After)"}),
 )
-async def readyz(state: StateDep) -> dict[str, str]:
+async def readyz(state: StateDep) -> ReadyResponse:
     engine = state.ready_engine()
-    return {"status": "ready", "model": engine.name, "model_id": engine.model_id}
+    return ReadyResponse(status="ready", model=engine.name, model_id=engine.model_id)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {METRICS_MEDIA_TYPE: {"schema": {"type": "string"}}}}
+    },
+)
 async def metrics(state: StateDep) -> Response:
     body, content_type = state.metrics.exposition()
     return Response(body, media_type=content_type)

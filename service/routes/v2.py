@@ -27,12 +27,24 @@ import torch
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
 from ..deps import AppState, EngineDep, StateDep
 from ..engine import MAX_SEED, InferenceEngine, PredictJob, random_seed
 from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..inputs import check_batch
-from ..schemas import ErrorResponse, floats
+from ..openapi import request_body
+from ..schemas import error_responses, floats
+from ..schemas.v2 import (
+    MAX_NDIM,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ModelReady,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+)
+from ..transport import holds_booleans, integral_numbers
+from ..version import __version__
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -47,7 +59,6 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 # integer datatypes: the inclusive range their JSON values must lie in
 INT_RANGES: dict[str, tuple[int, int]] = {"UINT8": (0, 255)}
-MAX_NDIM = 8  # the model wants 3 or 4 dimensions; anything far beyond is a client mistake
 # name -> (datatype, per class: shape [B, K] rather than [B])
 OUTPUTS: dict[str, tuple[str, bool]] = {
     "probs": ("FP32", True),
@@ -60,7 +71,12 @@ OUTPUTS: dict[str, tuple[str, bool]] = {
     "top_prob_stderr": ("FP32", False),
     "flagged": ("BOOL", False),
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse} for c in (400, 404, 413, 503)}
+_NOT_READY = {503: "model not ready, or shutting down (Retry-After)"}
+_UNKNOWN = {404: "unknown model or version"}
+_INFER_ERRORS = {
+    400: "bad request: tensor, datatype, shape, parameters or outputs (the message says what to fix)",
+    413: "body over MFDV_MAX_BODY_BYTES (after decompression)",
+}
 
 
 def _model(engine: InferenceEngine, name: str, version: str | None = None) -> InferenceEngine:
@@ -72,19 +88,19 @@ def _model(engine: InferenceEngine, name: str, version: str | None = None) -> In
 
 
 @router.get("", summary="Server metadata")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "mfdv-snn", "version": __version__, "extensions": ["binary_tensor_data"]}
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="mfdv-snn", version=__version__, extensions=["binary_tensor_data"])
 
 
-@router.get("/health/live", summary="Server live (200)")
-async def live() -> Response:
-    return Response(status_code=200)
+@router.get("/health/live", summary="Server live")
+async def live() -> ServerLive:
+    return ServerLive(live=True)
 
 
-@router.get("/health/ready", summary="Server ready (200), else 503", responses=_ERRORS)
-async def ready(state: StateDep) -> Response:
+@router.get("/health/ready", summary="Server ready (else 503)", responses=error_responses(_NOT_READY))
+async def ready(state: StateDep) -> ServerReady:
     state.ready_engine()
-    return Response(status_code=200)
+    return ServerReady(ready=True)
 
 
 def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
@@ -103,26 +119,36 @@ def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{name}", summary="Model metadata", responses=_ERRORS)
-async def metadata(name: str, engine: EngineDep) -> dict[str, Any]:
-    return model_metadata(_model(engine, name))
+@router.get("/models/{name}", summary="Model metadata", responses=error_responses({**_UNKNOWN, **_NOT_READY}))
+async def metadata(name: str, engine: EngineDep) -> ModelMetadata:
+    return ModelMetadata.model_validate(model_metadata(_model(engine, name)))
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model metadata", responses=_ERRORS)
-async def metadata_version(name: str, version: str, engine: EngineDep) -> dict[str, Any]:
-    return model_metadata(_model(engine, name, version))
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata",
+    responses=error_responses({**_UNKNOWN, **_NOT_READY}),
+)
+async def metadata_version(name: str, version: str, engine: EngineDep) -> ModelMetadata:
+    return ModelMetadata.model_validate(model_metadata(_model(engine, name, version)))
 
 
-@router.get("/models/{name}/ready", summary="Model ready (200), else 503/404", responses=_ERRORS)
-async def model_ready(name: str, engine: EngineDep) -> Response:
-    _model(engine, name)
-    return Response(status_code=200)
+@router.get(
+    "/models/{name}/ready",
+    summary="Model ready (else 503 or 404)",
+    responses=error_responses({**_UNKNOWN, **_NOT_READY}),
+)
+async def model_ready(name: str, engine: EngineDep) -> ModelReady:
+    return ModelReady(name=_model(engine, name).name, ready=True)
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Model ready (200)", responses=_ERRORS)
-async def model_version_ready(name: str, version: str, engine: EngineDep) -> Response:
-    _model(engine, name, version)
-    return Response(status_code=200)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model ready (else 503 or 404)",
+    responses=error_responses({**_UNKNOWN, **_NOT_READY}),
+)
+async def model_version_ready(name: str, version: str, engine: EngineDep) -> ModelReady:
+    return ModelReady(name=_model(engine, name, version).name, ready=True)
 
 
 # -- inference ------------------------------------------------------------------------------
@@ -170,7 +196,10 @@ def _json_values(data: Any, dtype_name: str, dtype: np.dtype[Any]) -> np.ndarray
     """``data`` (nested JSON numbers) -> a flat array of ``dtype``; integer types are range-checked."""
     what = f"input {INPUT_NAME!r}: `data`"
     try:
-        wide = np.asarray(data, dtype=np.float64).ravel()
+        raw = np.asarray(data)
+        if raw.dtype.kind not in "iuf" or holds_booleans(data):  # strings, objects, ragged, booleans
+            raise ValueError
+        wide = raw.astype(np.float64).ravel()
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise InvalidInput(f"{what} must be numbers (nested lists allowed) of datatype {dtype_name}") from None
     if dtype_name not in INT_RANGES:
@@ -242,6 +271,18 @@ def _bool_param(params: dict[str, Any], key: str, default: bool, where: str) -> 
     return value
 
 
+def _integral_header(req: dict[str, Any]) -> dict[str, Any]:
+    """The header with integral floats as ints (``shape: [1.0, 1, 14, 14]`` is a shape), tensor data aside."""
+    out = {k: v if k == "inputs" else integral_numbers(v) for k, v in req.items()}
+    inputs = req.get("inputs")
+    if isinstance(inputs, list):
+        out["inputs"] = [
+            {k: v if k == "data" else integral_numbers(v) for k, v in t.items()} if isinstance(t, dict) else t
+            for t in inputs
+        ]
+    return out
+
+
 def parse_infer(body: bytes, header_length: str | None, state: AppState, engine: InferenceEngine) -> InferRequest:
     """Parse and validate a v2 inference body (JSON, or JSON + binary tensors)."""
     if header_length is not None:
@@ -262,6 +303,7 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
         raise InvalidInput("the inference header nests JSON too deeply; send flat or [B, C, H, W] data") from None
     if not isinstance(req, dict):
         raise InvalidInput('the inference request must be a JSON object with "inputs"')
+    req = _integral_header(req)
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput(f"send exactly one input, named {INPUT_NAME!r}")
@@ -296,12 +338,14 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
                 raise InvalidInput(f"output {name!r}: `parameters` must be a JSON object; got {oparams!r}")
             outputs.append((name, _bool_param(oparams, "binary_data", binary_default, f"output {name!r} parameter")))
     request_id = req.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput(f"`id` must be a string; got {request_id!r}")
     return InferRequest(
         images=images,
         samples=samples if samples is not None else state.settings.default_samples,
         seed=seed if seed is not None else random_seed(),
         outputs=outputs,
-        request_id=str(request_id) if request_id is not None else None,
+        request_id=request_id,
     )
 
 
@@ -334,12 +378,33 @@ def _json_data(values: np.ndarray, datatype: str) -> list[Any]:
     return flat.tolist()
 
 
-@router.post("/models/{name}/infer", summary="Inference (JSON or binary tensors)", responses=_ERRORS)
+_INFER = {
+    "summary": "Inference (JSON, or JSON + binary tensors)",
+    "description": "The body is `InferenceRequest` as JSON. Binary tensor extension: with the header "
+    "`Inference-Header-Content-Length: N` the body is N bytes of that JSON followed by the raw little-endian "
+    "tensors (each input declares `parameters.binary_data_size`); outputs asked for with `binary_data` "
+    "come back the same way (`application/octet-stream`, same header).",
+    "response_class": Response,
+    "responses": {
+        200: {
+            "description": "The outputs: JSON, or JSON + binary tensors when any output is binary",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **error_responses({**_INFER_ERRORS, **_UNKNOWN, **_NOT_READY}),
+    },
+    "openapi_extra": request_body(InferenceRequest, components=(InferenceResponse,)),
+}
+
+
+@router.post("/models/{name}/infer", **_INFER)
 async def infer(name: str, request: Request, state: StateDep, engine: EngineDep) -> Response:
     return await _infer(request, state, _model(engine, name))
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (JSON or binary)", responses=_ERRORS)
+@router.post("/models/{name}/versions/{version}/infer", **_INFER)
 async def infer_version(name: str, version: str, request: Request, state: StateDep, engine: EngineDep) -> Response:
     return await _infer(request, state, _model(engine, name, version))
 

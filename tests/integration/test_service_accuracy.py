@@ -12,9 +12,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models import load_checkpoint
+from models import load_checkpoint, predict_label, seeded_noise
 from service import Settings, create_app
-from service.engine import draw_noise
 from training.data import Dataset, as_float, load_dataset
 from training.evaluate import clean_accuracy
 
@@ -56,9 +55,7 @@ def check_service_accuracy(checkpoint: Path) -> dict[str, float]:
     # The same images with the same seeds, straight through the model: the PNG path loses nothing.
     with torch.no_grad():
         direct = [
-            int(
-                model(as_float(ds.x[i : i + 1]), draw_noise(SAMPLES, model.feature_dim, s)).softmax(-1).mean(0).argmax()
-            )
+            int(predict_label(model(as_float(ds.x[i : i + 1]), seeded_noise(SAMPLES, model.feature_dim, s)))[0])
             for i, s in enumerate(seeds)
         ]
     agree = float(np.mean(np.array(direct) == np.array(labels)))

@@ -31,8 +31,6 @@ DOCKERFILE = REPO / "Dockerfile"
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
 
-pytestmark = pytest.mark.integration
-
 
 def final_stage() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the Dockerfile's last stage, continuation lines joined."""

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from models import load_checkpoint
@@ -27,7 +26,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.integration
 def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     ds = make_tiny_dataset(n=400)
     npz = tmp_path / "tiny.npz"

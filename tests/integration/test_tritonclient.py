@@ -11,8 +11,6 @@ import pytest
 
 from tests.support.server import ServerProcess
 
-pytestmark = pytest.mark.integration
-
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
@@ -22,8 +20,8 @@ OUTPUTS = ["probs", "label", "class_name", "predictive_entropy", "mutual_informa
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(tiny_checkpoint, args=["--device", "cpu", "--no-access-log"]) as s:
+def server(hand_checkpoint: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(hand_checkpoint, args=["--device", "cpu", "--no-access-log"]) as s:
         yield s
 
 

@@ -6,7 +6,6 @@ import asyncio
 import io
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,16 +16,14 @@ from PIL import Image
 
 from tests.support.server import ServerProcess
 
-pytestmark = pytest.mark.integration
-
 SIZE = 14
 MAX_BODY = 256 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint: Path) -> Iterator[ServerProcess]:
+def server(hand_checkpoint: Path) -> Iterator[ServerProcess]:
     env = {"MFDV_MAX_BATCH": "16", "MFDV_MAX_WAIT_MS": "20", "MFDV_MAX_BODY_BYTES": str(MAX_BODY)}
-    with ServerProcess(tiny_checkpoint, env=env, args=["--device", "cpu"]) as s:
+    with ServerProcess(hand_checkpoint, env=env, args=["--device", "cpu"]) as s:
         yield s
 
 
@@ -76,29 +73,28 @@ def test_concurrent_requests_are_batched_and_answers_stay_reproducible(server: S
     assert 'mfdv_requests_total{method="POST",route="/v1/predict",status="200"}' in metrics
 
 
-def _raw_exchange(server: ServerProcess, head: bytes, body_parts: list[bytes]) -> tuple[bytes, float]:
-    """Send a request head and some body bytes, never finish the body; return the response and its delay."""
+def _raw_exchange(server: ServerProcess, head: bytes, body_parts: list[bytes]) -> bytes:
+    """Send a request head and some body bytes, never finish the body; return the response."""
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.sendall(head)
         for part in body_parts:
             sock.sendall(part)
-        start = time.monotonic()
         data = b""
         while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
-        return data, time.monotonic() - start
+        return data
 
 
 def test_oversized_body_is_rejected_before_it_is_read(server: ServerProcess) -> None:
     head = (
         f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {10**9}\r\n\r\n"
     ).encode()
-    data, waited = _raw_exchange(server, head, [b'{"inputs": ['])  # 1 GB announced, a dozen bytes sent
-    assert data.startswith(b"HTTP/1.1 413"), data[:200]
-    assert b"over the limit" in data and waited < 5
+    data = _raw_exchange(server, head, [b'{"inputs": ['])  # 1 GB announced, a dozen bytes sent
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]  # answered although the body never ends
+    assert b"over the limit" in data
 
 
 def test_chunked_body_is_cut_off_at_the_limit(server: ServerProcess) -> None:
@@ -108,7 +104,7 @@ def test_chunked_body_is_cut_off_at_the_limit(server: ServerProcess) -> None:
     piece = b"0," * 32768
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
     parts = [chunk] * (MAX_BODY // len(piece) + 2)  # past the limit, and no terminating chunk
-    data, _ = _raw_exchange(server, head, parts)
+    data = _raw_exchange(server, head, parts)
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
 
 
@@ -117,8 +113,8 @@ def test_bad_input_over_http_is_a_4xx(server: ServerProcess) -> None:
     assert r.status_code == 400 and "must be in [0, 1]" in r.json()["error"]
 
 
-def test_sigterm_shuts_down_gracefully(tiny_checkpoint: Path) -> None:
-    server = ServerProcess(tiny_checkpoint, args=["--device", "cpu", "--no-access-log"]).start()
+def test_sigterm_shuts_down_gracefully(hand_checkpoint: Path) -> None:
+    server = ServerProcess(hand_checkpoint, args=["--device", "cpu", "--no-access-log"]).start()
     try:
         assert httpx.post(f"{server.url}/v1/predict", json={"inputs": [image(0.5)], "samples": 2}).status_code == 200
         code = server.stop()

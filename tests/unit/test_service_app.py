@@ -16,10 +16,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models import load_checkpoint
+from models import predict_label, seeded_noise
 from service import Settings, create_app
 from service.deps import ApiKeyDep
-from service.engine import draw_noise
+from tests.support.hand_model import expected_logits
 
 SIZE = 14
 
@@ -46,8 +46,8 @@ def without_timing(content: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def app(tiny_checkpoint: Path) -> FastAPI:
-    return create_app(Settings(model_dir=tiny_checkpoint, device="cpu", max_batch=8, max_wait_ms=1, max_inputs=8))
+def app(hand_checkpoint: Path) -> FastAPI:
+    return create_app(Settings(model_dir=hand_checkpoint, device="cpu", max_batch=8, max_wait_ms=1, max_inputs=8))
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 # -- health, readiness, metadata ---------------------------------------------------------
 
 
-def test_not_ready_before_the_lifespan_has_loaded_the_model(tiny_checkpoint: Path) -> None:
-    app = create_app(Settings(model_dir=tiny_checkpoint, device="cpu"))
+def test_not_ready_before_the_lifespan_has_loaded_the_model(hand_checkpoint: Path) -> None:
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu"))
     c = TestClient(app)  # no `with`: the lifespan does not run
     assert c.get("/healthz").status_code == 200
     r = c.get("/readyz")
@@ -70,8 +70,8 @@ def test_not_ready_before_the_lifespan_has_loaded_the_model(tiny_checkpoint: Pat
     assert c.get("/v2/health/live").status_code == 200
 
 
-def test_ready_after_startup_and_not_after_shutdown(tiny_checkpoint: Path) -> None:
-    app = create_app(Settings(model_dir=tiny_checkpoint, device="cpu"))
+def test_ready_after_startup_and_not_after_shutdown(hand_checkpoint: Path) -> None:
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu"))
     with TestClient(app) as c:
         assert c.get("/readyz").json()["model"] == "tiny_mfdv"
     assert TestClient(app).get("/readyz").status_code == 503
@@ -84,9 +84,9 @@ def test_a_broken_checkpoint_fails_startup(tmp_path: Path) -> None:
     assert "does not exist" in TestClient(app).get("/readyz").json()["error"]
 
 
-def test_models_endpoint_describes_the_checkpoint(client: TestClient, tiny_checkpoint: Path) -> None:
+def test_models_endpoint_describes_the_checkpoint(client: TestClient, hand_checkpoint: Path) -> None:
     info = client.get("/v1/models").json()["models"][0]
-    manifest = json.loads((tiny_checkpoint / "manifest.json").read_text())
+    manifest = json.loads((hand_checkpoint / "manifest.json").read_text())
     assert info["name"] == "tiny_mfdv" and len(info["id"]) == 64
     assert info["class_names"] == ["top", "bottom", "left", "right"]
     assert info["input_shape"] == [1, SIZE, SIZE]
@@ -100,8 +100,65 @@ def test_models_endpoint_describes_the_checkpoint(client: TestClient, tiny_check
 def test_openapi_documents_both_body_types(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
-    assert {"application/json", "multipart/form-data"} <= set(body)
-    assert "/v2/models/{name}/infer" in spec["paths"]
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/PredictRequest"}
+    assert body["multipart/form-data"]["schema"] == {"$ref": "#/components/schemas/PredictForm"}
+    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/InferenceRequest")
+
+
+def _refs(node: object) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def test_openapi_is_valid_and_every_ref_resolves(client: TestClient) -> None:
+    from openapi_spec_validator import validate
+
+    spec = client.get("/openapi.json").json()
+    validate(spec)
+    for ref in set(_refs(spec)):
+        target: object = spec
+        for part in ref.removeprefix("#/").split("/"):
+            assert isinstance(target, dict) and part in target, f"{ref} does not resolve"
+            target = target[part]
+    # every error response has the one error shape, 422 included
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for code, response in op["responses"].items():
+                if code.startswith("4") or code.startswith("5"):
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (path, method, code)
+
+
+def test_openapi_states_this_deployments_limits(client: TestClient) -> None:
+    """Settings (max_inputs=8, max_samples=256) and the model (1x14x14, 4 classes) are in the schema."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+    def prop(model: str, name: str) -> dict:
+        p = schemas[model]["properties"][name]
+        return next((b for b in p.get("anyOf", [p]) if b.get("type") != "null"), p)
+
+    for model in ("PredictRequest", "PredictForm"):
+        assert prop(model, "samples")["minimum"] == 1 and prop(model, "samples")["maximum"] == 256
+        assert (prop(model, "seed")["minimum"], prop(model, "seed")["maximum"]) == (0, 2**63 - 1)
+    assert prop("PredictForm", "file")["maxItems"] == 8 and prop("PredictForm", "file")["minItems"] == 1
+    inputs = prop("PredictRequest", "inputs")
+    assert inputs["maxItems"] == 8
+    pixels = inputs["items"]["anyOf"][0]
+    assert [pixels["maxItems"], pixels["items"]["maxItems"], pixels["items"]["items"]["maxItems"]] == [1, 14, 14]
+    assert pixels["items"]["items"]["items"] == {"type": "number", "minimum": 0, "maximum": 1}
+    assert prop("ProbeRequest", "judge_samples")["maximum"] == 256
+    assert prop("ProbeRequest", "labels")["items"] == {"type": "integer", "minimum": 0, "maximum": 3}
+    assert prop("ProbeRequest", "inputs")["maxItems"] == 64  # MFDV_MAX_PROBE_INPUTS
+    assert prop("PGD", "eps")["maximum"] == 0.3 and prop("MinEps", "hi")["maximum"] == 0.3
+    assert prop("Square", "samples")["maximum"] == 256
 
 
 # -- /v1/predict ------------------------------------------------------------------------------
@@ -125,14 +182,15 @@ def test_predict_json_arrays_classifies_and_reports_uncertainty(client: TestClie
     assert set(body["timing"]) == {"queue_ms", "compute_ms", "total_ms", "batch_size"}
 
 
-def test_predict_matches_the_model_computed_directly(client: TestClient, tiny_checkpoint: Path) -> None:
-    """The answer is the mean softmax of the model's logits under the seed's noise."""
+def test_predict_matches_the_hand_computed_answer(client: TestClient) -> None:
+    """The hand-set model's logits are ``SCALE * (region means) + SCALE * SIGMA * noise``, noise from the seed."""
     x = torch.from_numpy(bar_image(2)[None, None] / 255.0).float()
     r = client.post("/v1/predict", json={"inputs": [x[0].tolist()], "samples": 8, "seed": 11})
-    model = load_checkpoint(tiny_checkpoint).model
-    with torch.no_grad():
-        probs = model(x, draw_noise(8, model.feature_dim, 11)).softmax(-1).mean(0)[0]
-    assert r.json()["predictions"][0]["probs"] == pytest.approx(probs.tolist(), abs=1e-6)
+    logits = expected_logits(x, seeded_noise(8, 4, 11))  # (8, 1, 4)
+    probs = torch.softmax(logits.double(), -1).mean(0)[0]
+    p = r.json()["predictions"][0]
+    assert p["probs"] == pytest.approx(probs.tolist(), abs=1e-6)
+    assert p["label"] == 2 == int(predict_label(logits)[0]) and p["class_name"] == "left"
 
 
 def test_same_seed_same_bytes_other_seed_other_answer(client: TestClient) -> None:
@@ -189,8 +247,8 @@ def test_colour_jpeg_and_resize_on_request(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["predictions"][0]["label"] == 0
 
 
-def test_vanilla_model_has_no_uncertainty(tiny_vanilla_checkpoint: Path) -> None:
-    app = create_app(Settings(model_dir=tiny_vanilla_checkpoint, device="cpu"))
+def test_vanilla_model_has_no_uncertainty(hand_vanilla_checkpoint: Path) -> None:
+    app = create_app(Settings(model_dir=hand_vanilla_checkpoint, device="cpu"))
     with TestClient(app) as c:
         r = c.post("/v1/predict", json={"inputs": [(bar_image(0) / 255.0).tolist()], "samples": 8})
     u = r.json()["predictions"][0]["uncertainty"]
@@ -202,10 +260,10 @@ def test_vanilla_model_has_no_uncertainty(tiny_vanilla_checkpoint: Path) -> None
 
 def test_v2_server_and_model_metadata(client: TestClient) -> None:
     assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
-    assert client.get("/v2/health/live").status_code == 200
-    assert client.get("/v2/health/ready").status_code == 200
-    assert client.get("/v2/models/tiny_mfdv/ready").status_code == 200
-    assert client.get("/v2/models/tiny_mfdv/versions/1/ready").status_code == 200
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2/models/tiny_mfdv/ready").json() == {"name": "tiny_mfdv", "ready": True}
+    assert client.get("/v2/models/tiny_mfdv/versions/1/ready").json() == {"name": "tiny_mfdv", "ready": True}
     meta = client.get("/v2/models/tiny_mfdv").json()
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, SIZE, SIZE]}]
     assert {o["name"] for o in meta["outputs"]} >= {"probs", "label", "mutual_information", "flagged"}
@@ -320,15 +378,15 @@ def test_metrics_are_exposed_with_their_labels(client: TestClient) -> None:
     assert 'route="unmatched"' in client.get("/metrics").text
 
 
-def test_two_apps_in_one_process_keep_separate_metrics(tiny_checkpoint: Path, client: TestClient) -> None:
-    other = create_app(Settings(model_dir=tiny_checkpoint, device="cpu"))
+def test_two_apps_in_one_process_keep_separate_metrics(hand_checkpoint: Path, client: TestClient) -> None:
+    other = create_app(Settings(model_dir=hand_checkpoint, device="cpu"))
     with TestClient(other) as c:
         text = c.get("/metrics").text
     assert 'route="/v1/predict"' not in text
 
 
-def test_unexpected_errors_are_a_generic_500_without_internals(tiny_checkpoint: Path) -> None:
-    app = create_app(Settings(model_dir=tiny_checkpoint, device="cpu"))
+def test_unexpected_errors_are_a_generic_500_without_internals(hand_checkpoint: Path) -> None:
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu"))
     boom = APIRouter()
 
     @boom.get("/boom")
@@ -343,7 +401,7 @@ def test_unexpected_errors_are_a_generic_500_without_internals(tiny_checkpoint: 
         assert 'route="/boom",status="500"' in c.get("/metrics").text
 
 
-def test_api_key_dependency_for_protected_routes(tiny_checkpoint: Path) -> None:
+def test_api_key_dependency_for_protected_routes(hand_checkpoint: Path) -> None:
     probe = APIRouter()
 
     @probe.get("/protected")
@@ -357,7 +415,7 @@ def test_api_key_dependency_for_protected_routes(tiny_checkpoint: Path) -> None:
         ("s3cret", {"X-API-Key": "wrong"}, 401),
         ("s3cret", {"X-API-Key": "s3cret"}, 200),
     ]:
-        app = create_app(Settings(model_dir=tiny_checkpoint, device="cpu", api_key=key))
+        app = create_app(Settings(model_dir=hand_checkpoint, device="cpu", api_key=key))
         app.include_router(probe)
         r = TestClient(app).get("/protected", headers=headers)
         assert r.status_code == status, (key, headers)

@@ -88,3 +88,11 @@ def test_main_exits_2_on_invalid_settings(monkeypatch: pytest.MonkeyPatch, caplo
     monkeypatch.setenv("MFDV_MAX_SAMPLES", "0")
     assert main(["--port", "0"]) == 2
     assert "max_samples" in caplog.text
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    import service
+
+    assert service.__version__ == version("mfdv-snn")

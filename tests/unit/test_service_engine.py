@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def run_concurrently(engine: InferenceEngine, jobs: list[PredictJob]) -> list:
 # -- backends -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["tiny_checkpoint", "tiny_vanilla_checkpoint"])
+@pytest.mark.parametrize("which", ["hand_checkpoint", "hand_vanilla_checkpoint"])
 def test_torch_and_onnx_backends_agree(which: str, request: pytest.FixtureRequest) -> None:
     checkpoint = request.getfixturevalue(which)
     torch_engine, onnx_engine = load(checkpoint, backend="torch"), load(checkpoint, backend="onnx")
@@ -60,8 +59,8 @@ def test_torch_and_onnx_backends_agree(which: str, request: pytest.FixtureReques
             assert torch.allclose(x.double(), y.double(), atol=1e-4), f
 
 
-def test_backend_logits_equal_the_models_forward(tiny_checkpoint: Path) -> None:
-    engine = load(tiny_checkpoint)
+def test_backend_logits_equal_the_models_forward(hand_checkpoint: Path) -> None:
+    engine = load(hand_checkpoint)
     model = engine.checkpoint.model
     x, noise = images(5), torch.randn(9, model.feature_dim)
     with torch.no_grad():
@@ -91,6 +90,8 @@ def test_onnx_split_refuses_graphs_of_another_form(tmp_path: Path) -> None:
 def test_device_resolution() -> None:
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(BackendError, match="use auto, cpu or cuda"):
+        resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(BackendError, match="no CUDA device"):
             resolve_device("cuda")
@@ -100,8 +101,8 @@ def test_device_resolution() -> None:
 
 
 @pytest.mark.parametrize("invariant", [True, False])
-def test_t_draws_cost_one_backbone_pass(tiny_checkpoint: Path, invariant: bool) -> None:
-    engine = load(tiny_checkpoint, max_batch=8, max_wait_ms=200, batch_invariant=invariant, backbone_chunk=8)
+def test_t_draws_cost_one_backbone_pass(hand_checkpoint: Path, invariant: bool) -> None:
+    engine = load(hand_checkpoint, max_batch=8, max_wait_ms=200, batch_invariant=invariant, backbone_chunk=8)
     calls = []
     engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
     jobs = [PredictJob(images(3, 0), 256, 1), PredictJob(images(2, 1), 64, 2), PredictJob(images(1, 2), 1, 3)]
@@ -110,14 +111,14 @@ def test_t_draws_cost_one_backbone_pass(tiny_checkpoint: Path, invariant: bool) 
     assert calls == [8 if invariant else 6]  # one pass for 3 requests and 321 draws in all
 
 
-def test_backbone_chunk_defaults_to_small_fixed_chunks_on_cpu(tiny_checkpoint: Path) -> None:
-    assert load(tiny_checkpoint, max_batch=64).chunk == 4
-    assert load(tiny_checkpoint, max_batch=2).chunk == 2
-    assert load(tiny_checkpoint, max_batch=64, backbone_chunk=16).chunk == 16
+def test_backbone_chunk_defaults_to_small_fixed_chunks_on_cpu(hand_checkpoint: Path) -> None:
+    assert load(hand_checkpoint, max_batch=64).chunk == 4
+    assert load(hand_checkpoint, max_batch=2).chunk == 2
+    assert load(hand_checkpoint, max_batch=64, backbone_chunk=16).chunk == 16
 
 
-def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(tiny_checkpoint: Path) -> None:
-    engine = load(tiny_checkpoint, max_batch=4, max_inputs=16)
+def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(hand_checkpoint: Path) -> None:
+    engine = load(hand_checkpoint, max_batch=4, max_inputs=16)
     calls = []
     engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
     x = images(10)
@@ -131,8 +132,8 @@ def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(tiny_checkpoint: P
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_same_seed_alone_or_batched_with_others_is_bit_identical(tiny_checkpoint: Path, backend: str) -> None:
-    engine = load(tiny_checkpoint, backend=backend, max_batch=8, max_wait_ms=300)
+def test_same_seed_alone_or_batched_with_others_is_bit_identical(hand_checkpoint: Path, backend: str) -> None:
+    engine = load(hand_checkpoint, backend=backend, max_batch=8, max_wait_ms=300)
     target = PredictJob(images(1, 42), 16, 1234)
     alone = run_concurrently(engine, [target])[0]
     others = [PredictJob(images(1 + i % 2, i), 4 + i, i) for i in range(5)]
@@ -145,8 +146,8 @@ def test_same_seed_alone_or_batched_with_others_is_bit_identical(tiny_checkpoint
     assert torch.equal(pair.uncertainty.mean_probs[1], alone.result.uncertainty.mean_probs[0])
 
 
-def test_without_padding_batched_answers_still_agree_closely(tiny_checkpoint: Path) -> None:
-    engine = load(tiny_checkpoint, max_batch=8, max_wait_ms=300, batch_invariant=False)
+def test_without_padding_batched_answers_still_agree_closely(hand_checkpoint: Path) -> None:
+    engine = load(hand_checkpoint, max_batch=8, max_wait_ms=300, batch_invariant=False)
     target = PredictJob(images(1, 42), 16, 99)
     alone = run_concurrently(engine, [target])[0]
     batched = run_concurrently(engine, [PredictJob(images(5, 1), 4, 0), target])[1]
@@ -154,8 +155,8 @@ def test_without_padding_batched_answers_still_agree_closely(tiny_checkpoint: Pa
     torch.testing.assert_close(alone.result.uncertainty.mean_probs, batched.result.uncertainty.mean_probs)
 
 
-def test_http_responses_do_not_depend_on_concurrent_traffic(tiny_checkpoint: Path) -> None:
-    settings = Settings(model_dir=tiny_checkpoint, device="cpu", max_batch=16, max_wait_ms=150)
+def test_http_responses_do_not_depend_on_concurrent_traffic(hand_checkpoint: Path) -> None:
+    settings = Settings(model_dir=hand_checkpoint, device="cpu", max_batch=16, max_wait_ms=150)
     target = {"inputs": [np.full((SIZE, SIZE), 0.7).tolist()], "samples": 32, "seed": 77}
     others = [{"inputs": images(1 + i % 3, i)[:, 0].tolist(), "samples": 8, "seed": i} for i in range(6)]
     with TestClient(create_app(settings)) as c:
@@ -171,24 +172,35 @@ def test_http_responses_do_not_depend_on_concurrent_traffic(tiny_checkpoint: Pat
 # -- back-pressure ----------------------------------------------------------------------------------
 
 
-def test_full_queue_answers_503_with_retry_after(tiny_checkpoint: Path) -> None:
-    settings = Settings(model_dir=tiny_checkpoint, device="cpu", max_batch=1, max_wait_ms=0, queue_size=1)
+def test_full_queue_answers_503_with_retry_after(hand_checkpoint: Path) -> None:
+    settings = Settings(model_dir=hand_checkpoint, device="cpu", max_batch=1, max_wait_ms=0, queue_size=1)
     app = create_app(settings)
     body = {"inputs": [np.zeros((SIZE, SIZE)).tolist()], "samples": 2}
+    computing, release = threading.Event(), threading.Event()
     with TestClient(app) as c:
         backend = app.state.mfdv.engine.backend
         real = backend.backbone
 
-        def slow(x: torch.Tensor) -> torch.Tensor:
-            time.sleep(0.4)
+        def blocked(x: torch.Tensor) -> torch.Tensor:
+            computing.set()
+            assert release.wait(30), "the test never released the backbone"
             return real(x)
 
-        backend.backbone = slow
+        backend.backbone = blocked
         with ThreadPoolExecutor(6) as pool:
-            responses = list(pool.map(lambda _: c.post("/v1/predict", json=body), range(6)))
+            first = pool.submit(c.post, "/v1/predict", json=body)
+            assert computing.wait(30)  # the first request holds the compute thread
+            others = [pool.submit(c.post, "/v1/predict", json=body) for _ in range(5)]
+            # one of the others fits in the queue (size 1) and waits; four are refused at once
+            pending = set(others)
+            while len(pending) > 1:
+                done, pending = wait(pending, timeout=30, return_when=FIRST_COMPLETED)
+                assert done, "no answer within 30 s"
+            release.set()
+            responses = [first.result(), *(f.result() for f in others)]
         codes = sorted(r.status_code for r in responses)
+        assert codes == [200, 200, 503, 503, 503, 503], codes
         rejected = [r for r in responses if r.status_code == 503]
-        assert codes[0] == 200 and rejected, codes
         assert rejected[0].headers["retry-after"] == "1" and "queue is full" in rejected[0].json()["error"]
         assert 'route="/v1/predict",status="503"' in c.get("/metrics").text
 
@@ -244,27 +256,27 @@ def test_batcher_failures_reach_every_caller_and_it_keeps_serving() -> None:
 
 
 def test_batcher_rejects_when_full_and_fails_waiters_on_stop() -> None:
-    release = threading.Event()
+    computing, release = threading.Event(), threading.Event()
 
     def process(items: list[Item]) -> list[int]:
-        release.wait(5)
+        computing.set()
+        assert release.wait(30), "the test never released the batch"
         return [0 for _ in items]
 
     async def go() -> None:
         b: MicroBatcher[Item, int] = MicroBatcher(process, max_batch=1, max_wait_s=0, queue_size=1)
         b.start()
         running = asyncio.ensure_future(b.submit(Item(1)))
-        await asyncio.sleep(0.05)  # the worker took it and is computing
+        assert await asyncio.to_thread(computing.wait, 30)  # the worker took it and is computing
         waiting = asyncio.ensure_future(b.submit(Item(1)))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one turn of the loop: `waiting` is queued (a yield, not a wait)
         with pytest.raises(Overloaded, match="queue is full"):
             await b.submit(Item(1))
         stopping = asyncio.ensure_future(b.stop())
-        await asyncio.sleep(0.05)
+        with pytest.raises(ModelNotReady, match="shutting down"):
+            await waiting  # failed by stop() while the batch still computes
         release.set()
         await stopping
-        with pytest.raises(ModelNotReady, match="shutting down"):
-            await waiting
         assert running.done()
 
     asyncio.run(go())
@@ -277,25 +289,27 @@ def test_bounded_pool_limits_running_and_waiting_jobs() -> None:
     gate = threading.Event()
 
     def work(x: int) -> int:
-        gate.wait(5)
+        assert gate.wait(30), "the test never opened the gate"
         return x * 2
 
     async def go() -> None:
         pool = BoundedPool(workers=1, max_pending=1, name="attack", retry_after=7)
         jobs = [asyncio.ensure_future(pool.run(work, i)) for i in range(2)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: both calls are admitted (a yield, not a wait)
         assert pool.admitted == 2
         with pytest.raises(Overloaded) as info:
             await pool.run(work, 9)
         assert info.value.headers["Retry-After"] == "7" and "attack pool is busy" in info.value.message
         jobs[1].cancel()  # the caller gives up; its job had not started, so its slot frees
-        await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.CancelledError):
+            await jobs[1]
         assert pool.admitted == 1
         jobs[0].cancel()  # the running job keeps its slot until its thread is done
-        await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.CancelledError):
+            await jobs[0]
         assert pool.admitted == 1
         gate.set()
-        await asyncio.sleep(0.1)
+        assert await pool.run(int, 0) == 0  # one worker: this runs once the first job's thread is done
         assert pool.admitted == 0
         assert await pool.run(work, 4) == 8
         pool.shutdown()
@@ -304,8 +318,8 @@ def test_bounded_pool_limits_running_and_waiting_jobs() -> None:
 
 
 @pytest.fixture
-def engine_app(tiny_checkpoint: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_dir=tiny_checkpoint, device="cpu", attack_workers=2))) as c:
+def engine_app(hand_checkpoint: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model_dir=hand_checkpoint, device="cpu", attack_workers=2))) as c:
         yield c
 
 
@@ -316,9 +330,9 @@ def test_app_has_an_attack_pool_and_the_torch_model_for_probes(engine_app: TestC
 
 
 @pytest.mark.gpu
-def test_cuda_matches_cpu_and_stays_batch_invariant(tiny_checkpoint: Path) -> None:
-    cpu = load(tiny_checkpoint, device="cpu")
-    gpu = InferenceEngine.load(Settings(model_dir=tiny_checkpoint, device="cuda", max_batch=8, max_wait_ms=300))
+def test_cuda_matches_cpu_and_stays_batch_invariant(hand_checkpoint: Path) -> None:
+    cpu = load(hand_checkpoint, device="cpu")
+    gpu = InferenceEngine.load(Settings(model_dir=hand_checkpoint, device="cuda", max_batch=8, max_wait_ms=300))
     assert gpu.backend.device == "cuda" and gpu.chunk == 8
     jobs = [PredictJob(images(3, 1), 64, 5), PredictJob(images(1, 2), 7, 6)]
     for a, b in zip(cpu.run(jobs), gpu.run(jobs), strict=True):

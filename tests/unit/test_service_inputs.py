@@ -52,9 +52,9 @@ NOISE_PNG = png((np.random.default_rng(0).random((SIZE, SIZE)) * 255).astype(np.
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoint: Path) -> Iterator[TestClient]:
+def client(hand_checkpoint: Path) -> Iterator[TestClient]:
     settings = Settings(
-        model_dir=tiny_checkpoint,
+        model_dir=hand_checkpoint,
         device="cpu",
         max_inputs=MAX_INPUTS,
         max_samples=MAX_SAMPLES,

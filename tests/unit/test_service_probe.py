@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service import Settings, create_app
-from service.routes import probe as probe_route
+from service.probe import runner as probe_runner
 
 SIZE = 14
 EPS = 0.1
@@ -51,10 +51,10 @@ def settings(model_dir: Path, **kw: Any) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def app(tiny_checkpoint: Path) -> FastAPI:
+def app(hand_checkpoint: Path) -> FastAPI:
     return create_app(
         settings(
-            tiny_checkpoint,
+            hand_checkpoint,
             max_probe_inputs=4,
             max_probe_gradient_budget=2000,
             max_probe_queries=400,
@@ -140,9 +140,14 @@ def test_labels_default_to_the_clean_prediction(client: TestClient) -> None:
     assert d["clean"][0]["true_label"] == 3 and d["clean"][0]["correct"] is False
 
 
-def test_default_attacks_need_an_eps_for_14x14_inputs(client: TestClient) -> None:
-    r = post(client, {"inputs": arrays([0])})
-    assert r.status_code == 422 and "eps" in r.json()["error"]
+def test_default_attacks_run_at_the_default_eps(client: TestClient) -> None:
+    """No attacks named: fgsm, pgd and surrogate with their specs' defaults, at ``default_eps`` (0.1 up to 28x28)."""
+    r = post(client, {"inputs": arrays([0]), "judge_samples": 8, "seed": 0})
+    assert r.status_code == 200, r.text
+    attacks = r.json()["request"]["attacks"]
+    assert [a["name"] for a in attacks] == ["fgsm", "pgd", "surrogate"]
+    assert all(a["eps"] == 0.1 for a in attacks)
+    assert attacks[1]["steps"] == 20 and attacks[1]["eot"] == 16 and attacks[1]["alpha"] == pytest.approx(0.025)
 
 
 def test_adversarial_png_has_the_input_shape_and_stays_within_eps(client: TestClient) -> None:
@@ -173,17 +178,53 @@ def test_multipart_files_with_labels_and_attacks_as_form_fields(client: TestClie
     d = r.json()
     assert [c["true_label"] for c in d["clean"]] == [1, 3] and d["seed"] == 4 and d["judge_samples"] == 8
     assert [a["name"] for a in d["attacks"]] == ["fgsm"]
+    r = client.post("/v1/attack-probe", files=files[:1], data={"labels": "[1]", "attacks": "published", "seed": "4"})
+    assert r.status_code == 200, r.text
+    assert [a["name"] for a in r.json()["attacks"]] == ["published"] and r.json()["attacks"][0]["kind"] == "suite"
     r = client.post("/v1/attack-probe", files=files[:1], data={"labels": "2", "attacks": "[{bad json"})
     assert r.status_code == 400 and "attacks" in r.json()["error"]
     r = client.post("/v1/attack-probe", files=files[:1], data={"label": "2"})
     assert r.status_code == 400 and "labels" in r.json()["error"]
 
 
-def test_wall_time_limit_returns_partial_results(tiny_checkpoint: Path) -> None:
-    with TestClient(create_app(settings(tiny_checkpoint, max_probe_seconds=1e-6))) as c:
+def test_wall_time_limit_returns_partial_results(hand_checkpoint: Path) -> None:
+    with TestClient(create_app(settings(hand_checkpoint, max_probe_seconds=1e-6))) as c:
         d = post(c, {"inputs": arrays([0]), "attacks": [FGSM, PGD], "seed": 0}).json()
     assert d["partial"] is True and "MFDV_MAX_PROBE_SECONDS" in d["partial_reason"]
     assert d["skipped_attacks"] == ["pgd"] and [a["name"] for a in d["attacks"]] == ["fgsm"]
+
+
+def test_the_wall_time_limit_stops_an_attack_between_steps(hand_checkpoint: Path) -> None:
+    """The deadline is checked inside an attack: a long PGD stops at once, and the report says so."""
+    long_pgd = {**PGD, "steps": 10_000, "eot": 1}
+    app = create_app(settings(hand_checkpoint, max_probe_seconds=1e-6, max_probe_gradient_budget=100_000))
+    with TestClient(app) as c:
+        d = post(c, {"inputs": arrays([0]), "labels": [0], "attacks": [long_pgd, FGSM], "seed": 0}).json()
+    assert d["partial"] is True and d["skipped_attacks"] == ["fgsm"]
+    assert "stopped before its budget was spent: ['pgd']" in d["partial_reason"]
+    assert "MFDV_MAX_PROBE_SECONDS" in d["partial_reason"]
+    (pgd,) = d["attacks"]
+    assert pgd["grad_evals"] < 10_000 and "wall-time limit" in pgd["info"]["stopped"]
+
+
+def test_a_suite_is_one_entry_with_its_worst_case_per_input(client: TestClient) -> None:
+    body = {"inputs": arrays([0, 1]), "labels": [0, 1], "attacks": "published", "judge_samples": 8, "seed": 0}
+    r = post(client, body)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    (entry,) = d["attacks"]
+    assert entry["name"] == "published" and entry["kind"] == "suite" and entry["eps"] == 0.1
+    assert entry["info"]["suite"]["suite"] == "published" and len(entry["info"]["suite"]["per_attack"]) == 1
+    assert [r["info"]["fooled_by"] for r in entry["inputs"]] == [0 if r["success"] else -1 for r in entry["inputs"]]
+    # published: PGD, 10 steps x 50 EOT draws x 2 inputs, charged like any attack
+    assert d["request"]["cost"]["gradient"] == 10 * 50 * 2
+    assert d["request"]["attacks"][0]["judge"] == "single_draw"
+
+
+def test_a_suite_counts_against_the_caps(client: TestClient) -> None:
+    r = post(client, {"inputs": arrays([0]), "attacks": [{"suite": "standard", "eps": 0.05}]})
+    assert r.status_code == 422, r.text
+    assert "MFDV_MAX_PROBE_GRADIENT_BUDGET" in r.json()["error"] and "standard" in r.json()["error"]
 
 
 # -- errors and caps --------------------------------------------------------------------------
@@ -200,12 +241,14 @@ def test_wall_time_limit_returns_partial_results(tiny_checkpoint: Path) -> None:
             {"inputs": arrays([0, 1]), "attacks": [{"name": "square", "eps": EPS, "queries": 300}]},
             "MFDV_MAX_PROBE_QUERIES",
         ),
-        ({"inputs": arrays([0]), "attacks": [{"name": "cw"}]}, "choose one of"),
-        ({"inputs": arrays([0]), "attacks": [{"name": "pgd", "eps": EPS, "stepz": 3}]}, "no setting"),
+        ({"inputs": arrays([0]), "attacks": [{"name": "cw"}]}, "does not match any of the expected tags: 'apgd'"),
+        ({"inputs": arrays([0]), "attacks": [{"name": "pgd", "eps": EPS, "stepz": 3}]}, "pgd.stepz: Extra inputs"),
         ({"inputs": arrays([0]), "attacks": [{"name": "pgd", "eps": EPS, "steps": 0}]}, "steps"),
         ({"inputs": arrays([0]), "attacks": [{"name": "pgd", "eps": -1}]}, "eps"),
-        ({"inputs": arrays([0]), "attacks": []}, "non-empty"),
-        ({"inputs": arrays([0]), "attacks": [{"eps": 0.1}]}, "name"),
+        ({"inputs": arrays([0]), "attacks": []}, "attacks: List should have at least 1 item"),
+        ({"inputs": arrays([0]), "attacks": [{"eps": 0.1}]}, "discriminator 'name'"),
+        ({"inputs": arrays([0]), "attacks": "strongest"}, "Input should be 'standard' or 'published'"),
+        ({"inputs": arrays([0]), "attacks": [{"suite": "aa", "eps": 0.1}]}, "attacks.0.suite: Input should be"),
         ({"inputs": arrays([0]), "attacks": [FGSM], "extra": 1}, "extra"),
     ],
 )
@@ -226,7 +269,10 @@ def test_over_budget_and_malformed_requests_get_422_naming_the_problem(
         ({"name": "square", "p_init": 2.0, "queries": 2, "samples": 1}, "p_init"),
         ({"name": "min_eps", "lo": 0.2, "hi": 0.1, "steps": 1, "eot": 1, "iters": 0, "samples": 1}, "lo < hi"),
         ({"name": "min_eps", "lo": 0.1, "hi": 0.1, "steps": 1, "eot": 1, "iters": 0, "samples": 1}, "lo < hi"),
-        ({"name": "min_eps", "hi": None, "steps": 1, "eot": 1, "iters": 0, "samples": 1}, "'hi'"),
+        (
+            {"name": "min_eps", "hi": None, "steps": 1, "eot": 1, "iters": 0, "samples": 1},
+            "min_eps.hi: Input should be",
+        ),
         ({"name": "square", "samples": 1_000_000_000, "queries": 1}, "MFDV_MAX_SAMPLES"),
         ({"name": "min_eps", "samples": 1_000_000_000, "steps": 1, "eot": 1, "iters": 0}, "MFDV_MAX_SAMPLES"),
         # score work is queries x samples x inputs: 20 x 16 x 2 = 640 > 400 (queries x inputs alone is 40)
@@ -259,7 +305,7 @@ def test_a_value_error_while_attacking_is_a_422(client: TestClient, monkeypatch:
     def failing_probe(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("square needs 0 < p_init <= 1")
 
-    monkeypatch.setattr(probe_route, "probe", failing_probe)
+    monkeypatch.setattr(probe_runner, "probe", failing_probe)
     r = post(client, {"inputs": arrays([0]), "attacks": [FGSM]})
     assert r.status_code == 422, r.text
     assert "p_init" in r.json()["error"]
@@ -294,8 +340,8 @@ def test_not_json_and_wrong_content_type(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("headers", "status"), [({}, 401), ({"X-API-Key": "wrong"}, 401), ({"X-API-Key": "s3cret"}, 200)]
 )
-def test_api_key_is_enforced_when_configured(tiny_checkpoint: Path, headers: dict[str, str], status: int) -> None:
-    with TestClient(create_app(settings(tiny_checkpoint, api_key="s3cret"))) as c:
+def test_api_key_is_enforced_when_configured(hand_checkpoint: Path, headers: dict[str, str], status: int) -> None:
+    with TestClient(create_app(settings(hand_checkpoint, api_key="s3cret"))) as c:
         r = post(c, {"inputs": arrays([0]), "attacks": [FGSM]}, headers=headers)
         assert r.status_code == status, r.text
         assert c.post("/v1/predict", json={"inputs": arrays([0])}).status_code == 200  # predict stays open
@@ -328,23 +374,23 @@ def test_metrics_count_attacks_successes_and_durations(client: TestClient) -> No
 def blocked_probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
     """Make probes wait inside the attack pool until ``release`` is set; ``started`` says one is waiting."""
     started, release = threading.Event(), threading.Event()
-    real = probe_route.probe
+    real = probe_runner.probe
 
     def slow_probe(*args: Any, **kwargs: Any) -> Any:
         started.set()
         assert release.wait(30), "the test never released the probe"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probe_route, "probe", slow_probe)
+    monkeypatch.setattr(probe_runner, "probe", slow_probe)
     yield started, release
     release.set()
 
 
 def test_predict_answers_while_a_probe_runs_and_a_full_pool_gets_503(
-    tiny_checkpoint: Path, blocked_probe: tuple[threading.Event, threading.Event]
+    hand_checkpoint: Path, blocked_probe: tuple[threading.Event, threading.Event]
 ) -> None:
     started, release = blocked_probe
-    app = create_app(settings(tiny_checkpoint, attack_workers=1, attack_queue_size=0))
+    app = create_app(settings(hand_checkpoint, attack_workers=1, attack_queue_size=0))
     with TestClient(app) as c:
         result: dict[str, Any] = {}
         body = {"inputs": arrays([0]), "attacks": [FGSM], "seed": 0}
@@ -402,16 +448,16 @@ def test_pgd_fools_the_default_vanilla_checkpoint_through_the_endpoint(fashion_m
     assert all(results[i]["linf"] <= 0.1 + 1e-6 for i in correct)
 
 
-def test_attack_threads_apply_to_the_attack_worker_only(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attack_threads_apply_to_the_attack_worker_only(hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
-    real = probe_route.probe
+    real = probe_runner.probe
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probe_route, "probe", spy)
+    monkeypatch.setattr(probe_runner, "probe", spy)
     before = torch.get_num_threads()
-    with TestClient(create_app(settings(tiny_checkpoint, attack_threads=1))) as c:
+    with TestClient(create_app(settings(hand_checkpoint, attack_threads=1))) as c:
         assert post(c, {"inputs": arrays([0]), "attacks": [FGSM]}).status_code == 200
     assert seen == [1] and torch.get_num_threads() == before

@@ -17,8 +17,8 @@ SHAPE = [1, 1, 14, 14]
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoint: Path) -> Iterator[TestClient]:
-    app = create_app(Settings(model_dir=tiny_checkpoint, device="cpu", max_batch=8, max_wait_ms=1, max_inputs=8))
+def client(hand_checkpoint: Path) -> Iterator[TestClient]:
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu", max_batch=8, max_wait_ms=1, max_inputs=8))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 

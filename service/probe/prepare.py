@@ -1,0 +1,77 @@
+"""A validated probe request -> a ``ProbeJob``: defaults filled, specs resolved, caps checked, inputs decoded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from models.attacks import make_attack
+from models.probe import DEFAULT_JUDGE_SAMPLES, ProbeItem, SuiteSpec
+
+from ..config import Settings
+from ..engine import random_seed
+from ..errors import InvalidInput
+from ..inputs import InputSpec, decode_inputs
+from ..schemas.probe import ProbeOptions
+from ..transport import Body
+from .caps import check_caps
+from .runner import ProbeJob
+
+DEFAULT_ATTACKS = ("fgsm", "pgd", "surrogate")
+"""Run when a request names no attacks, each with its spec's defaults."""
+
+
+def resolve_items(attacks: Any, input_shape: tuple[int, int, int]) -> list[ProbeItem]:
+    """The request's ``attacks`` (specs, a suite name, or None) as resolved specs for this model."""
+    if attacks is None:
+        items: list[ProbeItem] = [make_attack(name) for name in DEFAULT_ATTACKS]
+    elif isinstance(attacks, str):
+        items = [SuiteSpec(suite=attacks)]  # type: ignore[arg-type]
+    else:
+        items = list(attacks)
+    return [item.resolve(input_shape) for item in items]
+
+
+def judge_samples(value: int | None, settings: Settings) -> int:
+    """The request's judging draws, or the default (capped by ``MFDV_MAX_SAMPLES``)."""
+    limit = settings.max_samples
+    if value is None:
+        return min(DEFAULT_JUDGE_SAMPLES, limit)
+    if not 1 <= value <= limit:
+        raise InvalidInput(f"judge_samples must be between 1 and {limit} (MFDV_MAX_SAMPLES); got {value}")
+    return value
+
+
+def true_labels(labels: list[int] | None, n: int, num_classes: int) -> torch.Tensor | None:
+    """The given labels as a tensor [n] (None: the clean prediction); one per input, each a class."""
+    if labels is None:
+        return None
+    if len(labels) != n:
+        raise InvalidInput(f"{len(labels)} labels for {n} inputs; give one label per input, or none")
+    bad = [v for v in labels if not 0 <= v < num_classes]
+    if bad:
+        raise InvalidInput(f"labels {bad} are not classes of this model; labels must be in [0, {num_classes})")
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def prepare_probe(body: Body[ProbeOptions], settings: Settings, spec: InputSpec, num_classes: int) -> ProbeJob:
+    """Check the options and caps, then decode the inputs (CPU work: in the thread pool).
+
+    Caps come before decoding, so an over-budget request costs no image decoding.
+
+    Raises:
+        InvalidInput: bad inputs, labels or judge_samples (400).
+        ValidationFailed: a cap exceeded (422).
+    """
+    req = body.options
+    n = len(body.inputs)
+    draws = judge_samples(req.judge_samples, settings)
+    items = resolve_items(req.attacks, spec.shape)
+    cost = check_caps(items, max(n, 1), settings)
+    if req.return_adversarial and spec.shape[0] not in (1, 3):
+        raise InvalidInput(f"return_adversarial needs 1- or 3-channel inputs; this model takes {spec.shape[0]}")
+    images = decode_inputs(body.inputs, spec, max_inputs=settings.max_probe_inputs, resize=req.resize, name=body.source)
+    labels = true_labels(req.labels, n, num_classes)
+    seed = req.seed if req.seed is not None else random_seed()
+    return ProbeJob(images, labels, items, draws, seed, req.return_adversarial, cost)

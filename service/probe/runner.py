@@ -1,0 +1,153 @@
+"""Running one probe in an attack-pool thread: the wall-time limit, metrics and adversarial images.
+
+The wall-time limit (``MFDV_MAX_PROBE_SECONDS``, from the request's arrival) holds inside an
+attack: ``models.probe.probe`` passes the deadline check to every attack as ``should_stop``,
+checked between steps (queries, bisection rounds), and to ``after_attack`` between attacks.
+An attack stopped early reports what it had (``info.stopped``); the attacks after it are
+skipped; the response then says ``"partial": true`` and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models import StochasticClassifier
+from models.attacks import AttackCost
+from models.probe import AttackReport, ProbeItem, probe
+
+from ..errors import ValidationFailed
+from ..metrics import Metrics
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    """A checked request, ready to run.
+
+    Attributes:
+        images: pixels [N, C, H, W] in [0, 1].
+        labels: true labels [N], or None: the clean prediction.
+        items: the resolved attack and suite specs, in order.
+        judge_samples: fresh draws judging each input.
+        seed: the request's seed.
+        return_adversarial: add each adversarial image as a base64 PNG.
+        cost: what the request was charged against the caps.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    items: list[ProbeItem]
+    judge_samples: int
+    seed: int
+    return_adversarial: bool
+    cost: AttackCost
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """What the worker thread gives back."""
+
+    report: dict[str, Any]  # models.probe.ProbeReport.to_dict(), images added
+    partial_reason: str | None
+    skipped: list[str]
+    started: float  # perf_counter when the worker started
+    finished: float
+
+
+def png_base64(image: torch.Tensor) -> str:
+    """Pixels [C, H, W] in [0, 1] (C = 1 or 3) -> base64 of an 8-bit PNG."""
+    arr = np.round(image.detach().cpu().clamp(0, 1).numpy() * 255).astype(np.uint8)
+    arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def partial_reason(limit_s: float, stopped: list[str], done: int, skipped: list[str]) -> str | None:
+    """Why a report covers less than was asked for (None: it covers everything)."""
+    if not stopped and not skipped:
+        return None
+    parts = [f"wall-time limit of {limit_s:g} s reached (MFDV_MAX_PROBE_SECONDS) after {done} attack(s)"]
+    if stopped:
+        parts.append(f"stopped before its budget was spent: {stopped}")
+    if skipped:
+        parts.append(f"skipped: {skipped}")
+    return "; ".join(parts)
+
+
+def run_probe(
+    model: StochasticClassifier,
+    job: ProbeJob,
+    *,
+    mi_threshold: float,
+    deadline: float,
+    limit_s: float,
+    metrics: Metrics,
+    threads: int,
+) -> ProbeRun:
+    """Run the probe (blocking; in the attack pool) until it is done or ``deadline`` (``perf_counter``) passes.
+
+    ``threads`` sets this worker thread's intra-op CPU threads (OpenMP's setting is per thread,
+    so the prediction batcher keeps its own).
+
+    Raises:
+        ValidationFailed: an attack rejected its settings while running (422, never a 500).
+    """
+    started = time.perf_counter()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    images: list[list[str]] = []
+
+    def past_deadline() -> bool:
+        return time.perf_counter() > deadline
+
+    def after_attack(report: AttackReport, x_adv: torch.Tensor) -> bool:
+        successes = sum(r.success for r in report.inputs)
+        metrics.attacks.labels(attack=report.name).inc(len(report.inputs))
+        metrics.attack_successes.labels(attack=report.name).inc(successes)
+        metrics.attack_duration.labels(attack=report.name).observe(report.wall_time_s)
+        if job.return_adversarial:
+            images.append([png_base64(im) for im in x_adv])
+        return past_deadline()
+
+    try:
+        report = probe(
+            model,
+            job.images.to(model.proj.weight.device),
+            job.labels,
+            job.items,
+            judge_samples=job.judge_samples,
+            seed=job.seed,
+            mi_threshold=mi_threshold,
+            after_attack=after_attack,
+            should_stop=past_deadline,
+        ).to_dict()
+    except ValueError as e:  # a setting the checks let through: the caller's to fix, not a 500
+        raise ValidationFailed(f"the probe rejected its settings: {e}") from None
+    ran = report["attacks"]
+    for attack, imgs in zip(ran, images, strict=False):
+        for result, img in zip(attack["inputs"], imgs, strict=True):
+            result["adversarial"] = img
+    skipped = [item.name for item in job.items[len(ran) :]]
+    stopped = [a["name"] for a in ran if "stopped" in a["info"]]
+    reason = partial_reason(limit_s, stopped, len(ran), skipped)
+    return ProbeRun(report, reason, skipped, started, time.perf_counter())
+
+
+def probe_model(model: StochasticClassifier) -> StochasticClassifier:
+    """A frozen copy of ``model`` for attack probes: eval mode, no parameter gradients.
+
+    A copy, so that attack threads never touch the module the prediction batcher runs;
+    frozen, so backward passes compute input gradients only.
+    """
+    frozen = copy.deepcopy(model).eval()
+    frozen.requires_grad_(False)
+    return frozen

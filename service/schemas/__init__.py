@@ -1,0 +1,18 @@
+"""Request and response models of every route (also the OpenAPI document), one module per resource."""
+
+from .common import ErrorResponse, error_responses, floats
+from .predict import ModelsResponse, PredictForm, PredictRequest, PredictResponse
+from .probe import ProbeForm, ProbeRequest, ProbeResponse
+
+__all__ = [
+    "ErrorResponse",
+    "ModelsResponse",
+    "PredictForm",
+    "PredictRequest",
+    "PredictResponse",
+    "ProbeForm",
+    "ProbeRequest",
+    "ProbeResponse",
+    "error_responses",
+    "floats",
+]

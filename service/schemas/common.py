@@ -1,0 +1,64 @@
+"""Types every schema module shares: the error body, uploaded images, seeds, and float formatting."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from fastapi import UploadFile
+from pydantic import BaseModel, Field, WithJsonSchema
+
+from ..engine import MAX_SEED
+
+IMAGE_MEDIA_TYPES = "image/png, image/jpeg"
+"""What a ``file`` part (or a base64 input) may hold."""
+
+ImageFile = Annotated[
+    UploadFile,
+    WithJsonSchema({"type": "string", "format": "binary", "description": "A PNG or JPEG image."}),
+]
+"""One uploaded image (a multipart ``file`` part)."""
+
+Seed = Annotated[
+    int | None,
+    Field(ge=0, le=MAX_SEED, description="Noise seed; absent: a random one, returned (same seed, same answer)."),
+]
+
+
+def form_fields_are_text(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of a multipart model: a form field is absent or has a value, never null.
+
+    The model takes None for an absent field; the document should not offer ``null`` as a value.
+    """
+    for prop in schema.get("properties", {}).values():
+        branches = [b for b in prop.get("anyOf", ()) if b.get("type") != "null"]
+        if "anyOf" in prop and len(branches) < len(prop["anyOf"]):
+            del prop["anyOf"]
+            if len(branches) == 1:
+                prop.update(branches[0])
+            else:
+                prop["anyOf"] = branches
+        if prop.get("default", 0) is None:
+            del prop["default"]
+
+
+class ErrorResponse(BaseModel):
+    """Every error, on every route: ``{"error": "what to fix"}``."""
+
+    error: str
+
+
+def floats(values: Any) -> Any:
+    """float32 values (tensor or array, any shape) -> nested lists of the shortest decimals that round-trip.
+
+    ``0.1f`` becomes ``0.1``, not ``0.10000000149011612``; the text is a pure function of
+    the float32 bits, so equal tensors give equal JSON bytes.
+    """
+    arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float32)
+    return arr.astype(str).astype(np.float64).tolist()
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: each status with its description and the error body's schema."""
+    return {code: {"model": ErrorResponse, "description": text} for code, text in descriptions.items()}

@@ -1,0 +1,193 @@
+"""``POST /v1/attack-probe``: request and response models.
+
+Attacks are ``models.attacks.AttackSpec`` (one typed spec per attack, told apart by ``name``)
+or a named suite (``models.probe.SuiteSpec``, or just ``"standard"``/``"published"``): the
+request is validated into typed specs here, once, and everything past the edge trusts them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
+
+from models.attacks import AttackSpec
+from models.probe import SuiteSpec
+
+from .common import ImageFile, Seed, form_fields_are_text
+from .predict import INPUT_DESCRIPTION
+
+SuiteName = Literal["standard", "published"]
+
+
+def _item_kind(value: Any) -> str:
+    if isinstance(value, SuiteSpec) or (isinstance(value, dict) and "suite" in value):
+        return "[suite]"
+    return "[attack]"
+
+
+ProbeItemSpec = Annotated[
+    Annotated[AttackSpec, Tag("[attack]")] | Annotated[SuiteSpec, Tag("[suite]")],
+    Discriminator(_item_kind),
+]
+"""One entry of ``attacks``: an attack spec (``{"name": "pgd", ...}``) or a suite (``{"suite": "standard"}``).
+
+The bracketed tags never show in error messages (``service.errors.describe_validation_errors``).
+"""
+
+
+def _attacks_kind(value: Any) -> str:
+    return "[suite name]" if isinstance(value, str) else "[list]"
+
+
+ProbeAttacks = Annotated[
+    Annotated[list[ProbeItemSpec], Field(min_length=1), Tag("[list]")] | Annotated[SuiteName, Tag("[suite name]")],
+    Discriminator(_attacks_kind),
+]
+
+
+class ProbeOptions(BaseModel):
+    """The options of ``POST /v1/attack-probe``, the same as JSON fields or as multipart form fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[StrictInt] | None = Field(
+        None, description="True labels, one per input; default: the model's clean prediction."
+    )
+    attacks: ProbeAttacks | None = Field(
+        None,
+        description='Attacks to run, in order (each a spec named by `name`, or a suite `{"suite": ...}`), or a '
+        "suite name; default: fgsm, pgd and surrogate with their defaults.",
+    )
+    judge_samples: int | None = Field(
+        None, description="Fresh noise draws judging each input (1..MFDV_MAX_SAMPLES); default 64."
+    )
+    seed: Seed = None
+    return_adversarial: bool = Field(False, description="Add each adversarial image as a base64 8-bit PNG.")
+    resize: bool = Field(False, description="Resize images of another size to the model's (else they are rejected).")
+
+
+class ProbeRequest(ProbeOptions):
+    """``POST /v1/attack-probe`` as JSON (``application/json``)."""
+
+    inputs: list[Any] = Field(description=f"Images, 1..MFDV_MAX_PROBE_INPUTS. {INPUT_DESCRIPTION}")
+
+
+class ProbeForm(ProbeOptions):
+    """``POST /v1/attack-probe`` as ``multipart/form-data``: ``file`` parts, options as fields (``labels`` and
+    ``attacks`` as JSON text; ``labels`` also as ``3`` or ``3,1,0``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=form_fields_are_text)
+
+    file: list[ImageFile] = Field(description="PNG or JPEG images, one part each (1..MFDV_MAX_PROBE_INPUTS).")
+
+
+# -- the response -------------------------------------------------------------------------------
+
+
+class CleanOut(BaseModel):
+    index: int
+    true_label: int
+    label: int = Field(description="The prediction (argmax of the mean softmax over judge_samples draws).")
+    correct: bool
+    flip_prob: float = Field(description="Share of draws whose argmax differs from the true label.")
+    flip_ci: list[float] = Field(description="Wilson 95% interval of flip_prob.")
+    mean_probs: list[float]
+    predictive_entropy: float
+    mutual_information: float
+    flagged: bool | None
+
+
+class InputResultOut(BaseModel):
+    index: int
+    true_label: int
+    clean_label: int
+    adv_label: int
+    success: bool = Field(description="adv_label differs from the true label (a suite: its own, stricter verdict).")
+    flip_prob: float
+    flip_ci: list[float]
+    mean_probs: list[float]
+    predictive_entropy: float
+    mutual_information: float
+    flagged: bool | None
+    linf: float
+    l2: float
+    l0: int
+    fools_after_rounding: bool
+    grad_evals: int
+    queries: int
+    info: dict[str, Any]
+    adversarial: str | None = Field(None, description="Base64 8-bit PNG; present only with return_adversarial.")
+
+
+class AttackReportOut(BaseModel):
+    name: str
+    kind: str = Field(description="gradient, score or suite.")
+    eps: float
+    settings: dict[str, Any] = Field(description="Every setting it ran with, defaults filled in.")
+    seed: int
+    grad_evals: int
+    draws: int
+    queries: int
+    wall_time_s: float
+    success_rate: float
+    success_ci: list[float]
+    inputs: list[InputResultOut]
+    info: dict[str, Any] = Field(description="Attack-level extras; `stopped` when the wall-time limit cut it short.")
+
+
+class AttackSummaryOut(BaseModel):
+    name: str
+    eps: float
+    success_rate: float
+    success_ci: list[float]
+    fools_after_rounding_rate: float
+    flagged_rate: float | None
+    wall_time_s: float
+
+
+class ProbeSummaryOut(BaseModel):
+    clean_accuracy: float
+    attacks: list[AttackSummaryOut]
+
+
+class ProbeCostOut(BaseModel):
+    gradient: int = Field(description="Gradient units charged (steps x eot x inputs, summed).")
+    queries: int = Field(description="Score units charged (queries x samples x inputs, summed).")
+    max_gradient: int = Field(description="MFDV_MAX_PROBE_GRADIENT_BUDGET.")
+    max_queries: int = Field(description="MFDV_MAX_PROBE_QUERIES.")
+
+
+class ProbeRequestOut(BaseModel):
+    inputs: int
+    labels: Literal["given", "clean_prediction"]
+    attacks: list[dict[str, Any]] = Field(description="Each attack with every setting it runs with.")
+    judge_samples: int
+    seed: int
+    return_adversarial: bool
+    cost: ProbeCostOut
+
+
+class ProbeTimingOut(BaseModel):
+    queue_ms: float = Field(description="Arrival to the start of the attack worker.")
+    probe_ms: float = Field(description="The attacks and judging.")
+    total_ms: float
+    limit_s: float = Field(description="MFDV_MAX_PROBE_SECONDS.")
+
+
+class ProbeResponse(BaseModel):
+    """Per input and attack, what happened; same seed, same report (timings aside)."""
+
+    model: str
+    model_id: str
+    partial: bool = Field(description="True when the wall-time limit stopped an attack or skipped some.")
+    partial_reason: str | None
+    skipped_attacks: list[str]
+    request: ProbeRequestOut
+    seed: int
+    judge_samples: int
+    mi_threshold: float | None
+    clean: list[CleanOut]
+    attacks: list[AttackReportOut]
+    summary: ProbeSummaryOut
+    timing: ProbeTimingOut

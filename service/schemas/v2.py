@@ -1,0 +1,132 @@
+"""Open Inference Protocol v2 (KServe / Triton): request and response models.
+
+The inference body is read by ``service.routes.v2.parse_infer`` (JSON, or JSON followed by
+binary tensors), whose checks give the protocol's messages; ``InferenceRequest`` is the same
+contract written as a model, so the OpenAPI document states it and the schemathesis run
+(``tests/integration/test_schemathesis.py``) checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeAliasType
+
+from ..engine import MAX_SEED
+
+MAX_NDIM = 8
+"""Most dimensions a tensor may declare (the model wants 3 or 4)."""
+
+OutputName = Literal[
+    "probs",
+    "label",
+    "class_name",
+    "predictive_entropy",
+    "expected_entropy",
+    "mutual_information",
+    "vote_agreement",
+    "top_prob_stderr",
+    "flagged",
+]
+
+TensorData = TypeAliasType("TensorData", "list[float | TensorData]")  # type: ignore[misc]
+"""A tensor's values: flat in row-major order, or nested lists."""
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] = Field(description="`model_id` and `class_names`.")
+
+
+class InputParameters(BaseModel):
+    """Any parameters; ``binary_data_size`` belongs to the binary extension's header, not to a JSON body."""
+
+    model_config = ConfigDict(extra="allow")
+
+    binary_data_size: None = Field(
+        None, description="Binary extension only: bytes of this tensor after the JSON header (see the operation)."
+    )
+
+
+class InferInput(BaseModel):
+    """The one input, ``image``, its values in ``data`` (the binary extension sends them after the header)."""
+
+    name: Literal["image"]
+    shape: list[Annotated[int, Field(ge=0)]] = Field(
+        max_length=MAX_NDIM, description="[B, C, H, W], or [B, H, W] for one channel."
+    )
+    datatype: Literal["FP32", "FP64", "FP16", "UINT8"] = Field(description="FP* pixels in [0, 1]; UINT8 pixels 0..255.")
+    data: TensorData = Field(description="The values, flat (row-major) or nested.")
+    parameters: InputParameters | None = None
+
+
+class RequestParameters(BaseModel):
+    samples: int | None = Field(None, description="Noise draws T (1..MFDV_MAX_SAMPLES).")
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    binary_data_output: bool | None = Field(None, description="Return every output as binary data.")
+
+
+class OutputParameters(BaseModel):
+    binary_data: bool | None = None
+
+
+class RequestedOutput(BaseModel):
+    name: OutputName
+    parameters: OutputParameters | None = None
+
+
+class InferenceRequest(BaseModel):
+    """``POST /v2/models/{name}/infer``: the JSON body, or the JSON header of a binary request."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    inputs: list[InferInput] = Field(min_length=1, max_length=1)
+    parameters: RequestParameters | None = None
+    outputs: list[RequestedOutput] | None = Field(None, description="Default: every output.")
+
+
+class OutputTensor(BaseModel):
+    name: OutputName
+    datatype: Literal["FP32", "INT64", "BYTES", "BOOL"]
+    shape: list[int]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = Field(None, description="`binary_data_size` for binary outputs.")
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] = Field(description="`samples`, `seed` and `model_id`.")
+    outputs: list[OutputTensor]

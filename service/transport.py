@@ -1,0 +1,223 @@
+"""Reading a ``/v1`` request body: one content-type dispatch, one JSON reader, one multipart reader.
+
+``/v1/predict`` and ``/v1/attack-probe`` take the same two encodings:
+
+- ``application/json``: a JSON object validated **strictly** into the route's request model
+  (no ``true`` as 1, no ``"5"`` as an int), inputs in ``inputs``;
+- ``multipart/form-data``: images as ``file`` parts and the options as text fields, each read
+  as a JSON scalar (``5``, ``true``) or by the field's converter, then validated as strictly.
+
+Either way the route gets a ``Body``: the validated options and the raw inputs (JSON values or
+file bytes), which it decodes in the thread pool together with its other CPU work.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from .errors import InvalidInput, UnsupportedMediaType, ValidationFailed, describe_validation_errors
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+ResultT = TypeVar("ResultT")
+
+JSON_TYPES = ("application/json", "")
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+FILE_FIELD = "file"
+INPUTS_FIELD = "inputs"
+
+
+def validate_request(schema: type[ModelT], data: Mapping[str, Any], strict: bool = False) -> ModelT:
+    """``schema`` built from ``data``; pydantic's errors become one ``ValidationFailed`` (422) message.
+
+    Args:
+        schema: the request model.
+        data: the parsed body (JSON) or the form fields (text).
+        strict: no coercion (JSON); form fields are text and need the lax mode.
+    """
+    try:
+        return schema.model_validate(data, strict=strict)
+    except ValidationError as e:
+        raise ValidationFailed(describe_validation_errors(e.errors())) from None
+
+
+def integral_numbers(value: Any) -> Any:
+    """``value`` with every integral float made an int (``5.0`` -> ``5``), in lists and objects too.
+
+    JSON has one number type, and JSON Schema's ``integer`` is any integral number; strict
+    validation then still refuses ``true`` and ``"5"`` where an integer is due.
+    """
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, list):
+        return [integral_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: integral_numbers(v) for k, v in value.items()}
+    return value
+
+
+def holds_booleans(value: Any) -> bool:
+    """True when a nested list holds a JSON ``true``/``false`` (numpy would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(holds_booleans(v) for v in value)
+
+
+def parse_json_body(body: bytes, schema: type[ModelT], example: str) -> ModelT:
+    """Parse and strictly validate a JSON request body (CPU work: call it in the thread pool).
+
+    Raises:
+        InvalidInput: not JSON, or nested too deeply (400).
+        ValidationFailed: not an object, or not the schema (422).
+    """
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"the body is not valid JSON ({e}); send {example}") from None
+    except RecursionError:
+        raise InvalidInput(f"the body nests JSON arrays/objects too deeply; send {example}") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed(f"the body must be a JSON object like {example}")
+    # ``inputs`` (pixels) keeps its floats: the decoder takes numbers, and the walk would cost time.
+    options = {k: v if k == INPUTS_FIELD else integral_numbers(v) for k, v in data.items()}
+    inputs = data.get(INPUTS_FIELD)
+    if (b"true" in body or b"false" in body) and isinstance(inputs, list):  # the walk only when it can matter
+        for i, item in enumerate(inputs):
+            if isinstance(item, list) and holds_booleans(item):
+                raise InvalidInput(f"{INPUTS_FIELD}[{i}] holds booleans; send numbers in [0, 1]")
+    return validate_request(schema, options, strict=True)
+
+
+@dataclass(frozen=True)
+class Body(Generic[ModelT]):
+    """A validated request body.
+
+    Attributes:
+        options: the validated request (the JSON model or the form model; both carry the options).
+        inputs: the images as sent: JSON values (nested arrays, base64 strings) or file bytes.
+        source: how messages name the inputs: ``inputs`` (JSON) or ``file`` (multipart).
+    """
+
+    options: ModelT
+    inputs: list[Any]
+    source: str
+
+
+@dataclass(frozen=True)
+class BodyReader(Generic[ModelT]):
+    """How one route's body is read.
+
+    Attributes:
+        json_model: the JSON request model (``inputs`` plus the options).
+        form_model: the multipart model (``file`` plus the same options).
+        example: a minimal valid JSON body, quoted in error messages.
+        form_values: per form field, how its text becomes a value (default: a JSON scalar, see
+            ``form_value``); e.g. JSON text for structured fields.
+    """
+
+    json_model: type[ModelT]
+    form_model: type[ModelT]
+    example: str
+    form_values: Mapping[str, Callable[[str], Any]] = field(default_factory=dict)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return tuple(name for name in self.form_model.model_fields if name != FILE_FIELD)
+
+    def form_value(self, key: str, text: str) -> Any:
+        """A form field's text -> its value: the field's converter, else the text read as a JSON scalar
+        (``5``, ``0.1``, ``true``; other text stays text and fails validation unless it is a string)."""
+        convert = self.form_values.get(key)
+        if convert is not None:
+            return convert(text)
+        try:
+            value = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            return text
+        return integral_numbers(value) if isinstance(value, int | float | bool) or value is None else text
+
+    def parse_json(self, raw: bytes) -> Body[ModelT]:
+        req = parse_json_body(raw, self.json_model, self.example)
+        return Body(req, list(req.inputs), "inputs")  # type: ignore[attr-defined]
+
+    async def read_form(self, request: Request, max_files: int) -> Body[ModelT]:
+        """``file`` parts (one image each) and the options as fields; every mistake named."""
+        options = self.options
+        async with request.form(max_files=max_files + 1, max_fields=len(options) + 8) as form:
+            unknown = sorted(set(form.keys()) - {FILE_FIELD, *options})
+            if unknown:
+                raise InvalidInput(
+                    f"unknown form field(s) {unknown}; send images as `file` parts and options among {list(options)}"
+                )
+            files = form.getlist(FILE_FIELD)
+            if not files:
+                raise InvalidInput("no `file` part; upload images as `-F file=@image.png` (several allowed)")
+            if len(files) > max_files:
+                raise InvalidInput(
+                    f"{len(files)} files in one request; at most {max_files} are allowed, split the request"
+                )
+            for i, f in enumerate(files):
+                if not isinstance(f, UploadFile):
+                    raise InvalidInput(f"file[{i}] is a text field, not a file; upload it with `-F file=@image.png`")
+            values: dict[str, Any] = {FILE_FIELD: files}
+            for key in options:
+                given = form.getlist(key)
+                if len(given) > 1:
+                    raise InvalidInput(f"form field {key!r} is given {len(given)} times; give it once")
+                if given:
+                    if not isinstance(given[0], str):
+                        raise InvalidInput(f"form field {key!r} must be a value, not a file")
+                    value = self.form_value(key, given[0])
+                    if value is None:
+                        raise ValidationFailed(f"{key}: a form field needs a value; leave it out for the default")
+                    values[key] = value
+            options_model = validate_request(self.form_model, values, strict=True)
+            data = [await f.read() for f in files]  # type: ignore[union-attr]
+        return Body(options_model, data, FILE_FIELD)
+
+
+def media_type(request: Request) -> str:
+    """The request's media type, lower case, without parameters (absent: ``application/json``)."""
+    return request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+
+
+async def read_body(
+    request: Request, reader: BodyReader[ModelT], *, max_files: int, then: Callable[[Body[ModelT]], ResultT]
+) -> ResultT:
+    """Read the body by its content type, validate it, and run ``then`` on it in the thread pool.
+
+    JSON is parsed in the same thread-pool call as ``then`` (one hop per request).
+
+    Raises:
+        UnsupportedMediaType: neither JSON nor a form (415).
+        InvalidInput, ValidationFailed: what the readers and ``then`` raise.
+    """
+    ctype = media_type(request)
+    if ctype in JSON_TYPES:
+        raw = await request.body()
+        return await run_in_threadpool(lambda: then(reader.parse_json(raw)))
+    if ctype in FORM_TYPES:
+        body = await reader.read_form(request, max_files)
+        return await run_in_threadpool(then, body)
+    raise UnsupportedMediaType(f"content type {ctype!r} is not supported; send application/json or multipart/form-data")
+
+
+def json_text(field_name: str, example: str) -> Callable[[str], Any]:
+    """A form-value converter: the field's text is JSON."""
+
+    def convert(text: str) -> Any:
+        try:
+            return integral_numbers(json.loads(text))
+        except (json.JSONDecodeError, RecursionError):
+            raise InvalidInput(
+                f"form field {field_name!r} must be JSON text like {example}; got {text[:80]!r}"
+            ) from None
+
+    return convert
