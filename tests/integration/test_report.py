@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from training.export import update_metrics
 from training.report import TINY, plan_cells
 
@@ -22,7 +20,6 @@ def _report(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.integration
 def test_tiny_report_trains_computes_caches_and_renders(tmp_path: Path) -> None:
     root, docs = tmp_path / "r", tmp_path / "docs"
     _report("all", "--plan", "tiny", "--root", str(root), "--docs", str(docs))

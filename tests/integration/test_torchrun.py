@@ -73,7 +73,6 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     assert torch.isfinite(ck.model.head.sigma()).all()
 
 
-@pytest.mark.integration
 def test_evaluate_under_torchrun_gives_the_single_process_result(tmp_path: Path, tiny_checkpoint: Path) -> None:
     """Batches are dealt round-robin to the ranks and draw their randomness from their position:
     two ranks must give exactly what one process gives."""
