@@ -76,7 +76,9 @@ class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
     adv_ramp: float = Field(1.0, ge=0, description="epochs of linear eps ramp (0: none)")
     trades_beta: float = Field(6.0, ge=0, description="weight of the TRADES KL term")
     adv_val_n: int = Field(
-        1000, ge=0, description="held-out images attacked after each epoch; the most robust epoch is kept (0: last)"
+        1000,
+        ge=0,
+        description="held-out images attacked after each epoch; a drop beyond chance rolls back to the best (0: off)",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     device: Literal["auto", "cpu", "cuda"] = "auto"

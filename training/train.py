@@ -124,6 +124,12 @@ def val_robust_accuracy(
     return {"clean": correct / len(val), "robust": robust / len(val)}
 
 
+def rollback_tolerance(p_best: float, p_last: float, n: int, z: float = 1.959963984540054) -> float:
+    """How far the last epoch's held-out robust accuracy may sit under the best epoch's before we roll
+    back: the 95% margin of a difference of two proportions measured on ``n`` inputs each."""
+    return z * math.sqrt((p_best * (1 - p_best) + p_last * (1 - p_last)) / max(n, 1))
+
+
 def fit(
     model: StochasticClassifier,
     train: Dataset,
@@ -137,8 +143,9 @@ def fit(
 
     With ``args.adv`` the inputs are replaced by adversarial ones (``training.adversarial``), the
     attack seeing the noise as the served model does. Then, when ``val`` is given, every epoch
-    ends with PGD on ``args.adv_val_n`` held-out images, and the weights of the most robust
-    epoch are kept (a guard against catastrophic overfitting; the stats say when it rolled back).
+    ends with PGD on ``args.adv_val_n`` held-out images; if the last epoch's robust accuracy there
+    falls below the best epoch's by more than chance explains (``rollback_tolerance``), the best
+    epoch's weights are restored (a guard against catastrophic overfitting; the stats say when).
     """
     model.to(device)
     net: torch.nn.Module = model
@@ -226,13 +233,17 @@ def fit(
         # Time of an adversarial step relative to the clean update it wraps (measured in this run).
         stats["epoch_time_vs_clean"] = round((attack_s + update_s) / max(update_s, 1e-9), 2)
     if best is not None:
-        stats["kept_epoch"] = best[1]
-        stats["rolled_back"] = best[1] != epoch
-        if best[1] != epoch:
+        last = epochs[-1]["robust"]
+        tol = rollback_tolerance(best[0], last, len(check))
+        roll = best[1] != epoch and last < best[0] - tol
+        stats["kept_epoch"] = best[1] if roll else epoch
+        stats["rolled_back"] = roll
+        stats["rollback_tolerance"] = round(tol, 4)
+        if roll:
             log.warning(
-                "rolled back to epoch %d: held-out PGD accuracy %.4f there vs %.4f at the last epoch "
-                "(catastrophic overfitting guard)",
-                best[1], best[0], epochs[-1]["robust"],
+                "rolled back to epoch %d: held-out PGD accuracy %.4f there vs %.4f at the last epoch, a drop "
+                "beyond the %.4f that chance explains (catastrophic overfitting guard)",
+                best[1], best[0], last, tol,
             )  # fmt: skip
             model.load_state_dict(best[2])
     model.eval()
@@ -249,6 +260,7 @@ def adversarial_summary(args: TrainConfig, img_size: int, stats: dict[str, Any])
         "epoch_time_vs_clean": stats.get("epoch_time_vs_clean"),
         "kept_epoch": stats.get("kept_epoch"),
         "rolled_back": stats.get("rolled_back", False),
+        "rollback_tolerance": stats.get("rollback_tolerance"),
         "held_out_check": {"n": args.adv_val_n, "attack": "pgd", "steps": 10, "alpha": "eps/4", "eot": 4},
         "epochs": stats.get("epochs", []),
     }

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models import load_checkpoint
+from training.config import TrainConfig
 from training.train import lambda_at, lr_at, main, parse_args
 
 from ..fixtures import make_tiny_dataset, train_tiny
@@ -100,3 +101,28 @@ def test_parse_args_defaults_are_the_default_checkpoint_recipe() -> None:
     assert (a.method, a.epochs, a.lam, a.mu_bound, a.sigma_max, a.noise_lr_mult) == ("mfdv", 6, 1.0, 5.0, 6.0, 20.0)
     b = parse_args(["--mu-bound", "none", "--sigma-max", "None"])
     assert b.mu_bound is None and b.sigma_max is None
+
+
+@pytest.mark.parametrize(("robust", "kept", "rolled"), [([0.8, 0.2], 1, True), ([0.8, 0.79], 2, False)])
+def test_a_collapse_of_held_out_robustness_rolls_back_and_noise_does_not(
+    monkeypatch: pytest.MonkeyPatch, robust: list[float], kept: int, rolled: bool
+) -> None:
+    import training.train as tt
+
+    seen = iter(robust)
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def fake_check(model: torch.nn.Module, *args: object) -> dict[str, float]:
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"clean": 0.9, "robust": next(seen)}
+
+    monkeypatch.setattr(tt, "val_robust_accuracy", fake_check)
+    ds = make_tiny_dataset(n=128)
+    args = TrainConfig(method="vanilla", arch="tiny_cnn", feature_dim=8, batch_size=32, epochs=2, adv="fgsm")
+    model = tt.make_model(args, ds)
+    stats = tt.fit(model, ds, args, torch.device("cpu"), val=ds)
+    assert stats["kept_epoch"] == kept and stats["rolled_back"] is rolled
+    assert stats["rollback_tolerance"] == pytest.approx(tt.rollback_tolerance(0.8, robust[1], 128), abs=1e-4)
+    final = model.state_dict()
+    assert all(torch.equal(final[k], snapshots[kept - 1][k]) for k in final)
+    assert tt.rollback_tolerance(0.8, 0.8, 1000) == pytest.approx(1.96 * (2 * 0.16 / 1000) ** 0.5, rel=1e-3)
