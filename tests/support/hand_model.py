@@ -61,7 +61,8 @@ def build_hand_model(method: str = "mfdv") -> StochasticClassifier:
         feature_dim=4,
         mean=[0.0],
         std=[1.0],
-        sigma_init=SIGMA,
+        mu_bound=None,  # the features are the region means themselves
+        head={"sigma_init": SIGMA} if method == "mfdv" else {},
     )
     model = build_model(cfg).eval()
     for p in model.parameters():
