@@ -38,7 +38,7 @@ from models.attacks.suite import Suite, derive_seed, judge_correct, run_suite
 
 from .data import Dataset, as_float, load_dataset
 from .detection import detection_report, signals
-from .evaluate import evaluate_suite
+from .evaluate import clean_accuracy, evaluate_suite
 
 log = logging.getLogger("training.report")
 
@@ -79,7 +79,7 @@ class Plan:
     detection_suite: str = "standard"
     main_key: str = "standard_eps0.1"  # the manifest result the main table shows (training.evaluate's key)
     threads: int = 1
-    sweep: tuple[str, ...] = ()  # checkpoints of the sigma study (mfdv settings and their fixed twins)
+    ablate: tuple[str, ...] = ()  # mfdv checkpoints whose sigma profile is swapped at test time (SIGMA_VARIANTS)
 
     def checkpoint(self, name: str) -> CheckpointSpec:
         return next(c for c in self.checkpoints if c.name == name)
@@ -135,6 +135,7 @@ FULL = Plan(
     diag_steps=50,
     detection_eps=(0.1,),
     detection_n=1000,
+    ablate=("mfdv+AT", "mfdv"),
 )
 
 _TINY = ("--dataset", "bars", "--arch", "tiny_cnn", "--feature-dim", "8", "--max-steps", "40", "--batch-size", "32")
@@ -157,13 +158,14 @@ TINY = Plan(
     curve_eot=2,
     eot_grid=(1, 4),
     steps_grid=(2, 4),
-    diag_eps=0.3,
+    diag_eps=0.2,
     diag_n=24,
     diag_steps=3,
-    detection_eps=(0.3,),
+    detection_eps=(0.2,),
     detection_n=24,
     detection_suite="published",
     main_key="standard-reduced_eps0.1",
+    ablate=("mfdv+AT",),
 )
 
 PLANS = {"full": FULL, "tiny": TINY}
@@ -200,7 +202,46 @@ def plan_cells(plan: Plan) -> list[Cell]:
         Cell("detection", plan.default, {"eps": e, "n": plan.detection_n, "suite": plan.detection_suite})
         for e in plan.detection_eps
     ]
+    cells += [
+        Cell("sigma_ablation", name, {"variant": v, "n": plan.diag_n, "eps": plan.diag_eps})
+        for name in plan.ablate
+        for v in SIGMA_VARIANTS
+    ]
     return cells
+
+
+SIGMA_VARIANTS = ("learned", "isotropic_mean", "isotropic_rms", "shuffled", "off")
+"""Test-time swaps of an mfdv head's per-dimension sigma: does the learned profile matter, or only its level?
+
+``isotropic_mean``/``isotropic_rms``: every dimension gets the mean (root mean square) of the learned
+sigmas; ``shuffled``: the learned values permuted across dimensions (same set, other dimensions);
+``off``: sigma 0, the noise-free network served with the same rule."""
+
+
+def with_sigma(model: Any, variant: str, seed: int = 0) -> Any:
+    """A copy of an mfdv ``model`` whose per-dimension sigma is replaced per ``variant``."""
+    import copy
+    import math
+
+    if variant == "learned":
+        return model
+    m = copy.deepcopy(model)
+    head = m.head
+    sig = head.sigma().detach()
+    if variant == "isotropic_mean":
+        new = torch.full_like(sig, float(sig.mean()))
+    elif variant == "isotropic_rms":
+        new = torch.full_like(sig, float(sig.pow(2).mean().sqrt()))
+    elif variant == "shuffled":
+        new = sig[torch.randperm(sig.numel(), generator=torch.Generator().manual_seed(seed))]
+    elif variant == "off":
+        new = torch.full_like(sig, 1e-8)
+    else:
+        raise ValueError(f"unknown sigma variant {variant!r}; choose one of {list(SIGMA_VARIANTS)}")
+    head.sigma_max = None  # the new values are set exactly, whatever the cap
+    with torch.no_grad():
+        head.s.copy_(torch.tensor([math.log(math.expm1(max(float(v), 1e-8))) for v in new]))
+    return m
 
 
 def _subset(ds: Dataset, n: int) -> Dataset:
@@ -243,6 +284,13 @@ def compute_cell(cell: Cell, plan: Plan, path: Path, seed: int = 0) -> dict[str,
         return _apgd_cell(model, _subset(test, p["n"]), p["eps"], plan.diag_steps, p["eot"], seed)
     if cell.kind == "steps":
         return _apgd_cell(model, _subset(test, p["n"]), p["eps"], p["steps"], 20, seed)
+    if cell.kind == "sigma_ablation":
+        variant = with_sigma(model, p["variant"], seed)
+        sub = _subset(test, p["n"])
+        res = evaluate_suite(variant, sub, plan.curve_suite(), eps=p["eps"], seed=seed, batch=250).summary()
+        res["clean_full"] = clean_accuracy(variant, test, samples=32, seed=seed)
+        res["sigma"] = [round(float(v), 4) for v in variant.head.sigma().detach()]
+        return res
     if cell.kind == "detection":
         return _detection_cell(model, ck.manifest, _subset(test, p["n"]), p["eps"], p["suite"], seed)
     raise ValueError(f"unknown cell kind {cell.kind!r}")
