@@ -1,0 +1,47 @@
+"""The committed ``samples/`` PNGs are exactly what ``python -m training.samples`` writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.data import FASHION_CLASSES, Dataset, load_fashion_mnist
+from training.samples import SAMPLES_DIR, first_of_each_class, sample_name, write_samples
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode == "L" and im.size == (28, 28), (path, im.format, im.mode, im.size)
+        return np.asarray(im)
+
+
+def test_names_are_lowercase_class_names_without_slashes_or_spaces() -> None:
+    names = [sample_name(c) for c in FASHION_CLASSES]
+    assert names[0] == "t-shirt_top.png" and names[-1] == "ankle_boot.png"
+    assert all(n == n.lower() and "/" not in n and " " not in n for n in names)
+    assert len(set(names)) == len(names)
+
+
+def test_first_image_of_each_class_in_class_order() -> None:
+    x = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 1, 2, 2).contiguous()
+    ds = Dataset(x, torch.tensor([1, 0, 1, 0, 2]), ["a b", "c/d", "e"], "toy")
+    got = first_of_each_class(ds)
+    assert list(got) == ["a_b.png", "c_d.png", "e.png"]
+    assert [int(v[0, 0]) for v in got.values()] == [1, 0, 4]  # indices of each class's first image
+
+
+@pytest.mark.usefixtures("fashion_mnist_available")
+def test_committed_samples_equal_what_the_script_writes(tmp_path: Path) -> None:
+    written = write_samples(tmp_path)
+    assert [p.name for p in written] == [sample_name(c) for c in FASHION_CLASSES]
+    assert sorted(p.name for p in SAMPLES_DIR.glob("*.png")) == sorted(p.name for p in written)
+    test = load_fashion_mnist("test")
+    for label, path in enumerate(written):
+        first = int((test.y == label).nonzero()[0, 0])
+        assert np.array_equal(pixels(path), test.x[first, 0].numpy()), path.name
+        assert np.array_equal(pixels(SAMPLES_DIR / path.name), pixels(path)), f"samples/{path.name} is stale"
+        assert (SAMPLES_DIR / path.name).stat().st_size < 4096
