@@ -186,6 +186,8 @@ function clearImage() {
   m.fillStyle = SKETCH_BG;
   m.fillRect(0, 0, state.width, state.height);
   state.hasImage = false;
+  state.predictSeq++; // a prediction still on its way was for the old image
+  $("predict").disabled = false;
   renderModelView();
   $("prediction").hidden = true;
   $("predict-empty").hidden = false;
