@@ -5,15 +5,20 @@
 
 The committed ``samples/`` folder is this command's output (``tests/unit/test_samples.py``
 checks it), so the README's and docs' examples run right after ``scripts/serve`` without the
-dataset. Files are named by class: lowercase, ``/`` and spaces replaced by ``_``.
+dataset. Files are named by class: lowercase, ``/`` and spaces replaced by ``_``. One of them
+is also written as JSON (``sneaker.json``): its pixels in [0, 1] as a nested ``[C, H, W]``
+array (3 decimals), one element of ``/v1/predict``'s JSON ``inputs``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -21,6 +26,8 @@ from PIL import Image
 from .data import Dataset, load_fashion_mnist
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
+ARRAY_SAMPLE = "sneaker"
+"""The class whose sample is also written as a JSON array (``samples/sneaker.json``)."""
 
 
 def sample_name(class_name: str) -> str:
@@ -29,28 +36,38 @@ def sample_name(class_name: str) -> str:
 
 
 def first_of_each_class(ds: Dataset) -> dict[str, np.ndarray]:
-    """File name -> uint8 pixels [H, W] (or [H, W, C]) of the first image of each class, in class order."""
+    """File name -> uint8 pixels [C, H, W] of the first image of each class, in class order."""
     out: dict[str, np.ndarray] = {}
     for label, name in enumerate(ds.class_names):
         hits = (ds.y == label).nonzero()
         if not len(hits):
             raise ValueError(f"{ds.name} has no image of class {label} ({name})")
-        x = ds.x[int(hits[0, 0])].numpy()  # (C, H, W)
-        out[sample_name(name)] = x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
+        out[sample_name(name)] = ds.x[int(hits[0, 0])].numpy()
     return out
 
 
-def write_png(pixels: np.ndarray, path: Path) -> None:
-    """Write uint8 pixels as a PNG (grey or RGB) through a temporary file, then rename."""
+def pixel_array(pixels: np.ndarray) -> list:
+    """uint8 pixels [C, H, W] -> nested lists of values in [0, 1], rounded to 3 decimals."""
+    return np.round(pixels.astype(np.float64) / 255.0, 3).tolist()
+
+
+def _write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temporary file in the same folder, then rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(pixels).save(f, format="PNG", optimize=True)
+            write(f)
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the samples unreadable to other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_png(pixels: np.ndarray, path: Path) -> None:
+    """Write uint8 pixels [C, H, W] as a grey (1 channel) or RGB (3) PNG."""
+    image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    _write(path, lambda f: image.save(f, format="PNG", optimize=True))
 
 
 def write_samples(out: Path = SAMPLES_DIR, root: Path | None = None) -> list[Path]:
@@ -60,6 +77,10 @@ def write_samples(out: Path = SAMPLES_DIR, root: Path | None = None) -> list[Pat
     for name, pixels in first_of_each_class(load_fashion_mnist("test", root)).items():
         write_png(pixels, out / name)
         paths.append(out / name)
+        if name == sample_name(ARRAY_SAMPLE):
+            text = json.dumps(pixel_array(pixels), separators=(",", ":")) + "\n"
+            _write(out / f"{ARRAY_SAMPLE}.json", lambda f, text=text: f.write(text.encode()))
+            paths.append(out / f"{ARRAY_SAMPLE}.json")
     return paths
 
 

@@ -1,7 +1,8 @@
-"""The committed ``samples/`` PNGs are exactly what ``python -m training.samples`` writes."""
+"""The committed ``samples/`` files are exactly what ``python -m training.samples`` writes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from training.data import FASHION_CLASSES, Dataset, load_fashion_mnist
-from training.samples import SAMPLES_DIR, first_of_each_class, sample_name, write_samples
+from training.samples import ARRAY_SAMPLE, SAMPLES_DIR, first_of_each_class, sample_name, write_samples
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -31,17 +32,23 @@ def test_first_image_of_each_class_in_class_order() -> None:
     ds = Dataset(x, torch.tensor([1, 0, 1, 0, 2]), ["a b", "c/d", "e"], "toy")
     got = first_of_each_class(ds)
     assert list(got) == ["a_b.png", "c_d.png", "e.png"]
-    assert [int(v[0, 0]) for v in got.values()] == [1, 0, 4]  # indices of each class's first image
+    assert [int(v[0, 0, 0]) for v in got.values()] == [1, 0, 4]  # indices of each class's first image
 
 
 @pytest.mark.usefixtures("fashion_mnist_available")
 def test_committed_samples_equal_what_the_script_writes(tmp_path: Path) -> None:
-    written = write_samples(tmp_path)
-    assert [p.name for p in written] == [sample_name(c) for c in FASHION_CLASSES]
-    assert sorted(p.name for p in SAMPLES_DIR.glob("*.png")) == sorted(p.name for p in written)
+    written = {p.name: p for p in write_samples(tmp_path)}
+    pngs = [sample_name(c) for c in FASHION_CLASSES]
+    assert sorted(written) == sorted([*pngs, f"{ARRAY_SAMPLE}.json"])
+    assert sorted(p.name for p in SAMPLES_DIR.iterdir()) == sorted(written)
     test = load_fashion_mnist("test")
-    for label, path in enumerate(written):
+    for label, name in enumerate(pngs):
         first = int((test.y == label).nonzero()[0, 0])
-        assert np.array_equal(pixels(path), test.x[first, 0].numpy()), path.name
-        assert np.array_equal(pixels(SAMPLES_DIR / path.name), pixels(path)), f"samples/{path.name} is stale"
-        assert (SAMPLES_DIR / path.name).stat().st_size < 4096
+        assert np.array_equal(pixels(written[name]), test.x[first, 0].numpy()), name
+        assert np.array_equal(pixels(SAMPLES_DIR / name), pixels(written[name])), f"samples/{name} is stale"
+        assert (SAMPLES_DIR / name).stat().st_size < 4096
+
+    array = json.loads((SAMPLES_DIR / f"{ARRAY_SAMPLE}.json").read_text())
+    assert array == json.loads(written[f"{ARRAY_SAMPLE}.json"].read_text())
+    png = pixels(SAMPLES_DIR / f"{ARRAY_SAMPLE}.png") / 255.0
+    assert np.asarray(array).shape == (1, 28, 28) and np.abs(np.asarray(array)[0] - png).max() <= 5e-4
