@@ -411,7 +411,7 @@ function renderPrediction(body) {
     bars.append(
       el("div", { class: `name${top}`, text: className(k) }),
       track,
-      el("div", { class: "value", text: `${fmt(mean)} ± ${fmt(s.sd)}` }),
+      el("div", { class: "value", text: `${fmt(mean)} ± ${s.sd < 1e-9 ? "0" : fmt(s.sd)}` }), // float32 rounding is not spread
     );
   });
 
