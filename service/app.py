@@ -19,6 +19,7 @@ from .openapi import install_openapi
 from .pool import BoundedPool
 from .probe.runner import probe_model
 from .routes import ROUTERS
+from .routes.playground import install_playground
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    if settings.ui:
+        install_playground(app)
     install_openapi(app, state)
     # Outermost last: metrics see every response, including 413s and generic 500s.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
             each attack: past it, the remaining attacks are skipped and the response is marked
             ``"partial": true`` with the reason (the attack running when the limit passes finishes).
         log_level: logging level of the service and uvicorn.
+        ui: serve the playground page (``/`` redirects to ``/ui/``): static HTML, CSS and JavaScript
+            that call only the public API; off: both paths answer 404.
     """
 
     model_config = SettingsConfigDict(env_prefix="MFDV_", extra="forbid", validate_assignment=True)
@@ -88,6 +90,7 @@ class Settings(BaseSettings):
     max_probe_eps: float = Field(0.3, gt=0, le=1)
     max_probe_seconds: float = Field(60, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    ui: bool = True
 
     @field_validator("api_key", mode="before")
     @classmethod

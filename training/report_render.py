@@ -420,6 +420,7 @@ def _costs_section(results: dict[str, Any]) -> list[str]:
         "",
         "Commands (every checkpoint; `python -m training.report run` trains the missing ones):",
         "",
+        "<!-- not run: training and evaluation runs, too long for CI -->",  # tests/integration/test_docs_examples.py
         "```bash",
     ]
     for _name, cmd in results["commands"].items():

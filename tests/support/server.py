@@ -43,6 +43,7 @@ class ServerProcess:
         env: extra ``MFDV_*`` variables.
         args: extra command-line flags.
         ready_timeout: seconds to wait for ``/readyz``.
+        port: the port to listen on (default: a free one).
     """
 
     def __init__(
@@ -52,9 +53,10 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         ready_timeout: float = 90.0,
+        port: int | None = None,
     ) -> None:
         self.host = "127.0.0.1"
-        self.port = free_port(self.host)
+        self.port = free_port(self.host) if port is None else port
         self.url = f"http://{self.host}:{self.port}"
         self.model_dir = Path(model_dir)
         self.env = dict(env or {})
