@@ -3,7 +3,7 @@
     python -m training.report run --plan full --threads 1                 # resumable; per-cell cache
     python -m training.report run --plan full --threads 1 --shard 1/2     # a second process, other cells
     python -m training.report render                                      # docs/robustness.md + figures
-    python -m training.report all --plan tiny --out /tmp/r --docs /tmp/d  # CI: a tiny plan end to end
+    python -m training.report all --plan tiny --root /tmp/r --docs /tmp/d  # CI: a tiny plan end to end
 
 ``run`` trains any checkpoint of the plan that is missing (its training command is in the
 plan and lands in the results), then computes each cell (one checkpoint x one measurement),
