@@ -459,6 +459,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", type=Path, default=None, help=f"per-cell cache (default {CACHE}; tiny: <root>/cache)")
     p.add_argument("--root", type=Path, default=None, help="tiny plan: where its checkpoints go (required for tiny)")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where robustness.md and figures/ go")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also refresh this README's generated block (default: README.md for the full plan, none for tiny)",
+    )
     p.add_argument("--shard", default="0/1", help="i/n: compute every n-th cell starting at i (parallel processes)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the plan's)")
     args = p.parse_args(argv)
@@ -474,7 +480,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in ("run", "all"):
         run_plan(plan, cache=cache, out=out, root=root, shard=(i, n))
     if args.command in ("render", "all"):
-        render(json.loads(out.read_text()), args.docs, results_path=out)
+        readme = args.readme or (REPO / "README.md" if plan.name == "full" else None)
+        render(json.loads(out.read_text()), args.docs, results_path=out, readme=readme)
 
 
 if __name__ == "__main__":

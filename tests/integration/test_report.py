@@ -10,6 +10,7 @@ from pathlib import Path
 
 from training.export import update_metrics
 from training.report import TINY, plan_cells
+from training.report_render import README_BEGIN, README_END
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,8 +54,13 @@ def test_tiny_report_trains_computes_caches_and_renders(tmp_path: Path) -> None:
     changed = {p.name for p in cache.glob("*.json") if p.stat().st_mtime_ns != before[p.name]}
     assert changed == {c.cache_name() for c in plan_cells(TINY) if c.checkpoint == "vanilla"}
 
-    # rendering is a pure function of the results file
-    _report("render", "--plan", "tiny", "--root", str(root), "--docs", str(docs))
+    # rendering is a pure function of the results file; it refreshes a README's generated block too
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nold numbers\n{README_END}\n\nmore\n")
+    _report("render", "--plan", "tiny", "--root", str(root), "--docs", str(docs), "--readme", str(readme))
     first = (docs / "robustness.md").read_text()
-    _report("render", "--plan", "tiny", "--root", str(root), "--docs", str(docs))
-    assert (docs / "robustness.md").read_text() == first
+    text = readme.read_text()
+    assert "old numbers" not in text and text.endswith(f"{README_END}\n\nmore\n")
+    assert f"{100 * main['robust_accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in text
+    _report("render", "--plan", "tiny", "--root", str(root), "--docs", str(docs), "--readme", str(readme))
+    assert (docs / "robustness.md").read_text() == first and readme.read_text() == text
