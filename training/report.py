@@ -360,6 +360,7 @@ def checkpoint_info(spec: CheckpointSpec, path: Path) -> dict[str, Any]:
         "adversarial_training": m.get("adversarial_training"),
         "sigma": sig,
         "sigma_per_dim": [round(float(v), 4) for v in ck.model.head.sigma().detach().cpu().tolist()],
+        "weight_norm_per_dim": [round(float(v), 4) for v in ck.model.head.fc.weight.detach().norm(dim=0).tolist()],
         "lambda": m.get("lambda"),
         "clean": m.get("metrics", {}).get("clean", {}),
         "robust": m.get("metrics", {}).get("robust", {}),
