@@ -14,6 +14,7 @@ file bytes), which it decodes in the thread pool together with its other CPU wor
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -48,6 +49,25 @@ def validate_request(schema: type[ModelT], data: Mapping[str, Any], strict: bool
         raise ValidationFailed(describe_validation_errors(e.errors())) from None
 
 
+def loads_json(text: str | bytes, where: str) -> Any:
+    """``json.loads``, with a number no field can take (an integer literal over Python's
+    ``sys.get_int_max_str_digits()`` digits, 4300 by default) an ``InvalidInput`` (400), not a 500.
+
+    Raises:
+        json.JSONDecodeError, UnicodeDecodeError, RecursionError: not JSON, as ``json.loads``.
+        InvalidInput: an integer too long to convert.
+    """
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise
+    except ValueError:  # the scanner's int(): a literal over the int-string conversion limit
+        raise InvalidInput(
+            f"{where} holds an integer of more than {sys.get_int_max_str_digits()} digits; no field takes a number "
+            "that large"
+        ) from None
+
+
 def integral_numbers(value: Any) -> Any:
     """``value`` with every integral float made an int (``5.0`` -> ``5``), in lists and objects too.
 
@@ -78,7 +98,7 @@ def parse_json_body(body: bytes, schema: type[ModelT], example: str) -> ModelT:
         ValidationFailed: not an object, or not the schema (422).
     """
     try:
-        data = json.loads(body)
+        data = loads_json(body, "the body")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"the body is not valid JSON ({e}); send {example}") from None
     except RecursionError:
@@ -138,7 +158,7 @@ class BodyReader(Generic[ModelT]):
         if convert is not None:
             return convert(text)
         try:
-            value = json.loads(text)
+            value = loads_json(text, f"form field {key!r}")
         except (json.JSONDecodeError, RecursionError):
             return text
         return integral_numbers(value) if isinstance(value, int | float | bool) or value is None else text
@@ -214,7 +234,7 @@ def json_text(field_name: str, example: str) -> Callable[[str], Any]:
 
     def convert(text: str) -> Any:
         try:
-            return integral_numbers(json.loads(text))
+            return integral_numbers(loads_json(text, f"form field {field_name!r}"))
         except (json.JSONDecodeError, RecursionError):
             raise InvalidInput(
                 f"form field {field_name!r} must be JSON text like {example}; got {text[:80]!r}"

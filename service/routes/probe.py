@@ -9,6 +9,7 @@ the ``ProbeResponse``.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from functools import partial
 from typing import Any, get_args
@@ -16,7 +17,7 @@ from typing import Any, get_args
 from fastapi import APIRouter, Request
 
 from ..deps import ApiKeyDep, EngineDep, StateDep
-from ..errors import ModelNotReady
+from ..errors import InvalidInput, ModelNotReady
 from ..openapi import request_body
 from ..probe.prepare import prepare_probe
 from ..probe.runner import run_probe
@@ -32,7 +33,13 @@ _INTEGERS = re.compile(r"\s*-?\d+(\s*,\s*-?\d+)*\s*")
 def _labels_text(text: str) -> Any:
     """A ``labels`` form field: ``3``, ``3,1,0`` or JSON (``[3, 1, 0]``; ``null``: none)."""
     if _INTEGERS.fullmatch(text):
-        return [int(v) for v in text.split(",")]
+        try:
+            return [int(v) for v in text.split(",")]
+        except ValueError:  # a label over Python's int-string limit (4300 digits)
+            raise InvalidInput(
+                f"form field 'labels' holds an integer of more than {sys.get_int_max_str_digits()} digits; "
+                "labels are class indices"
+            ) from None
     return json_text("labels", "3 or 3,1,0 or [3, 1, 0]")(text)
 
 

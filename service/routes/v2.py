@@ -43,7 +43,7 @@ from ..schemas.v2 import (
     ServerMetadata,
     ServerReady,
 )
-from ..transport import holds_booleans, integral_numbers
+from ..transport import holds_booleans, integral_numbers, loads_json
 from ..version import __version__
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
@@ -289,14 +289,16 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
         try:
             n = int(header_length)
         except ValueError:
-            raise InvalidInput(f"Inference-Header-Content-Length must be an integer; got {header_length!r}") from None
+            raise InvalidInput(
+                f"Inference-Header-Content-Length must be an integer; got {header_length[:40]!r}"
+            ) from None
         if not 0 < n <= len(body):
             raise InvalidInput(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes")
         head, binary = body[:n], body[n:]
     else:
         head, binary = body, b""
     try:
-        req = json.loads(head)
+        req = loads_json(head, "the inference header")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"the inference header is not valid JSON ({e})") from None
     except RecursionError:
