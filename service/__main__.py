@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from models import CheckpointError, read_manifest
 
 from .config import Settings
+from .server import http_protocol
 
 logger = logging.getLogger("service")
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": settings.log_level,
         "access_log": not args.no_access_log,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "http": http_protocol(),  # uvicorn's parser; a request it cannot parse gets a JSON 400
     }
     if settings.workers == 1:
         from .app import create_app

@@ -57,9 +57,12 @@ class UnsupportedMediaType(InvalidInput):
 
 
 class Unauthorized(ServiceError):  # noqa: N818  (KServe's names)
-    """A protected route was called without the right API key."""
+    """A protected route was called without the right API key (401 with ``WWW-Authenticate``, RFC 9110)."""
 
     status_code = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'ApiKey header="X-API-Key"'})
 
 
 class NotFound(ServiceError):  # noqa: N818  (KServe's names)

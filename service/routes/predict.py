@@ -6,7 +6,8 @@ import time
 from functools import partial
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..config import Settings
 from ..deps import EngineDep, StateDep
@@ -14,7 +15,15 @@ from ..engine import InferenceEngine, PredictJob, random_seed
 from ..errors import InvalidInput
 from ..inputs import InputSpec, decode_inputs
 from ..openapi import request_body
-from ..schemas import ModelsResponse, PredictForm, PredictRequest, PredictResponse, error_responses, floats
+from ..schemas import (
+    ModelsResponse,
+    PredictForm,
+    PredictRequest,
+    PredictResponse,
+    dump_response,
+    error_responses,
+    floats,
+)
 from ..schemas.predict import PredictOptions
 from ..transport import Body, BodyReader, read_body
 
@@ -99,10 +108,11 @@ def prediction_body(
     ),
     openapi_extra=request_body(PredictRequest, PredictForm),
 )
-async def predict(request: Request, state: StateDep, engine: EngineDep) -> dict[str, Any]:
+async def predict(request: Request, state: StateDep, engine: EngineDep) -> Response:
     """JSON ``{"inputs": [...], "samples": T, "seed": S}`` or multipart ``file`` uploads.
 
     The same seed gives the same bytes (``timing`` aside), whatever else is batched with it.
+    The response (megabytes with ``return_samples``) is built in a worker thread, not on the event loop.
     """
     arrived = time.perf_counter()
     s = state.settings
@@ -119,7 +129,10 @@ async def predict(request: Request, state: StateDep, engine: EngineDep) -> dict[
         "total_ms": round((time.perf_counter() - arrived) * 1e3, 3),
         "batch_size": output.batch_size,
     }
-    return prediction_body(engine, job, output, timing)
+    content = await run_in_threadpool(
+        lambda: dump_response(PredictResponse, prediction_body(engine, job, output, timing))
+    )
+    return Response(content, media_type="application/json")
 
 
 @router.get(

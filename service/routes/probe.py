@@ -14,14 +14,15 @@ import time
 from functools import partial
 from typing import Any, get_args
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..deps import ApiKeyDep, EngineDep, StateDep
 from ..errors import InvalidInput, ModelNotReady
 from ..openapi import request_body
 from ..probe.prepare import prepare_probe
 from ..probe.runner import run_probe
-from ..schemas import ProbeForm, ProbeRequest, ProbeResponse, error_responses
+from ..schemas import ProbeForm, ProbeRequest, ProbeResponse, dump_response, error_responses
 from ..schemas.probe import ProbeOptions, SuiteName
 from ..transport import BodyReader, json_text, read_body
 
@@ -75,7 +76,7 @@ PROBE_BODY: BodyReader[ProbeOptions] = BodyReader(
     ),
     openapi_extra=request_body(ProbeRequest, ProbeForm, json_fields=("labels", "attacks")),
 )
-async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: ApiKeyDep) -> dict[str, Any]:
+async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: ApiKeyDep) -> Response:
     """JSON ``{"inputs": [...], "labels": [...], "attacks": [{"name": "pgd", "eps": 0.1}]}`` or multipart.
 
     ``attacks`` may also be a suite: ``"standard"`` or ``"published"``. See docs/attack-probe.md
@@ -98,7 +99,7 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
         metrics=state.metrics,
         threads=s.attack_threads,
     )
-    return {
+    content = {
         "model": engine.name,
         "model_id": engine.model_id,
         "partial": run.partial_reason is not None,
@@ -126,3 +127,5 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
             "limit_s": s.max_probe_seconds,
         },
     }
+    body = await run_in_threadpool(dump_response, ProbeResponse, content)  # images and reports: not on the loop
+    return Response(body, media_type="application/json")

@@ -429,6 +429,11 @@ async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> 
     for v in u.mutual_information.tolist():
         state.metrics.mutual_information.observe(v)
 
+    return await run_in_threadpool(infer_response, engine, req, u)  # the body is built off the event loop
+
+
+def infer_response(engine: InferenceEngine, req: InferRequest, u: Any) -> Response:
+    """The v2 response: JSON, or JSON + binary tensors when any output is binary."""
     outputs, chunks = [], []
     for oname, binary in req.outputs:
         datatype = OUTPUTS[oname][0]
