@@ -50,6 +50,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device=engine.backend.device,
     )
     state.attack_pool = BoundedPool(settings.attack_workers, settings.attack_queue_size, name="attack")
+    # Every admitted request may wait for a decode thread; the threads bound decode memory and CPU.
+    state.decode_pool = BoundedPool(settings.decode_workers, settings.queue_size, name="decode")
     state.probe_model = probe_model(engine.checkpoint.model)
     engine.start()
     state.engine = engine
@@ -59,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         await engine.stop()  # /readyz answers 503 from here on
         await asyncio.to_thread(state.attack_pool.shutdown)
+        await asyncio.to_thread(state.decode_pool.shutdown)
         logger.info("stopped")
 
 

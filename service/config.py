@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         max_body_bytes: largest request body; larger bodies get 413 before they are read.
         max_inputs: most inputs (images) in one request.
         max_image_pixels: largest width x height an uploaded image may claim (decompression-bomb guard).
+        max_request_pixels: most pixels the images of one request may claim together, checked on every
+            header before any pixel is decoded: the bound on one request's decode work (time grows with
+            pixels) and memory (about one decoded image at a time, at most 4 bytes per pixel).
+        decode_workers: threads that parse and decode request bodies and render responses (the
+            request's CPU work besides the model); at most this many decode at once, the rest wait,
+            so decode memory is at most ``decode_workers`` x one request's.
         backbone_chunk: rows per backbone call; a batch runs as consecutive chunks of this size.
             Unset: ``max_batch`` on CUDA (padding is nearly free there), ``min(max_batch, 4)`` on
             CPU, where padded rows cost compute: a lone request pays for 4 rows, not 64.
@@ -76,6 +82,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_inputs: int = Field(64, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
+    max_request_pixels: int = Field(4096 * 4096, ge=1)
+    decode_workers: int = Field(2, ge=1)
     backbone_chunk: int | None = Field(None, ge=1)
     batch_invariant: bool = True
     api_key: SecretStr | None = None

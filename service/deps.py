@@ -30,6 +30,8 @@ class AppState:
         attack_pool: bounded threads for attack probes; None until loaded.
         probe_model: the torch model attack probes differentiate (a frozen copy of the
             checkpoint's, whatever the backend); None until loaded.
+        decode_pool: ``decode_workers`` threads for the requests' CPU work (parsing, decoding,
+            rendering responses); None until loaded.
         load_error: why loading failed, if it did.
     """
 
@@ -38,6 +40,7 @@ class AppState:
     engine: InferenceEngine | None = None
     attack_pool: BoundedPool | None = None
     probe_model: StochasticClassifier | None = None
+    decode_pool: BoundedPool | None = None
     load_error: str | None = None
 
     def ready_engine(self) -> InferenceEngine:
@@ -53,8 +56,19 @@ class AppState:
             raise ModelNotReady()
         return engine
 
+    def cpu_pool(self) -> BoundedPool:
+        """The decode pool (parse, decode, render).
+
+        Raises:
+            ModelNotReady: not started yet, or stopped.
+        """
+        if self.decode_pool is None:
+            raise ModelNotReady()
+        return self.decode_pool
+
     def input_spec(self, engine: InferenceEngine) -> InputSpec:
-        return InputSpec(engine.input_shape, self.settings.max_image_pixels)
+        s = self.settings
+        return InputSpec(engine.input_shape, s.max_image_pixels, s.max_request_pixels)
 
 
 def get_state(request: Request) -> AppState:

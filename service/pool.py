@@ -1,4 +1,4 @@
-"""A bounded thread pool for slow, optional work (attack probes) beside the prediction batcher.
+"""A bounded thread pool for work beside the prediction batcher: attack probes, and decoding (parse, decode, render).
 
 Predictions have their own queue and compute thread (``MicroBatcher``); work that takes
 seconds, like running an attack, goes here so it can never starve predictions of the

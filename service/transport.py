@@ -8,7 +8,7 @@
   as a JSON scalar (``5``, ``true``) or by the field's converter, then validated as strictly.
 
 Either way the route gets a ``Body``: the validated options and the raw inputs (JSON values or
-file bytes), which it decodes in the thread pool together with its other CPU work.
+file bytes), which it decodes in the decode pool together with its other CPU work.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from .errors import InvalidInput, UnsupportedMediaType, ValidationFailed, describe_validation_errors
+from .pool import BoundedPool
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ResultT = TypeVar("ResultT")
@@ -91,7 +91,7 @@ def holds_booleans(value: Any) -> bool:
 
 
 def parse_json_body(body: bytes, schema: type[ModelT], example: str) -> ModelT:
-    """Parse and strictly validate a JSON request body (CPU work: call it in the thread pool).
+    """Parse and strictly validate a JSON request body (CPU work: call it in the decode pool).
 
     Raises:
         InvalidInput: not JSON, or nested too deeply (400).
@@ -209,11 +209,16 @@ def media_type(request: Request) -> str:
 
 
 async def read_body(
-    request: Request, reader: BodyReader[ModelT], *, max_files: int, then: Callable[[Body[ModelT]], ResultT]
+    request: Request,
+    reader: BodyReader[ModelT],
+    *,
+    max_files: int,
+    then: Callable[[Body[ModelT]], ResultT],
+    pool: BoundedPool,
 ) -> ResultT:
-    """Read the body by its content type, validate it, and run ``then`` on it in the thread pool.
+    """Read the body by its content type, validate it, and run ``then`` on it in ``pool`` (the decode pool).
 
-    JSON is parsed in the same thread-pool call as ``then`` (one hop per request).
+    JSON is parsed in the same pool job as ``then`` (one hop per request).
 
     Raises:
         UnsupportedMediaType: neither JSON nor a form (415).
@@ -222,10 +227,10 @@ async def read_body(
     ctype = media_type(request)
     if ctype in JSON_TYPES:
         raw = await request.body()
-        return await run_in_threadpool(lambda: then(reader.parse_json(raw)))
+        return await pool.run(lambda: then(reader.parse_json(raw)))
     if ctype in FORM_TYPES:
         body = await reader.read_form(request, max_files)
-        return await run_in_threadpool(then, body)
+        return await pool.run(then, body)
     raise UnsupportedMediaType(f"content type {ctype!r} is not supported; send application/json or multipart/form-data")
 
 

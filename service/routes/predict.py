@@ -7,7 +7,6 @@ from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from ..config import Settings
 from ..deps import EngineDep, StateDep
@@ -45,7 +44,7 @@ def check_samples(samples: int | None, settings: Settings) -> int:
 
 
 def prepare_job(body: Body[PredictOptions], settings: Settings, spec: InputSpec) -> PredictJob:
-    """Check the options and decode the inputs: the CPU part, run in the thread pool."""
+    """Check the options and decode the inputs: the CPU part, run in the decode pool."""
     req = body.options
     samples = check_samples(req.samples, settings)
     images = decode_inputs(body.inputs, spec, max_inputs=settings.max_inputs, resize=req.resize, name=body.source)
@@ -117,7 +116,8 @@ async def predict(request: Request, state: StateDep, engine: EngineDep) -> Respo
     arrived = time.perf_counter()
     s = state.settings
     prepare = partial(prepare_job, settings=s, spec=state.input_spec(engine))
-    job = await read_body(request, PREDICT_BODY, max_files=s.max_inputs, then=prepare)
+    pool = state.cpu_pool()
+    job = await read_body(request, PREDICT_BODY, max_files=s.max_inputs, then=prepare, pool=pool)
     output = await engine.predict(job)
     metrics = state.metrics
     metrics.samples.observe(job.samples)
@@ -129,9 +129,7 @@ async def predict(request: Request, state: StateDep, engine: EngineDep) -> Respo
         "total_ms": round((time.perf_counter() - arrived) * 1e3, 3),
         "batch_size": output.batch_size,
     }
-    content = await run_in_threadpool(
-        lambda: dump_response(PredictResponse, prediction_body(engine, job, output, timing))
-    )
+    content = await pool.run(lambda: dump_response(PredictResponse, prediction_body(engine, job, output, timing)))
     return Response(content, media_type="application/json")
 
 

@@ -15,7 +15,6 @@ from functools import partial
 from typing import Any, get_args
 
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from ..deps import ApiKeyDep, EngineDep, StateDep
 from ..errors import InvalidInput, ModelNotReady
@@ -85,7 +84,8 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     arrived = time.perf_counter()
     s = state.settings
     prepare = partial(prepare_probe, settings=s, spec=state.input_spec(engine), num_classes=len(engine.class_names))
-    job = await read_body(request, PROBE_BODY, max_files=s.max_probe_inputs, then=prepare)
+    cpu = state.cpu_pool()
+    job = await read_body(request, PROBE_BODY, max_files=s.max_probe_inputs, then=prepare, pool=cpu)
     model, pool = state.probe_model, state.attack_pool
     if model is None or pool is None:
         raise ModelNotReady()
@@ -127,5 +127,5 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
             "limit_s": s.max_probe_seconds,
         },
     }
-    body = await run_in_threadpool(dump_response, ProbeResponse, content)  # images and reports: not on the loop
+    body = await cpu.run(dump_response, ProbeResponse, content)  # images and reports: not on the loop
     return Response(body, media_type="application/json")

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from ..deps import AppState, EngineDep, StateDep
 from ..engine import MAX_SEED, InferenceEngine, PredictJob, random_seed
@@ -414,7 +413,8 @@ async def infer_version(name: str, version: str, request: Request, state: StateD
 async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> Response:
     body = await request.body()
     encoding = request.headers.get("content-encoding", "").strip().lower()
-    req = await run_in_threadpool(
+    pool = state.cpu_pool()
+    req = await pool.run(
         lambda: parse_infer(
             _decompress(body, encoding, state.settings.max_body_bytes),
             request.headers.get(HEADER_LENGTH),
@@ -429,7 +429,7 @@ async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> 
     for v in u.mutual_information.tolist():
         state.metrics.mutual_information.observe(v)
 
-    return await run_in_threadpool(infer_response, engine, req, u)  # the body is built off the event loop
+    return await pool.run(infer_response, engine, req, u)  # the body is built off the event loop
 
 
 def infer_response(engine: InferenceEngine, req: InferRequest, u: Any) -> Response:

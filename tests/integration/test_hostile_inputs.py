@@ -177,6 +177,15 @@ CASES: list[tuple[str, Raw | Call, int]] = [
         Call("/v1/predict", files=[("file", ("w.png", png(np.zeros((56, 56), np.uint8)), "image/png"))]),
         400,
     ),
+    (
+        "predict-16bit-4096px-x8-over-pixel-budget",
+        Call(
+            "/v1/predict",
+            files=[("file", (f"{i}.png", big_png16(4096), "image/png")) for i in range(8)],
+            data={"resize": "true"},
+        ),
+        400,
+    ),
     # -- forms with surprises -----------------------------------------------------------------------------
     ("form-too-many-files", Call("/v1/predict", files=FILE * 65), 400),
     ("form-unknown-field", Call("/v1/predict", files=FILE, data={"evil": "1"}), 400),
