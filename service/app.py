@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from .admission import Admission, AdmissionMiddleware
 from .config import Settings
 from .deps import AppState
 from .engine import InferenceEngine
@@ -74,15 +75,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     app = FastAPI(title="MFDV-SNN inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
-    app.state.mfdv = state = AppState(settings=settings, metrics=metrics)
+    admission = Admission(settings.max_inflight, settings.max_queue_delay_ms / 1000.0)
+    app.state.mfdv = state = AppState(settings=settings, metrics=metrics, admission=admission)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     install_openapi(app, state)
-    # Outermost last: metrics see every response, including 413s and generic 500s.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outermost last: metrics see every response, including 413s, admission's 503s and generic 500s;
+    # admission decides on the headers, before anything reads the body.
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_seconds
+    )
+    app.add_middleware(AdmissionMiddleware, admission=state.admission)
     app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=[r for router in ROUTERS for r in router.routes])
     return app
 
 

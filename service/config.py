@@ -32,6 +32,14 @@ class Settings(BaseSettings):
         max_wait_ms: how long the batcher waits for more requests after the first one arrives.
         queue_size: requests waiting for the batcher; when full, requests get 503 + Retry-After.
         max_body_bytes: largest request body; larger bodies get 413 before they are read.
+        body_timeout_seconds: how long a request body may take to arrive, from the request's
+            arrival; past it, 408 (a client trickling its body cannot hold a place for long).
+        max_inflight: most prediction requests (``/v1/predict``, v2 ``infer``) handled at once,
+            counted from their headers to their response; one more gets 503 + Retry-After before
+            its body is read.
+        max_queue_delay_ms: the longest expected wait a prediction request is admitted with (the
+            requests in flight over the rate this process completes them while busy, as Triton's
+            max queue delay); over it, 503 + Retry-After before the body is read. 0: no limit.
         max_inputs: most inputs (images) in one request.
         max_image_pixels: largest width x height an uploaded image may claim (decompression-bomb guard).
         max_request_pixels: most pixels the images of one request may claim together, checked on every
@@ -80,6 +88,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5, ge=0)
     queue_size: int = Field(1024, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    body_timeout_seconds: float = Field(30, gt=0)
+    max_inflight: int = Field(128, ge=1)
+    max_queue_delay_ms: float = Field(100, ge=0)
     max_inputs: int = Field(64, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     max_request_pixels: int = Field(4096 * 4096, ge=1)

@@ -11,6 +11,7 @@ from fastapi.security import APIKeyHeader
 
 from models import StochasticClassifier
 
+from .admission import Admission
 from .config import Settings
 from .engine import InferenceEngine
 from .errors import ModelNotReady, Unauthorized
@@ -26,6 +27,7 @@ class AppState:
     Attributes:
         settings: the app's settings.
         metrics: its Prometheus metrics (own registry).
+        admission: the admission decision for prediction requests (``service.admission``).
         engine: the loaded model and its batcher; None until the lifespan has loaded it.
         attack_pool: bounded threads for attack probes; None until loaded.
         probe_model: the torch model attack probes differentiate (a frozen copy of the
@@ -37,6 +39,7 @@ class AppState:
 
     settings: Settings
     metrics: Metrics
+    admission: Admission
     engine: InferenceEngine | None = None
     attack_pool: BoundedPool | None = None
     probe_model: StochasticClassifier | None = None
@@ -71,14 +74,14 @@ class AppState:
         return InputSpec(engine.input_shape, s.max_image_pixels, s.max_request_pixels)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: no thread-pool hop per request
     return request.app.state.mfdv
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_engine(state: StateDep) -> InferenceEngine:
+async def get_engine(state: StateDep) -> InferenceEngine:
     return state.ready_engine()
 
 
@@ -92,7 +95,7 @@ API_KEY_HEADER = APIKeyHeader(
 )
 
 
-def require_api_key(state: StateDep, given: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
+async def require_api_key(state: StateDep, given: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
     """Check ``X-API-Key`` against ``MFDV_API_KEY`` (no key configured: open).
 
     Raises:

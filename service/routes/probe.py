@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import time
 from functools import partial
 from typing import Any, get_args
@@ -85,20 +86,24 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     s = state.settings
     prepare = partial(prepare_probe, settings=s, spec=state.input_spec(engine), num_classes=len(engine.class_names))
     cpu = state.cpu_pool()
-    job = await read_body(request, PROBE_BODY, max_files=s.max_probe_inputs, then=prepare, pool=cpu)
     model, pool = state.probe_model, state.attack_pool
     if model is None or pool is None:
         raise ModelNotReady()
-    run = await pool.run(
-        run_probe,
-        model,
-        job,
-        mi_threshold=engine.mi_threshold,
-        deadline=arrived + s.max_probe_seconds,
-        limit_s=s.max_probe_seconds,
-        metrics=state.metrics,
-        threads=s.attack_threads,
-    )
+    cancel = threading.Event()  # set when this request is cancelled (client gone, grace period over)
+    with pool.reserve() as slot:  # a busy pool refuses before the body is read
+        job = await read_body(request, PROBE_BODY, max_files=s.max_probe_inputs, then=prepare, pool=cpu)
+        run = await slot.run(
+            run_probe,
+            model,
+            job,
+            mi_threshold=engine.mi_threshold,
+            deadline=arrived + s.max_probe_seconds,
+            limit_s=s.max_probe_seconds,
+            metrics=state.metrics,
+            threads=s.attack_threads,
+            cancelled=cancel,
+            cancel=cancel,
+        )
     content = {
         "model": engine.name,
         "model_id": engine.model_id,
