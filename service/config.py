@@ -68,9 +68,12 @@ class Settings(BaseSettings):
             (Square) of ``queries`` x ``samples`` (draws per query) x inputs. Over it: 422.
         max_probe_eps: largest perturbation budget an attack may ask for (``eps``, and ``hi`` of
             min_eps), in pixel units. Over it: 422.
-        max_probe_seconds: wall-time limit of one probe, from its arrival. It is checked after
-            each attack: past it, the remaining attacks are skipped and the response is marked
-            ``"partial": true`` with the reason (the attack running when the limit passes finishes).
+        max_probe_seconds: wall-time limit of one probe, from its arrival. It is checked between
+            the steps of every attack (queries, bisection rounds) and after each: past it, the
+            running attack stops with what it has, the rest are skipped, and the response is marked
+            ``"partial": true`` with the reason. The default gradient and query caps are this limit
+            divided by the worst-case time of one cost unit (docs/attack-probe.md), so a probe
+            within the caps fits in the limit on the reference machine.
         log_level: logging level of the service and uvicorn.
     """
 
@@ -102,8 +105,8 @@ class Settings(BaseSettings):
     attack_queue_size: int = Field(4, ge=0)
     attack_threads: int = Field(1, ge=1)
     max_probe_inputs: int = Field(64, ge=1)
-    max_probe_gradient_budget: int = Field(163840, ge=1)
-    max_probe_queries: int = Field(1_024_000, ge=0)
+    max_probe_gradient_budget: int = Field(17_600, ge=1)  # 60 s / 3.4 ms per worst-case unit (docs/attack-probe.md)
+    max_probe_queries: int = Field(34_200, ge=0)  # 60 s / 1.75 ms per worst-case unit
     max_probe_eps: float = Field(0.3, gt=0, le=1)
     max_probe_seconds: float = Field(60, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
