@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -17,7 +18,7 @@ from .errors import CatchAllMiddleware, install_error_handlers
 from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from .openapi import install_openapi
-from .pool import BoundedPool
+from .pool import BoundedPool, lower_thread_priority
 from .probe.runner import probe_model
 from .routes import ROUTERS
 from .version import __version__
@@ -50,7 +51,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend=engine.backend.name,
         device=engine.backend.device,
     )
-    state.attack_pool = BoundedPool(settings.attack_workers, settings.attack_queue_size, name="attack")
+    state.attack_pool = BoundedPool(
+        settings.attack_workers,
+        settings.attack_queue_size,
+        name="attack",
+        initializer=partial(lower_thread_priority, settings.attack_nice),  # attacks get what predictions leave
+    )
     # Every admitted request may wait for a decode thread; the threads bound decode memory and CPU.
     state.decode_pool = BoundedPool(settings.decode_workers, settings.queue_size, name="decode")
     state.probe_model = probe_model(engine.checkpoint.model)

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         attack_queue_size: probes allowed to wait for an attack worker before 503 + Retry-After.
         attack_threads: CPU threads each attack worker computes with (``torch.set_num_threads``
             in that worker thread only; predictions keep theirs), so probes leave cores to predictions.
+        attack_nice: the OS scheduling priority (nice value, 0..19) of the attack worker threads
+            and the threads they start (Linux sets it per thread): 19, the lowest, lets attacks
+            use only the CPU predictions leave; 0 is the predictions' own priority.
         max_probe_inputs: most inputs in one attack-probe request (over it: 422).
         max_probe_gradient_budget: most gradient work in one probe: the sum over its gradient
             attacks of steps x EOT draws x inputs (FGSM: 1 step; the surrogate: 1 draw; min_eps:
@@ -104,6 +107,7 @@ class Settings(BaseSettings):
     attack_workers: int = Field(1, ge=1)
     attack_queue_size: int = Field(4, ge=0)
     attack_threads: int = Field(1, ge=1)
+    attack_nice: int = Field(19, ge=0, le=19)
     max_probe_inputs: int = Field(64, ge=1)
     max_probe_gradient_budget: int = Field(17_600, ge=1)  # 60 s / 3.4 ms per worst-case unit (docs/attack-probe.md)
     max_probe_queries: int = Field(34_200, ge=0)  # 60 s / 1.75 ms per worst-case unit

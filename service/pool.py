@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,8 +19,25 @@ from typing import ParamSpec, TypeVar
 
 from .errors import Overloaded
 
+logger = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Give the calling thread (and the threads it starts later) the nice value ``nice``, if that is lower
+    priority than it has: ``setpriority`` on the thread's id, which Linux applies to that thread only.
+
+    A thread may always lower its own priority; where the OS refuses (not Linux, a sandbox), the
+    thread keeps its priority and a warning is logged.
+    """
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError) as e:
+        logger.warning("cannot lower the priority of thread %d to nice %d: %s", tid, nice, e)
 
 
 class BoundedPool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -550,3 +552,36 @@ def test_attack_threads_apply_to_the_attack_worker_only(hand_checkpoint: Path, m
     with TestClient(create_app(settings(hand_checkpoint, attack_threads=1))) as c:
         assert post(c, {"inputs": arrays([0]), "attacks": [FGSM]}).status_code == 200
     assert seen == [1] and torch.get_num_threads() == before
+
+
+def thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_attacks_run_at_the_lowest_priority_and_predictions_at_theirs(
+    hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack worker thread runs at nice 19 (MFDV_ATTACK_NICE): it gets the CPU predictions leave.
+    The prediction batcher's compute thread keeps the process's priority."""
+    from service.engine import InferenceEngine
+
+    seen: dict[str, int] = {}
+    real_probe, real_run = probe_runner.probe, InferenceEngine.run
+
+    def probe_spy(*args: Any, **kwargs: Any) -> Any:
+        seen["attack"] = thread_nice()
+        return real_probe(*args, **kwargs)
+
+    def run_spy(self: InferenceEngine, jobs: list[Any]) -> Any:
+        seen["predict"] = thread_nice()
+        return real_run(self, jobs)
+
+    monkeypatch.setattr(probe_runner, "probe", probe_spy)
+    monkeypatch.setattr(InferenceEngine, "run", run_spy)
+    process = os.getpriority(os.PRIO_PROCESS, 0)
+    with TestClient(create_app(settings(hand_checkpoint))) as c:
+        assert post(c, {"inputs": arrays([0]), "attacks": [FGSM]}).status_code == 200
+        assert c.post("/v1/predict", json={"inputs": arrays([0])}).status_code == 200
+    assert seen == {"attack": max(19, process), "predict": process}
+    assert thread_nice() == process  # the caller's thread is untouched
