@@ -23,8 +23,6 @@ from .server import http_protocol
 
 logger = logging.getLogger("service")
 
-GRACEFUL_SHUTDOWN_S = 20
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": not args.no_access_log,
-        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "timeout_graceful_shutdown": settings.graceful_seconds,
         "http": http_protocol(),  # uvicorn's parser; a request it cannot parse gets a JSON 400
     }
     if settings.workers == 1:

@@ -15,6 +15,7 @@ from .config import Settings
 from .deps import AppState
 from .engine import InferenceEngine
 from .errors import CatchAllMiddleware, install_error_handlers
+from .lifecycle import Lifecycle, ShutdownMiddleware
 from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from .openapi import install_openapi
@@ -62,11 +63,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.probe_model = probe_model(engine.checkpoint.model)
     engine.start()
     state.engine = engine
+    state.lifecycle.install_sigterm(asyncio.get_running_loop())  # SIGTERM: drain, then uvicorn's shutdown
     logger.info("ready: %s", engine.name)
     try:
         yield
     finally:
-        await engine.stop()  # /readyz answers 503 from here on
+        state.lifecycle.begin()  # /readyz answers 503 from here on (it did already while draining)
+        state.lifecycle.uninstall()
+        await engine.stop()
         await asyncio.to_thread(state.attack_pool.shutdown)
         await asyncio.to_thread(state.decode_pool.shutdown)
         logger.info("stopped")
@@ -82,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     app = FastAPI(title="MFDV-SNN inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     admission = Admission(settings.max_inflight, settings.max_queue_delay_ms / 1000.0)
-    app.state.mfdv = state = AppState(settings=settings, metrics=metrics, admission=admission)
+    lifecycle = Lifecycle(settings.drain_seconds, settings.graceful_seconds)
+    app.state.mfdv = state = AppState(settings=settings, metrics=metrics, admission=admission, lifecycle=lifecycle)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
@@ -94,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(AdmissionMiddleware, admission=state.admission)
     app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(ShutdownMiddleware, lifecycle=lifecycle)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=[r for router in ROUTERS for r in router.routes])
     return app
 

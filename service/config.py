@@ -77,6 +77,12 @@ class Settings(BaseSettings):
             ``"partial": true`` with the reason. The default gradient and query caps are this limit
             divided by the worst-case time of one cost unit (docs/attack-probe.md), so a probe
             within the caps fits in the limit on the reference machine.
+        drain_seconds: after the first SIGTERM, how long the process keeps listening and serving
+            while its readiness routes answer 503 (so load balancers stop sending), before uvicorn
+            shuts down; a second SIGTERM ends it early. 0: shut down at once.
+        graceful_seconds: how long requests in flight get after the drain (uvicorn's
+            ``timeout_graceful_shutdown``); a request cut then gets a JSON 503, and a running
+            probe stops early enough to answer with its partial results.
         log_level: logging level of the service and uvicorn.
     """
 
@@ -113,6 +119,8 @@ class Settings(BaseSettings):
     max_probe_queries: int = Field(34_200, ge=0)  # 60 s / 1.75 ms per worst-case unit
     max_probe_eps: float = Field(0.3, gt=0, le=1)
     max_probe_seconds: float = Field(60, gt=0)
+    drain_seconds: float = Field(5, ge=0)
+    graceful_seconds: float = Field(20, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("api_key", mode="before")

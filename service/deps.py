@@ -16,6 +16,7 @@ from .config import Settings
 from .engine import InferenceEngine
 from .errors import ModelNotReady, Unauthorized
 from .inputs import InputSpec
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .pool import BoundedPool
 
@@ -28,6 +29,7 @@ class AppState:
         settings: the app's settings.
         metrics: its Prometheus metrics (own registry).
         admission: the admission decision for prediction requests (``service.admission``).
+        lifecycle: where the process stands in its shutdown (``service.lifecycle``).
         engine: the loaded model and its batcher; None until the lifespan has loaded it.
         attack_pool: bounded threads for attack probes; None until loaded.
         probe_model: the torch model attack probes differentiate (a frozen copy of the
@@ -40,6 +42,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     admission: Admission
+    lifecycle: Lifecycle
     engine: InferenceEngine | None = None
     attack_pool: BoundedPool | None = None
     probe_model: StochasticClassifier | None = None
@@ -57,6 +60,17 @@ class AppState:
             if self.load_error:
                 raise ModelNotReady(f"the model failed to load: {self.load_error}", retry_after=30)
             raise ModelNotReady()
+        return engine
+
+    def readiness(self) -> InferenceEngine:
+        """The engine if this replica should get traffic: ready and not shutting down.
+
+        Raises:
+            ModelNotReady: not ready (see ``ready_engine``), or draining before shutdown.
+        """
+        engine = self.ready_engine()
+        if self.lifecycle.draining:
+            raise ModelNotReady("the service is shutting down; send requests to another replica")
         return engine
 
     def cpu_pool(self) -> BoundedPool:

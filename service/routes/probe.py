@@ -102,6 +102,7 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
             metrics=state.metrics,
             threads=s.attack_threads,
             cancelled=cancel,
+            shutdown_deadline=state.lifecycle.answers_due,
             cancel=cancel,
         )
     content = {

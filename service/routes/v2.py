@@ -98,7 +98,7 @@ async def live() -> ServerLive:
 
 @router.get("/health/ready", summary="Server ready (else 503)", responses=error_responses(_NOT_READY))
 async def ready(state: StateDep) -> ServerReady:
-    state.ready_engine()
+    state.readiness()
     return ServerReady(ready=True)
 
 
@@ -137,8 +137,8 @@ async def metadata_version(name: str, version: str, engine: EngineDep) -> ModelM
     summary="Model ready (else 503 or 404)",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
-async def model_ready(name: str, engine: EngineDep) -> ModelReady:
-    return ModelReady(name=_model(engine, name).name, ready=True)
+async def model_ready(name: str, state: StateDep, engine: EngineDep) -> ModelReady:
+    return ModelReady(name=_model(state.readiness(), name).name, ready=True)
 
 
 @router.get(
@@ -146,8 +146,8 @@ async def model_ready(name: str, engine: EngineDep) -> ModelReady:
     summary="Model ready (else 503 or 404)",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
-async def model_version_ready(name: str, version: str, engine: EngineDep) -> ModelReady:
-    return ModelReady(name=_model(engine, name, version).name, ready=True)
+async def model_version_ready(name: str, version: str, state: StateDep, engine: EngineDep) -> ModelReady:
+    return ModelReady(name=_model(state.readiness(), name, version).name, ready=True)
 
 
 # -- inference ------------------------------------------------------------------------------
