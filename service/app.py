@@ -73,6 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.stop()
         await asyncio.to_thread(state.attack_pool.shutdown)
         await asyncio.to_thread(state.decode_pool.shutdown)
+        state.metrics.close()
         logger.info("stopped")
 
 
