@@ -99,10 +99,12 @@ def prediction_body(
     responses=error_responses(
         {
             400: "bad input (the message says what to fix)",
+            408: "the body did not arrive within MFDV_BODY_TIMEOUT_SECONDS",
             413: "body over MFDV_MAX_BODY_BYTES",
             415: "not JSON or multipart",
             422: "body does not match the schema",
-            503: "model not ready, or queue full (Retry-After)",
+            503: "model not ready, refused by admission before the body was read (MFDV_MAX_INFLIGHT, "
+            "MFDV_MAX_QUEUE_DELAY_MS), queue full, or cut at the end of the shutdown grace period (Retry-After)",
         }
     ),
     openapi_extra=request_body(PredictRequest, PredictForm),

@@ -68,10 +68,12 @@ PROBE_BODY: BodyReader[ProbeOptions] = BodyReader(
         {
             400: "bad input, label or judge_samples (the message says what to fix)",
             401: "MFDV_API_KEY is set and X-API-Key is missing or wrong",
+            408: "the body did not arrive within MFDV_BODY_TIMEOUT_SECONDS",
             413: "body over MFDV_MAX_BODY_BYTES",
             415: "not JSON or multipart",
             422: "body does not match the schema, or a probe cap exceeded",
-            503: "model not ready, or the attack pool is busy (Retry-After)",
+            503: "model not ready, the attack pool is busy (refused before the body is read), or cut at the end "
+            "of the shutdown grace period (Retry-After)",
         }
     ),
     openapi_extra=request_body(ProbeRequest, ProbeForm, json_fields=("labels", "attacks")),

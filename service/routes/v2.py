@@ -74,6 +74,7 @@ _NOT_READY = {503: "model not ready, or shutting down (Retry-After)"}
 _UNKNOWN = {404: "unknown model or version"}
 _INFER_ERRORS = {
     400: "bad request: tensor, datatype, shape, parameters or outputs (the message says what to fix)",
+    408: "the body did not arrive within MFDV_BODY_TIMEOUT_SECONDS",
     413: "body over MFDV_MAX_BODY_BYTES (after decompression)",
 }
 
@@ -394,7 +395,14 @@ _INFER = {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
         },
-        **error_responses({**_INFER_ERRORS, **_UNKNOWN, **_NOT_READY}),
+        **error_responses(
+            {
+                **_INFER_ERRORS,
+                **_UNKNOWN,
+                503: "model not ready, refused by admission before the body was read (MFDV_MAX_INFLIGHT, "
+                "MFDV_MAX_QUEUE_DELAY_MS), queue full, or cut at the end of the shutdown grace period (Retry-After)",
+            }
+        ),
     },
     "openapi_extra": request_body(InferenceRequest, components=(InferenceResponse,)),
 }
