@@ -31,6 +31,16 @@ from .errors import error_response
 PREDICT_PATHS = re.compile(r"^/v1/predict$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 """The routes admission control applies to (POST only)."""
 
+ROUTE_LABEL = "mfdv.route"
+"""Scope key where a refusal leaves its route template, for the metrics (no router has run)."""
+
+
+def route_template(path: str) -> str:
+    """The route template of a path ``PREDICT_PATHS`` matches (the label metrics count it under)."""
+    if path == "/v1/predict":
+        return path
+    return "/v2/models/{name}/versions/{version}/infer" if "/versions/" in path else "/v2/models/{name}/infer"
+
 
 class ThroughputEstimator:
     """Completions per second while busy: an EWMA over windows of ``window_s`` busy seconds.
@@ -154,6 +164,7 @@ class AdmissionMiddleware:
         admission = self.admission
         reason = admission.refusal()
         if reason is not None:
+            scope[ROUTE_LABEL] = route_template(scope["path"])
             response = error_response(503, reason, {"Retry-After": str(admission.retry_after())})
             await response(scope, receive, send)  # the body is never read
             return

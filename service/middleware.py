@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .admission import ROUTE_LABEL
 from .errors import PayloadTooLarge, RequestTimeout, error_response
 from .metrics import Metrics
 
@@ -93,6 +94,8 @@ class MetricsMiddleware:
         route = scope.get("route")
         if route is not None and hasattr(route, "path"):
             return route.path
+        if ROUTE_LABEL in scope:  # refused by admission, labelled there: no route matching per refusal
+            return scope[ROUTE_LABEL]
         for candidate in self.routes:
             match, _ = candidate.matches({**scope, "type": "http"})
             if match == Match.FULL and hasattr(candidate, "path"):

@@ -95,6 +95,18 @@ def test_which_paths_are_admission_controlled(path: str, admitted: bool) -> None
     assert bool(PREDICT_PATHS.match(path)) is admitted
 
 
+def test_a_refusal_is_labelled_with_its_route_template(hand_checkpoint: Path) -> None:
+    """Refused before routing, a request still counts under its route template, as if it had been routed."""
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu"))
+    with TestClient(app) as c:
+        app.state.mfdv.admission.max_inflight = 0  # refuse everything
+        for path in ("/v1/predict", "/v2/models/tiny_mfdv/infer", "/v2/models/tiny_mfdv/versions/1/infer"):
+            assert c.post(path, content=b"{}").status_code == 503
+        text = c.get("/metrics").text
+    for template in ("/v1/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        assert f'mfdv_requests_total{{method="POST",route="{template}",status="503"}} 1.0' in text
+
+
 @pytest.fixture
 def held_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
     """Every batch waits in the compute thread until released."""
