@@ -63,13 +63,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.probe_model = probe_model(engine.checkpoint.model)
     engine.start()
     state.engine = engine
-    state.lifecycle.install_sigterm(asyncio.get_running_loop())  # SIGTERM: drain, then uvicorn's shutdown
+    state.lifecycle.start(asyncio.get_running_loop())  # SIGTERM: drain, then uvicorn's shutdown
     logger.info("ready: %s", engine.name)
     try:
         yield
     finally:
-        state.lifecycle.begin()  # /readyz answers 503 from here on (it did already while draining)
-        state.lifecycle.uninstall()
+        state.lifecycle.stop()  # /readyz answers 503 from here on (it did already while draining)
         await engine.stop()
         await asyncio.to_thread(state.attack_pool.shutdown)
         await asyncio.to_thread(state.decode_pool.shutdown)

@@ -52,6 +52,18 @@ class Lifecycle:
         self._answers_due: float | None = None
         self._restore: Handler | None = None
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The app serves from now on (again, for an app whose lifespan runs twice): not draining;
+        SIGTERM drains first (``install_sigterm``)."""
+        self.draining = False
+        self._answers_due = None
+        self.install_sigterm(loop)
+
+    def stop(self) -> None:
+        """The app stops serving: not ready from now on; the process's SIGTERM handler is restored."""
+        self.begin()
+        self.uninstall()
+
     def begin(self) -> None:
         """Shutdown has begun: not ready from now on; answers are due before the grace period ends."""
         if not self.draining:
