@@ -8,9 +8,14 @@ Settings come from ``MFDV_*`` environment variables; flags override them::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -19,10 +24,10 @@ from pydantic import ValidationError
 from models import CheckpointError, read_manifest
 
 from .config import Settings
+from .metrics import MULTIPROC_ENV
+from .server import http_protocol
 
 logger = logging.getLogger("service")
-
-GRACEFUL_SHUTDOWN_S = 20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": not args.no_access_log,
-        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "timeout_graceful_shutdown": settings.graceful_seconds,
+        "http": http_protocol(),  # uvicorn's parser; a request it cannot parse gets a JSON 400
     }
     if settings.workers == 1:
         from .app import create_app
@@ -81,8 +87,34 @@ def main(argv: list[str] | None = None) -> int:
         # Worker processes build their own app from the environment: pass the flags on.
         for key, value in overrides.items():
             os.environ[f"MFDV_{key.upper()}"] = str(value)
-        uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
+        with multiprocess_metrics_dir():
+            uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
     return 0
+
+
+@contextlib.contextmanager
+def multiprocess_metrics_dir() -> Iterator[Path]:
+    """prometheus_client's multiprocess mode for the worker processes started inside the block.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` names the directory where every worker writes its values and
+    from which ``/metrics`` adds them up; the workers read it when they import prometheus_client.
+    Unset: a fresh temporary directory, removed afterwards. Set: that directory, emptied of the
+    value files of an earlier run first (stale files would be added up too).
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="mfdv-metrics-"))
+    if given:
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+    logger.info("metrics of all workers are added up from %s (prometheus_client multiprocess mode)", path)
+    try:
+        yield path
+    finally:
+        if not given:
+            shutil.rmtree(path, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,20 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
+from .admission import Admission, AdmissionMiddleware
 from .config import Settings
 from .deps import AppState
 from .engine import InferenceEngine
 from .errors import CatchAllMiddleware, install_error_handlers
+from .lifecycle import Lifecycle, ShutdownMiddleware
 from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from .openapi import install_openapi
-from .pool import BoundedPool
+from .pool import BoundedPool, lower_thread_priority
 from .probe.runner import probe_model
 from .routes import ROUTERS
 from .routes.playground import install_playground
@@ -50,16 +53,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend=engine.backend.name,
         device=engine.backend.device,
     )
-    state.attack_pool = BoundedPool(settings.attack_workers, settings.attack_queue_size, name="attack")
+    state.attack_pool = BoundedPool(
+        settings.attack_workers,
+        settings.attack_queue_size,
+        name="attack",
+        initializer=partial(lower_thread_priority, settings.attack_nice),  # attacks get what predictions leave
+    )
+    # Every admitted request may wait for a decode thread; the threads bound decode memory and CPU.
+    state.decode_pool = BoundedPool(settings.decode_workers, settings.queue_size, name="decode")
     state.probe_model = probe_model(engine.checkpoint.model)
     engine.start()
     state.engine = engine
+    state.lifecycle.start(asyncio.get_running_loop())  # SIGTERM: drain, then uvicorn's shutdown
     logger.info("ready: %s", engine.name)
     try:
         yield
     finally:
-        await engine.stop()  # /readyz answers 503 from here on
+        state.lifecycle.stop()  # /readyz answers 503 from here on (it did already while draining)
+        await engine.stop()
         await asyncio.to_thread(state.attack_pool.shutdown)
+        await asyncio.to_thread(state.decode_pool.shutdown)
+        state.metrics.close()
         logger.info("stopped")
 
 
@@ -72,17 +86,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     app = FastAPI(title="MFDV-SNN inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
-    app.state.mfdv = state = AppState(settings=settings, metrics=metrics)
+    admission = Admission(settings.max_inflight, settings.max_queue_delay_ms / 1000.0)
+    lifecycle = Lifecycle(settings.drain_seconds, settings.graceful_seconds)
+    app.state.mfdv = state = AppState(settings=settings, metrics=metrics, admission=admission, lifecycle=lifecycle)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     if settings.ui:
         install_playground(app)
     install_openapi(app, state)
-    # Outermost last: metrics see every response, including 413s and generic 500s.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outermost last: metrics see every response, including 413s, admission's 503s and generic 500s;
+    # admission decides on the headers, before anything reads the body.
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_seconds
+    )
+    app.add_middleware(AdmissionMiddleware, admission=state.admission)
     app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(ShutdownMiddleware, lifecycle=lifecycle)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=[r for router in ROUTERS for r in router.routes])
     return app
 
 

@@ -32,8 +32,22 @@ class Settings(BaseSettings):
         max_wait_ms: how long the batcher waits for more requests after the first one arrives.
         queue_size: requests waiting for the batcher; when full, requests get 503 + Retry-After.
         max_body_bytes: largest request body; larger bodies get 413 before they are read.
+        body_timeout_seconds: how long a request body may take to arrive, from the request's
+            arrival; past it, 408 (a client trickling its body cannot hold a place for long).
+        max_inflight: most prediction requests (``/v1/predict``, v2 ``infer``) handled at once,
+            counted from their headers to their response; one more gets 503 + Retry-After before
+            its body is read.
+        max_queue_delay_ms: the longest expected wait a prediction request is admitted with (the
+            requests in flight over the rate this process completes them while busy, as Triton's
+            max queue delay); over it, 503 + Retry-After before the body is read. 0: no limit.
         max_inputs: most inputs (images) in one request.
         max_image_pixels: largest width x height an uploaded image may claim (decompression-bomb guard).
+        max_request_pixels: most pixels the images of one request may claim together, checked on every
+            header before any pixel is decoded: the bound on one request's decode work (time grows with
+            pixels) and memory (about one decoded image at a time, at most 4 bytes per pixel).
+        decode_workers: threads that parse and decode request bodies and render responses (the
+            request's CPU work besides the model); at most this many decode at once, the rest wait,
+            so decode memory is at most ``decode_workers`` x one request's.
         backbone_chunk: rows per backbone call; a batch runs as consecutive chunks of this size.
             Unset: ``max_batch`` on CUDA (padding is nearly free there), ``min(max_batch, 4)`` on
             CPU, where padded rows cost compute: a lone request pays for 4 rows, not 64.
@@ -45,6 +59,9 @@ class Settings(BaseSettings):
         attack_queue_size: probes allowed to wait for an attack worker before 503 + Retry-After.
         attack_threads: CPU threads each attack worker computes with (``torch.set_num_threads``
             in that worker thread only; predictions keep theirs), so probes leave cores to predictions.
+        attack_nice: the OS scheduling priority (nice value, 0..19) of the attack worker threads
+            and the threads they start (Linux sets it per thread): 19, the lowest, lets attacks
+            use only the CPU predictions leave; 0 is the predictions' own priority.
         max_probe_inputs: most inputs in one attack-probe request (over it: 422).
         max_probe_gradient_budget: most gradient work in one probe: the sum over its gradient
             attacks of steps x EOT draws x inputs (FGSM: 1 step; the surrogate: 1 draw; min_eps:
@@ -54,9 +71,18 @@ class Settings(BaseSettings):
             (Square) of ``queries`` x ``samples`` (draws per query) x inputs. Over it: 422.
         max_probe_eps: largest perturbation budget an attack may ask for (``eps``, and ``hi`` of
             min_eps), in pixel units. Over it: 422.
-        max_probe_seconds: wall-time limit of one probe, from its arrival. It is checked after
-            each attack: past it, the remaining attacks are skipped and the response is marked
-            ``"partial": true`` with the reason (the attack running when the limit passes finishes).
+        max_probe_seconds: wall-time limit of one probe, from its arrival. It is checked between
+            the steps of every attack (queries, bisection rounds) and after each: past it, the
+            running attack stops with what it has, the rest are skipped, and the response is marked
+            ``"partial": true`` with the reason. The default gradient and query caps are this limit
+            divided by the worst-case time of one cost unit (docs/attack-probe.md), so a probe
+            within the caps fits in the limit on the reference machine.
+        drain_seconds: after the first SIGTERM, how long the process keeps listening and serving
+            while its readiness routes answer 503 (so load balancers stop sending), before uvicorn
+            shuts down; a second SIGTERM ends it early. 0: shut down at once.
+        graceful_seconds: how long requests in flight get after the drain (uvicorn's
+            ``timeout_graceful_shutdown``); a request cut then gets a JSON 503, and a running
+            probe stops early enough to answer with its partial results.
         log_level: logging level of the service and uvicorn.
         ui: serve the playground page (``/`` redirects to ``/ui/``): static HTML, CSS and JavaScript
             that call only the public API; off: both paths answer 404.
@@ -76,19 +102,27 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5, ge=0)
     queue_size: int = Field(1024, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    body_timeout_seconds: float = Field(30, gt=0)
+    max_inflight: int = Field(128, ge=1)
+    max_queue_delay_ms: float = Field(100, ge=0)
     max_inputs: int = Field(64, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
+    max_request_pixels: int = Field(4096 * 4096, ge=1)
+    decode_workers: int = Field(2, ge=1)
     backbone_chunk: int | None = Field(None, ge=1)
     batch_invariant: bool = True
     api_key: SecretStr | None = None
     attack_workers: int = Field(1, ge=1)
     attack_queue_size: int = Field(4, ge=0)
     attack_threads: int = Field(1, ge=1)
+    attack_nice: int = Field(19, ge=0, le=19)
     max_probe_inputs: int = Field(64, ge=1)
-    max_probe_gradient_budget: int = Field(163840, ge=1)
-    max_probe_queries: int = Field(1_024_000, ge=0)
+    max_probe_gradient_budget: int = Field(17_600, ge=1)  # 60 s / 3.4 ms per worst-case unit (docs/attack-probe.md)
+    max_probe_queries: int = Field(34_200, ge=0)  # 60 s / 1.75 ms per worst-case unit
     max_probe_eps: float = Field(0.3, gt=0, le=1)
     max_probe_seconds: float = Field(60, gt=0)
+    drain_seconds: float = Field(5, ge=0)
+    graceful_seconds: float = Field(20, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     ui: bool = True
 

@@ -11,10 +11,12 @@ from fastapi.security import APIKeyHeader
 
 from models import StochasticClassifier
 
+from .admission import Admission
 from .config import Settings
 from .engine import InferenceEngine
 from .errors import ModelNotReady, Unauthorized
 from .inputs import InputSpec
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .pool import BoundedPool
 
@@ -26,18 +28,25 @@ class AppState:
     Attributes:
         settings: the app's settings.
         metrics: its Prometheus metrics (own registry).
+        admission: the admission decision for prediction requests (``service.admission``).
+        lifecycle: where the process stands in its shutdown (``service.lifecycle``).
         engine: the loaded model and its batcher; None until the lifespan has loaded it.
         attack_pool: bounded threads for attack probes; None until loaded.
         probe_model: the torch model attack probes differentiate (a frozen copy of the
             checkpoint's, whatever the backend); None until loaded.
+        decode_pool: ``decode_workers`` threads for the requests' CPU work (parsing, decoding,
+            rendering responses); None until loaded.
         load_error: why loading failed, if it did.
     """
 
     settings: Settings
     metrics: Metrics
+    admission: Admission
+    lifecycle: Lifecycle
     engine: InferenceEngine | None = None
     attack_pool: BoundedPool | None = None
     probe_model: StochasticClassifier | None = None
+    decode_pool: BoundedPool | None = None
     load_error: str | None = None
 
     def ready_engine(self) -> InferenceEngine:
@@ -53,18 +62,40 @@ class AppState:
             raise ModelNotReady()
         return engine
 
+    def readiness(self) -> InferenceEngine:
+        """The engine if this replica should get traffic: ready and not shutting down.
+
+        Raises:
+            ModelNotReady: not ready (see ``ready_engine``), or draining before shutdown.
+        """
+        engine = self.ready_engine()
+        if self.lifecycle.draining:
+            raise ModelNotReady("the service is shutting down; send requests to another replica")
+        return engine
+
+    def cpu_pool(self) -> BoundedPool:
+        """The decode pool (parse, decode, render).
+
+        Raises:
+            ModelNotReady: not started yet, or stopped.
+        """
+        if self.decode_pool is None:
+            raise ModelNotReady()
+        return self.decode_pool
+
     def input_spec(self, engine: InferenceEngine) -> InputSpec:
-        return InputSpec(engine.input_shape, self.settings.max_image_pixels)
+        s = self.settings
+        return InputSpec(engine.input_shape, s.max_image_pixels, s.max_request_pixels)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: no thread-pool hop per request
     return request.app.state.mfdv
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_engine(state: StateDep) -> InferenceEngine:
+async def get_engine(state: StateDep) -> InferenceEngine:
     return state.ready_engine()
 
 
@@ -78,7 +109,7 @@ API_KEY_HEADER = APIKeyHeader(
 )
 
 
-def require_api_key(state: StateDep, given: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
+async def require_api_key(state: StateDep, given: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
     """Check ``X-API-Key`` against ``MFDV_API_KEY`` (no key configured: open).
 
     Raises:

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,15 +58,24 @@ class UnsupportedMediaType(InvalidInput):
 
 
 class Unauthorized(ServiceError):  # noqa: N818  (KServe's names)
-    """A protected route was called without the right API key."""
+    """A protected route was called without the right API key (401 with ``WWW-Authenticate``, RFC 9110)."""
 
     status_code = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'ApiKey header="X-API-Key"'})
 
 
 class NotFound(ServiceError):  # noqa: N818  (KServe's names)
     """An unknown model name or version."""
 
     status_code = 404
+
+
+class RequestTimeout(ServiceError):  # noqa: N818  (KServe's names)
+    """The body did not arrive within ``body_timeout_seconds``."""
+
+    status_code = 408
 
 
 class PayloadTooLarge(ServiceError):  # noqa: N818  (KServe's names)
@@ -135,9 +145,20 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return error_response(422, describe_validation_errors(exc.errors()))
 
 
+async def _client_gone(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClientDisconnect)
+    logger.debug("the client closed the connection before its body was read")
+    return error_response(CLIENT_CLOSED, "the client closed the connection before its request body was received")
+
+
+CLIENT_CLOSED = 499
+"""Status recorded (nginx's convention) when the client left before its body was read; nobody receives it."""
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain exceptions, HTTP exceptions and validation errors to ``{"error": ...}`` responses."""
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
 

@@ -9,12 +9,20 @@ Accepted inputs (one image each):
 Images must have the model's size unless ``resize`` is set; colour and gray are
 converted to the model's channels. Image headers are checked before any pixel is
 decoded, so a file claiming huge dimensions costs nothing.
+
+What decoding may cost is bounded before it starts: every image's header of a request is read
+first, and together they may claim at most ``max_request_pixels`` pixels (a 32 KB PNG can claim
+16 million). Within that budget a request's decode holds about one decoded image at a time
+(at most 4 bytes per pixel): JPEGs are decoded already reduced (the decoder's DCT scaling, up to
+1/8 per side) when they are resized, large images are box-reduced in their own mode before
+anything is converted, and 16-bit images become float32, never float64.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import warnings
 from collections.abc import Sequence
@@ -30,17 +38,30 @@ from .errors import InvalidInput
 IMAGE_FORMATS = ("PNG", "JPEG")
 
 
+REDUCING_GAP = 3.0
+"""A resize first box-reduces the image by whole factors per side as long as it stays at least this
+many times the target size, then resamples bilinearly; below 3x it is the bilinear resize alone."""
+
+REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
+"""Modes ``Image.reduce`` works in (others are converted first)."""
+
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model takes and how large an image may claim to be.
+    """What the model takes and how large images may claim to be.
 
     Attributes:
         shape: (C, H, W) of one input.
-        max_image_pixels: largest width x height accepted before decoding.
+        max_image_pixels: largest width x height one image may claim (checked before decoding).
+        max_request_pixels: most pixels all images of one request may claim together (before decoding;
+            after a JPEG's DCT reduction): the bound on one request's decode work and memory.
     """
 
     shape: tuple[int, int, int]
     max_image_pixels: int
+    max_request_pixels: int = 4096 * 4096
 
     @property
     def shape_text(self) -> str:
@@ -109,37 +130,85 @@ def decode_base64(text: str, where: str) -> bytes:
         ) from None
 
 
-def _to_channels(im: Image.Image, channels: int, size: tuple[int, int], where: str) -> np.ndarray:
-    """Image -> array [H, W, C] with the model's channels and ``size`` (uint8, or float32 in [0, 1] for 16-bit)."""
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+def _reduction(src: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """Whole box-reduction factors per side (x, y) that keep ``src`` at least ``REDUCING_GAP`` x ``size``."""
+    return tuple(max(int(s / t / REDUCING_GAP), 1) for s, t in zip(src, size, strict=True))  # type: ignore[return-value]
+
+
+def _box_reduce(im: Image.Image, factors: tuple[int, int]) -> np.ndarray:
+    """Mean over ``fx`` x ``fy`` blocks of a one-band image -> float32 [H / fy, W / fx] (the last partial
+    blocks are dropped).
+
+    One band of rows at a time (a crop, then its float32 copy): no full-size copy of the image is made.
+    """
+    fx, fy = factors
+    h, w = im.height // fy, im.width // fx
+    out = np.empty((h, w), np.float32)
+    for i in range(h):
+        band = np.asarray(im.crop((0, i * fy, w * fx, (i + 1) * fy)), dtype=np.float32)  # (fy, w * fx)
+        out[i] = band.reshape(fy, w, fx).mean(axis=(0, 2))
+    return out
+
+
+def _wide_gray(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """A 16- or 32-bit grey image (I;16*, I, F) -> float32 [H, W] in [0, 1] of ``size``.
+
+    I;16 is scaled by 65535; I and F by 65535 when any pixel is above 255, else by 255. An image
+    within ``REDUCING_GAP`` x the model's size is scaled in float64 (small: at most 9x the model's
+    pixels); a larger one is box-reduced first, in float32, one band of rows at a time.
+    """
+    sixteen = im.mode in SIXTEEN_BIT_MODES
+    factors = _reduction(im.size, size)
+    if factors == (1, 1):
         arr = np.asarray(im, dtype=np.float64)
-        scale = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        gray = Image.fromarray((arr / scale).clip(0, 1).astype(np.float32), mode="F")
-        if gray.size != size:
-            gray = gray.resize(size, Image.Resampling.BILINEAR)
-        out = np.asarray(gray, dtype=np.float32)[..., None]
+        scale = 65535.0 if sixteen or arr.max() > 255 else 255.0
+        gray = (arr / scale).clip(0, 1).astype(np.float32)
+    else:
+        scale = 65535.0 if sixteen or float(im.getextrema()[1]) > 255 else 255.0  # the whole image's maximum
+        reduced = _box_reduce(im, factors) if sixteen else np.asarray(im.reduce(factors), dtype=np.float32)
+        gray = (reduced / np.float32(scale)).clip(0, 1)
+    out = Image.fromarray(gray, mode="F")
+    if out.size != size:
+        out = out.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.float32)
+
+
+def _to_channels(im: Image.Image, channels: int, size: tuple[int, int], where: str) -> np.ndarray:
+    """Image -> array [H, W, C] with the model's channels and ``size`` (uint8, or float32 in [0, 1] for 16-bit).
+
+    A large image is box-reduced in its own mode first (``REDUCING_GAP``), so no full-size copy in
+    another mode or dtype is made; then converted and resized bilinearly, as a small image always was.
+    """
+    if im.mode in SIXTEEN_BIT_MODES or im.mode in ("I", "F"):
+        out = _wide_gray(im, size)[..., None]
         return np.repeat(out, channels, axis=2) if channels == 3 else out
     if channels not in (1, 3):
         raise InvalidInput(
             f"{where}: this model takes {channels}-channel inputs, which images cannot carry; send arrays"
         )
-    im = im.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    factors = _reduction(im.size, size)
+    if factors != (1, 1):
+        if im.mode not in REDUCIBLE_MODES:  # palette, 1-bit: their values cannot be averaged
+            im = im.convert(mode)
+        im = im.reduce(factors)
+    im = im.convert(mode)
     if im.size != size:
         im = im.resize(size, Image.Resampling.BILINEAR)
     arr = np.asarray(im)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def decode_image(data: bytes, spec: InputSpec, where: str, resize: bool = False) -> np.ndarray:
-    """PNG/JPEG bytes -> float32 [C, H, W] in [0, 1].
+def open_image(data: bytes, spec: InputSpec, where: str, resize: bool = False) -> Image.Image:
+    """PNG/JPEG bytes -> an opened image whose header is checked and whose pixels are not decoded yet.
 
-    The header is checked (format, claimed size, model size) before pixels are decoded.
+    A JPEG that will be resized is set to decode already reduced (``Image.draft``: the decoder's
+    DCT scaling by 1/2, 1/4 or 1/8 per side, down to no less than the model's size).
 
     Raises:
-        InvalidInput: not a PNG/JPEG, too many pixels claimed, wrong size without
-            ``resize``, truncated or corrupt data.
+        InvalidInput: not a PNG/JPEG, too many pixels claimed, wrong size without ``resize``.
     """
-    c, h, w = spec.shape
+    _, h, w = spec.shape
     if not data:
         raise InvalidInput(f"{where} is empty; send a PNG or JPEG file")
     try:
@@ -153,18 +222,33 @@ def decode_image(data: bytes, spec: InputSpec, where: str, resize: bool = False)
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InvalidInput(f"{where} is not a PNG or JPEG image; send PNG/JPEG bytes or a nested array") from None
+    iw, ih = im.size
+    if iw * ih > spec.max_image_pixels:
+        im.close()
+        raise InvalidInput(
+            f"{where} claims {iw}x{ih} = {iw * ih} pixels, over the limit of {spec.max_image_pixels} "
+            f"(a decompression bomb?); send an image of {w}x{h} pixels"
+        )
+    if not resize and (iw, ih) != (w, h):
+        im.close()
+        raise InvalidInput(
+            f"{where} is {iw}x{ih} pixels; this model expects {w}x{h} (width x height). "
+            "Resize it, or set resize=true to let the service resize it"
+        )
+    if im.format == "JPEG" and (iw, ih) != (w, h):
+        with contextlib.suppress(OSError, ValueError):  # else decoded at full size, within the checked budget
+            im.draft(im.mode, (w, h))
+    return im
+
+
+def decode_opened(im: Image.Image, spec: InputSpec, where: str) -> np.ndarray:
+    """An opened image (``open_image``) -> float32 [C, H, W] in [0, 1]; the image is closed after.
+
+    Raises:
+        InvalidInput: truncated or corrupt data, or channels an image cannot carry.
+    """
+    c, h, w = spec.shape
     with im:
-        iw, ih = im.size
-        if iw * ih > spec.max_image_pixels:
-            raise InvalidInput(
-                f"{where} claims {iw}x{ih} = {iw * ih} pixels, over the limit of {spec.max_image_pixels} "
-                f"(a decompression bomb?); send an image of {w}x{h} pixels"
-            )
-        if not resize and (iw, ih) != (w, h):
-            raise InvalidInput(
-                f"{where} is {iw}x{ih} pixels; this model expects {w}x{h} (width x height). "
-                "Resize it, or set resize=true to let the service resize it"
-            )
         try:
             im.load()
             arr = _to_channels(im, c, (w, h), where)
@@ -180,12 +264,25 @@ def decode_image(data: bytes, spec: InputSpec, where: str, resize: bool = False)
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-def decode_item(value: Any, spec: InputSpec, where: str, resize: bool = False) -> np.ndarray:
-    """One JSON input (nested array or base64 string) or raw bytes -> float32 [C, H, W]."""
+def decode_image(data: bytes, spec: InputSpec, where: str, resize: bool = False) -> np.ndarray:
+    """PNG/JPEG bytes -> float32 [C, H, W] in [0, 1].
+
+    The header is checked (format, claimed size, model size) before pixels are decoded.
+
+    Raises:
+        InvalidInput: not a PNG/JPEG, too many pixels claimed, wrong size without
+            ``resize``, truncated or corrupt data.
+    """
+    return decode_opened(open_image(data, spec, where, resize), spec, where)
+
+
+def open_item(value: Any, spec: InputSpec, where: str, resize: bool = False) -> np.ndarray | Image.Image:
+    """One JSON input (nested array or base64 string) or raw bytes -> float32 [C, H, W] (arrays),
+    or an opened image whose pixels are not decoded yet (``open_image``)."""
     if isinstance(value, bytes | bytearray):
-        return decode_image(bytes(value), spec, where, resize)
+        return open_image(bytes(value), spec, where, resize)
     if isinstance(value, str):
-        return decode_image(decode_base64(value, where), spec, where, resize)
+        return open_image(decode_base64(value, where), spec, where, resize)
     if isinstance(value, list):
         return decode_array(value, spec, where)
     kind = "null" if value is None else type(value).__name__
@@ -204,7 +301,25 @@ def decode_inputs(
         raise InvalidInput(f"{name} is empty; send at least one input")
     if len(items) > max_inputs:
         raise InvalidInput(f"{len(items)} inputs in one request; at most {max_inputs} are allowed, split the request")
-    arrays = [decode_item(v, spec, f"{name}[{i}]", resize) for i, v in enumerate(items)]
+    opened: list[np.ndarray | Image.Image] = []
+    try:
+        for i, v in enumerate(items):  # every header before any pixel
+            opened.append(open_item(v, spec, f"{name}[{i}]", resize))
+        images = [o for o in opened if isinstance(o, Image.Image)]
+        claimed = sum(im.width * im.height for im in images)
+        if claimed > spec.max_request_pixels:
+            raise InvalidInput(
+                f"the {len(images)} images of this request claim {claimed} pixels together, over the limit of "
+                f"{spec.max_request_pixels} per request (MFDV_MAX_REQUEST_PIXELS); send smaller images "
+                f"({spec.shape[2]}x{spec.shape[1]} is what the model takes) or fewer per request"
+            )
+        arrays = [
+            decode_opened(o, spec, f"{name}[{i}]") if isinstance(o, Image.Image) else o for i, o in enumerate(opened)
+        ]
+    finally:
+        for o in opened:
+            if isinstance(o, Image.Image):
+                o.close()
     return torch.from_numpy(np.stack(arrays))
 
 

@@ -1,13 +1,31 @@
 """Prometheus metrics of one app, in a registry of its own (several apps can share a process).
 
+With several worker processes (``MFDV_WORKERS`` > 1) each process counts for itself, and a
+scrape reaches one of them. ``python -m service`` then runs prometheus_client's multiprocess
+mode: it points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers start,
+every worker writes its values to files there, and ``/metrics`` (whichever worker answers)
+adds up the files of all of them. Gauges say how: requests in flight are summed over live
+workers, the model-info gauge is their maximum.
+
 The names and labels are a contract with ``deploy/`` (dashboards, alerts): change
 them only together.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_mode() -> bool:
+    """True when prometheus_client keeps values in files (its multiprocess mode, chosen at its import from
+    ``PROMETHEUS_MULTIPROC_DIR``)."""
+    return values.ValueClass is not values.MutexValue
+
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -20,6 +38,7 @@ class Metrics:
     """Every metric the service exports, registered in ``self.registry``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.multiprocess = multiprocess_mode()
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -47,12 +66,15 @@ class Metrics:
         self.mutual_information = Histogram(
             "mfdv_mutual_information", "mutual information (nats) per predicted input", buckets=MI_BUCKETS, registry=r
         )
-        self.inflight = Gauge("mfdv_inflight_requests", "HTTP requests being handled", registry=r)
+        self.inflight = Gauge(
+            "mfdv_inflight_requests", "HTTP requests being handled", registry=r, multiprocess_mode="livesum"
+        )
         self.model_info = Gauge(
             "mfdv_model_info",
             "the served model (value 1)",
             ["model_id", "method", "arch", "dataset", "backend", "device"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.attacks = Counter("mfdv_attack", "attack probes run, by attack", ["attack"], registry=r)
         self.attack_successes = Counter(
@@ -70,5 +92,15 @@ class Metrics:
         ).set(1)
 
     def exposition(self) -> tuple[bytes, str]:
-        """The text exposition format and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The text exposition format and its content type: this app's registry, or in multiprocess mode
+        the values of every worker process, added up."""
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        """This process is about to end: in multiprocess mode its live gauges stop counting."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())

@@ -1,27 +1,33 @@
-"""ASGI middleware: request-body size limit and per-route Prometheus metrics."""
+"""ASGI middleware: request-body size and time limits, and per-route Prometheus metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_response
+from .admission import ROUTE_LABEL
+from .errors import PayloadTooLarge, RequestTimeout, error_response
 from .metrics import Metrics
 
 
 class BodySizeLimitMiddleware:
-    """Reject bodies over ``max_bytes`` with 413 before they are read in full.
+    """Bound what reading a request body may cost: its size and how long it may take to arrive.
 
-    A ``Content-Length`` over the limit is rejected before any byte of the body is
-    read. A chunked body is read at most until it passes the limit. Bodies under the
-    limit are buffered and replayed to the app, so the app never sees a partial body.
+    A ``Content-Length`` over ``max_bytes`` is refused (413) before any byte of the body is read.
+    Otherwise the app reads the body when it needs it (so a request refused earlier, e.g. by
+    admission or an API key, never costs its body), and the read that passes ``max_bytes``, or
+    that is still waiting ``timeout_s`` after the request arrived, raises ``PayloadTooLarge``
+    (413) or ``RequestTimeout`` (408): a client trickling its body cannot hold a place for long.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     def _too_large(self, got: str) -> str:
         return (
@@ -43,49 +49,54 @@ class BodySizeLimitMiddleware:
                 if declared > self.max_bytes:
                     await error_response(413, self._too_large(f"{declared} bytes"))(scope, receive, send)
                     return
-        messages: list[Message] = []
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
+        complete = False
+
+        async def limited_receive() -> Message:
+            nonlocal size, complete
+            if complete:  # after the body: disconnect notices, unbounded
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the request body did not arrive within {self.timeout_s:g} s (MFDV_BODY_TIMEOUT_SECONDS); "
+                    "send it at once"
+                ) from None
             if message["type"] != "http.request":
-                break  # client went away: let the app see the disconnect
+                complete = True  # the client went away
+                return message
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await error_response(413, self._too_large(f"more than {self.max_bytes} bytes"))(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
-        replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-        if messages and messages[-1]["type"] != "http.request":
-            replay.append(messages[-1])
+                raise PayloadTooLarge(self._too_large(f"more than {self.max_bytes} bytes"))
+            complete = not message.get("more_body", False)
+            return message
 
-        async def replay_receive() -> Message:
-            if replay:
-                return replay.pop(0)
-            return await receive()
-
-        await self.app(scope, replay_receive, send)
+        await self.app(scope, limited_receive, send)
 
 
 class MetricsMiddleware:
     """Count requests and time them by route template (``/v2/models/{name}/infer``), method and status.
 
-    Paths that match no route are labelled ``unmatched`` so random URLs cannot grow
-    the label set.
+    A request the router handled is labelled with its route. One answered before routing (413,
+    an admission 503) is matched against ``routes``, the app's routes; paths that match none
+    are labelled ``unmatched`` so random URLs cannot grow the label set.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = list(routes)
 
     def _route_label(self, scope: Scope) -> str:
         route = scope.get("route")
         if route is not None and hasattr(route, "path"):
             return route.path
-        app = scope.get("app")
-        for candidate in getattr(getattr(app, "router", None), "routes", []):
+        if ROUTE_LABEL in scope:  # refused by admission, labelled there: no route matching per refusal
+            return scope[ROUTE_LABEL]
+        for candidate in self.routes:
             match, _ = candidate.matches({**scope, "type": "http"})
             if match == Match.FULL and hasattr(candidate, "path"):
                 return candidate.path

@@ -8,22 +8,23 @@
   as a JSON scalar (``5``, ``true``) or by the field's converter, then validated as strictly.
 
 Either way the route gets a ``Body``: the validated options and the raw inputs (JSON values or
-file bytes), which it decodes in the thread pool together with its other CPU work.
+file bytes), which it decodes in the decode pool together with its other CPU work.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from .errors import InvalidInput, UnsupportedMediaType, ValidationFailed, describe_validation_errors
+from .pool import BoundedPool
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ResultT = TypeVar("ResultT")
@@ -46,6 +47,25 @@ def validate_request(schema: type[ModelT], data: Mapping[str, Any], strict: bool
         return schema.model_validate(data, strict=strict)
     except ValidationError as e:
         raise ValidationFailed(describe_validation_errors(e.errors())) from None
+
+
+def loads_json(text: str | bytes, where: str) -> Any:
+    """``json.loads``, with a number no field can take (an integer literal over Python's
+    ``sys.get_int_max_str_digits()`` digits, 4300 by default) an ``InvalidInput`` (400), not a 500.
+
+    Raises:
+        json.JSONDecodeError, UnicodeDecodeError, RecursionError: not JSON, as ``json.loads``.
+        InvalidInput: an integer too long to convert.
+    """
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise
+    except ValueError:  # the scanner's int(): a literal over the int-string conversion limit
+        raise InvalidInput(
+            f"{where} holds an integer of more than {sys.get_int_max_str_digits()} digits; no field takes a number "
+            "that large"
+        ) from None
 
 
 def integral_numbers(value: Any) -> Any:
@@ -71,14 +91,14 @@ def holds_booleans(value: Any) -> bool:
 
 
 def parse_json_body(body: bytes, schema: type[ModelT], example: str) -> ModelT:
-    """Parse and strictly validate a JSON request body (CPU work: call it in the thread pool).
+    """Parse and strictly validate a JSON request body (CPU work: call it in the decode pool).
 
     Raises:
         InvalidInput: not JSON, or nested too deeply (400).
         ValidationFailed: not an object, or not the schema (422).
     """
     try:
-        data = json.loads(body)
+        data = loads_json(body, "the body")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"the body is not valid JSON ({e}); send {example}") from None
     except RecursionError:
@@ -138,7 +158,7 @@ class BodyReader(Generic[ModelT]):
         if convert is not None:
             return convert(text)
         try:
-            value = json.loads(text)
+            value = loads_json(text, f"form field {key!r}")
         except (json.JSONDecodeError, RecursionError):
             return text
         return integral_numbers(value) if isinstance(value, int | float | bool) or value is None else text
@@ -189,11 +209,16 @@ def media_type(request: Request) -> str:
 
 
 async def read_body(
-    request: Request, reader: BodyReader[ModelT], *, max_files: int, then: Callable[[Body[ModelT]], ResultT]
+    request: Request,
+    reader: BodyReader[ModelT],
+    *,
+    max_files: int,
+    then: Callable[[Body[ModelT]], ResultT],
+    pool: BoundedPool,
 ) -> ResultT:
-    """Read the body by its content type, validate it, and run ``then`` on it in the thread pool.
+    """Read the body by its content type, validate it, and run ``then`` on it in ``pool`` (the decode pool).
 
-    JSON is parsed in the same thread-pool call as ``then`` (one hop per request).
+    JSON is parsed in the same pool job as ``then`` (one hop per request).
 
     Raises:
         UnsupportedMediaType: neither JSON nor a form (415).
@@ -202,10 +227,10 @@ async def read_body(
     ctype = media_type(request)
     if ctype in JSON_TYPES:
         raw = await request.body()
-        return await run_in_threadpool(lambda: then(reader.parse_json(raw)))
+        return await pool.run(lambda: then(reader.parse_json(raw)))
     if ctype in FORM_TYPES:
         body = await reader.read_form(request, max_files)
-        return await run_in_threadpool(then, body)
+        return await pool.run(then, body)
     raise UnsupportedMediaType(f"content type {ctype!r} is not supported; send application/json or multipart/form-data")
 
 
@@ -214,7 +239,7 @@ def json_text(field_name: str, example: str) -> Callable[[str], Any]:
 
     def convert(text: str) -> Any:
         try:
-            return integral_numbers(json.loads(text))
+            return integral_numbers(loads_json(text, f"form field {field_name!r}"))
         except (json.JSONDecodeError, RecursionError):
             raise InvalidInput(
                 f"form field {field_name!r} must be JSON text like {example}; got {text[:80]!r}"

@@ -56,7 +56,7 @@ def true_labels(labels: list[int] | None, n: int, num_classes: int) -> torch.Ten
 
 
 def prepare_probe(body: Body[ProbeOptions], settings: Settings, spec: InputSpec, num_classes: int) -> ProbeJob:
-    """Check the options and caps, then decode the inputs (CPU work: in the thread pool).
+    """Check the options and caps, then decode the inputs (CPU work: in the decode pool).
 
     Caps come before decoding, so an over-budget request costs no image decoding.
 

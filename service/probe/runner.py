@@ -1,10 +1,11 @@
-"""Running one probe in an attack-pool thread: the wall-time limit, metrics and adversarial images.
+"""Running one probe in an attack-pool thread: when it stops, metrics and adversarial images.
 
 The wall-time limit (``MFDV_MAX_PROBE_SECONDS``, from the request's arrival) holds inside an
-attack: ``models.probe.probe`` passes the deadline check to every attack as ``should_stop``,
-checked between steps (queries, bisection rounds), and to ``after_attack`` between attacks.
-An attack stopped early reports what it had (``info.stopped``); the attacks after it are
-skipped; the response then says ``"partial": true`` and why.
+attack: ``models.probe.probe`` passes the stop check (``StopCheck``) to every attack as
+``should_stop``, checked between steps (queries, bisection rounds), and to ``after_attack``
+between attacks. The same check stops a probe whose request was cancelled or whose server is
+shutting down. An attack stopped early reports what it had (``info.stopped``); the attacks
+after it are skipped; the response then says ``"partial": true`` and why.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +74,53 @@ def png_base64(image: torch.Tensor) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def partial_reason(limit_s: float, stopped: list[str], done: int, skipped: list[str]) -> str | None:
+class StopCheck:
+    """When a running probe stops (``should_stop`` of every attack, checked between steps).
+
+    It stops, and remembers why, at the first of: the request was cancelled (``cancelled`` set:
+    the client went away, the server's grace period ran out, or the pool shuts down), the server
+    is shutting down and its deadline for answers has passed (``shutdown_deadline``), or the
+    probe's own wall-time limit has passed (``deadline``).
+
+    Args:
+        deadline: ``perf_counter`` time the probe must end by (its arrival + ``MFDV_MAX_PROBE_SECONDS``).
+        limit_s: that limit, for the message.
+        cancelled: set from outside to stop the probe.
+        shutdown_deadline: the ``perf_counter`` time by which a shutting-down server wants its answers
+            out (None while it is not shutting down).
+    """
+
+    def __init__(
+        self,
+        deadline: float,
+        limit_s: float,
+        cancelled: threading.Event | None = None,
+        shutdown_deadline: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        self.deadline = deadline
+        self.limit_s = limit_s
+        self.cancelled = cancelled
+        self.shutdown_deadline = shutdown_deadline
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        if self.reason is None:
+            now = time.perf_counter()
+            shutdown = self.shutdown_deadline()
+            if self.cancelled is not None and self.cancelled.is_set():
+                self.reason = "the request was cancelled (the client went away or the server is stopping)"
+            elif shutdown is not None and now > shutdown:
+                self.reason = "the server is shutting down and answers what it has before its grace period ends"
+            elif now > self.deadline:
+                self.reason = f"wall-time limit of {self.limit_s:g} s reached (MFDV_MAX_PROBE_SECONDS)"
+        return self.reason is not None
+
+
+def partial_reason(why: str | None, stopped: list[str], done: int, skipped: list[str]) -> str | None:
     """Why a report covers less than was asked for (None: it covers everything)."""
     if not stopped and not skipped:
         return None
-    parts = [f"wall-time limit of {limit_s:g} s reached (MFDV_MAX_PROBE_SECONDS) after {done} attack(s)"]
+    parts = [f"{why or 'stopped'} after {done} attack(s)"]
     if stopped:
         parts.append(f"stopped before its budget was spent: {stopped}")
     if skipped:
@@ -92,8 +137,10 @@ def run_probe(
     limit_s: float,
     metrics: Metrics,
     threads: int,
+    cancelled: threading.Event | None = None,
+    shutdown_deadline: Callable[[], float | None] = lambda: None,
 ) -> ProbeRun:
-    """Run the probe (blocking; in the attack pool) until it is done or ``deadline`` (``perf_counter``) passes.
+    """Run the probe (blocking; in the attack pool) until it is done or stopped (``StopCheck``).
 
     ``threads`` sets this worker thread's intra-op CPU threads (OpenMP's setting is per thread,
     so the prediction batcher keeps its own).
@@ -105,9 +152,7 @@ def run_probe(
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     images: list[list[str]] = []
-
-    def past_deadline() -> bool:
-        return time.perf_counter() > deadline
+    stop = StopCheck(deadline, limit_s, cancelled, shutdown_deadline)
 
     def after_attack(report: AttackReport, x_adv: torch.Tensor) -> bool:
         successes = sum(r.success for r in report.inputs)
@@ -116,7 +161,7 @@ def run_probe(
         metrics.attack_duration.labels(attack=report.name).observe(report.wall_time_s)
         if job.return_adversarial:
             images.append([png_base64(im) for im in x_adv])
-        return past_deadline()
+        return stop()
 
     try:
         report = probe(
@@ -128,7 +173,7 @@ def run_probe(
             seed=job.seed,
             mi_threshold=mi_threshold,
             after_attack=after_attack,
-            should_stop=past_deadline,
+            should_stop=stop,
         ).to_dict()
     except ValueError as e:  # a setting the checks let through: the caller's to fix, not a 500
         raise ValidationFailed(f"the probe rejected its settings: {e}") from None
@@ -138,7 +183,7 @@ def run_probe(
             result["adversarial"] = img
     skipped = [item.name for item in job.items[len(ran) :]]
     stopped = [a["name"] for a in ran if "stopped" in a["info"]]
-    reason = partial_reason(limit_s, stopped, len(ran), skipped)
+    reason = partial_reason(stop.reason, stopped, len(ran), skipped)
     return ProbeRun(report, reason, skipped, started, time.perf_counter())
 
 

@@ -21,10 +21,10 @@ async def healthz() -> HealthResponse:
 @router.get(
     "/readyz",
     summary="Readiness: the model is loaded and warmed up",
-    responses=error_responses({503: "loading, failed to load, or shutting down (Retry-After)"}),
+    responses=error_responses({503: "loading, failed to load, or shutting down: from SIGTERM on (Retry-After)"}),
 )
 async def readyz(state: StateDep) -> ReadyResponse:
-    engine = state.ready_engine()
+    engine = state.readiness()
     return ReadyResponse(status="ready", model=engine.name, model_id=engine.model_id)
 
 

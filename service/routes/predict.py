@@ -6,7 +6,7 @@ import time
 from functools import partial
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from ..config import Settings
 from ..deps import EngineDep, StateDep
@@ -14,7 +14,15 @@ from ..engine import InferenceEngine, PredictJob, random_seed
 from ..errors import InvalidInput
 from ..inputs import InputSpec, decode_inputs
 from ..openapi import request_body
-from ..schemas import ModelsResponse, PredictForm, PredictRequest, PredictResponse, error_responses, floats
+from ..schemas import (
+    ModelsResponse,
+    PredictForm,
+    PredictRequest,
+    PredictResponse,
+    dump_response,
+    error_responses,
+    floats,
+)
 from ..schemas.predict import PredictOptions
 from ..transport import Body, BodyReader, read_body
 
@@ -36,7 +44,7 @@ def check_samples(samples: int | None, settings: Settings) -> int:
 
 
 def prepare_job(body: Body[PredictOptions], settings: Settings, spec: InputSpec) -> PredictJob:
-    """Check the options and decode the inputs: the CPU part, run in the thread pool."""
+    """Check the options and decode the inputs: the CPU part, run in the decode pool."""
     req = body.options
     samples = check_samples(req.samples, settings)
     images = decode_inputs(body.inputs, spec, max_inputs=settings.max_inputs, resize=req.resize, name=body.source)
@@ -91,23 +99,27 @@ def prediction_body(
     responses=error_responses(
         {
             400: "bad input (the message says what to fix)",
+            408: "the body did not arrive within MFDV_BODY_TIMEOUT_SECONDS",
             413: "body over MFDV_MAX_BODY_BYTES",
             415: "not JSON or multipart",
             422: "body does not match the schema",
-            503: "model not ready, or queue full (Retry-After)",
+            503: "model not ready, refused by admission before the body was read (MFDV_MAX_INFLIGHT, "
+            "MFDV_MAX_QUEUE_DELAY_MS), queue full, or cut at the end of the shutdown grace period (Retry-After)",
         }
     ),
     openapi_extra=request_body(PredictRequest, PredictForm),
 )
-async def predict(request: Request, state: StateDep, engine: EngineDep) -> dict[str, Any]:
+async def predict(request: Request, state: StateDep, engine: EngineDep) -> Response:
     """JSON ``{"inputs": [...], "samples": T, "seed": S}`` or multipart ``file`` uploads.
 
     The same seed gives the same bytes (``timing`` aside), whatever else is batched with it.
+    The response (megabytes with ``return_samples``) is built in a worker thread, not on the event loop.
     """
     arrived = time.perf_counter()
     s = state.settings
     prepare = partial(prepare_job, settings=s, spec=state.input_spec(engine))
-    job = await read_body(request, PREDICT_BODY, max_files=s.max_inputs, then=prepare)
+    pool = state.cpu_pool()
+    job = await read_body(request, PREDICT_BODY, max_files=s.max_inputs, then=prepare, pool=pool)
     output = await engine.predict(job)
     metrics = state.metrics
     metrics.samples.observe(job.samples)
@@ -119,7 +131,8 @@ async def predict(request: Request, state: StateDep, engine: EngineDep) -> dict[
         "total_ms": round((time.perf_counter() - arrived) * 1e3, 3),
         "batch_size": output.batch_size,
     }
-    return prediction_body(engine, job, output, timing)
+    content = await pool.run(lambda: dump_response(PredictResponse, prediction_body(engine, job, output, timing)))
+    return Response(content, media_type="application/json")
 
 
 @router.get(

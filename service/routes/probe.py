@@ -9,18 +9,20 @@ the ``ProbeResponse``.
 from __future__ import annotations
 
 import re
+import sys
+import threading
 import time
 from functools import partial
 from typing import Any, get_args
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from ..deps import ApiKeyDep, EngineDep, StateDep
-from ..errors import ModelNotReady
+from ..errors import InvalidInput, ModelNotReady
 from ..openapi import request_body
 from ..probe.prepare import prepare_probe
 from ..probe.runner import run_probe
-from ..schemas import ProbeForm, ProbeRequest, ProbeResponse, error_responses
+from ..schemas import ProbeForm, ProbeRequest, ProbeResponse, dump_response, error_responses
 from ..schemas.probe import ProbeOptions, SuiteName
 from ..transport import BodyReader, json_text, read_body
 
@@ -32,7 +34,13 @@ _INTEGERS = re.compile(r"\s*-?\d+(\s*,\s*-?\d+)*\s*")
 def _labels_text(text: str) -> Any:
     """A ``labels`` form field: ``3``, ``3,1,0`` or JSON (``[3, 1, 0]``; ``null``: none)."""
     if _INTEGERS.fullmatch(text):
-        return [int(v) for v in text.split(",")]
+        try:
+            return [int(v) for v in text.split(",")]
+        except ValueError:  # a label over Python's int-string limit (4300 digits)
+            raise InvalidInput(
+                f"form field 'labels' holds an integer of more than {sys.get_int_max_str_digits()} digits; "
+                "labels are class indices"
+            ) from None
     return json_text("labels", "3 or 3,1,0 or [3, 1, 0]")(text)
 
 
@@ -60,15 +68,17 @@ PROBE_BODY: BodyReader[ProbeOptions] = BodyReader(
         {
             400: "bad input, label or judge_samples (the message says what to fix)",
             401: "MFDV_API_KEY is set and X-API-Key is missing or wrong",
+            408: "the body did not arrive within MFDV_BODY_TIMEOUT_SECONDS",
             413: "body over MFDV_MAX_BODY_BYTES",
             415: "not JSON or multipart",
             422: "body does not match the schema, or a probe cap exceeded",
-            503: "model not ready, or the attack pool is busy (Retry-After)",
+            503: "model not ready, the attack pool is busy (refused before the body is read), or cut at the end "
+            "of the shutdown grace period (Retry-After)",
         }
     ),
     openapi_extra=request_body(ProbeRequest, ProbeForm, json_fields=("labels", "attacks")),
 )
-async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: ApiKeyDep) -> dict[str, Any]:
+async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: ApiKeyDep) -> Response:
     """JSON ``{"inputs": [...], "labels": [...], "attacks": [{"name": "pgd", "eps": 0.1}]}`` or multipart.
 
     ``attacks`` may also be a suite: ``"standard"`` or ``"published"``. See docs/attack-probe.md
@@ -77,21 +87,27 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     arrived = time.perf_counter()
     s = state.settings
     prepare = partial(prepare_probe, settings=s, spec=state.input_spec(engine), num_classes=len(engine.class_names))
-    job = await read_body(request, PROBE_BODY, max_files=s.max_probe_inputs, then=prepare)
+    cpu = state.cpu_pool()
     model, pool = state.probe_model, state.attack_pool
     if model is None or pool is None:
         raise ModelNotReady()
-    run = await pool.run(
-        run_probe,
-        model,
-        job,
-        mi_threshold=engine.mi_threshold,
-        deadline=arrived + s.max_probe_seconds,
-        limit_s=s.max_probe_seconds,
-        metrics=state.metrics,
-        threads=s.attack_threads,
-    )
-    return {
+    cancel = threading.Event()  # set when this request is cancelled (client gone, grace period over)
+    with pool.reserve() as slot:  # a busy pool refuses before the body is read
+        job = await read_body(request, PROBE_BODY, max_files=s.max_probe_inputs, then=prepare, pool=cpu)
+        run = await slot.run(
+            run_probe,
+            model,
+            job,
+            mi_threshold=engine.mi_threshold,
+            deadline=arrived + s.max_probe_seconds,
+            limit_s=s.max_probe_seconds,
+            metrics=state.metrics,
+            threads=s.attack_threads,
+            cancelled=cancel,
+            shutdown_deadline=state.lifecycle.answers_due,
+            cancel=cancel,
+        )
+    content = {
         "model": engine.name,
         "model_id": engine.model_id,
         "partial": run.partial_reason is not None,
@@ -119,3 +135,5 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
             "limit_s": s.max_probe_seconds,
         },
     }
+    body = await cpu.run(dump_response, ProbeResponse, content)  # images and reports: not on the loop
+    return Response(body, media_type="application/json")

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from ..deps import AppState, EngineDep, StateDep
 from ..engine import MAX_SEED, InferenceEngine, PredictJob, random_seed
@@ -43,7 +42,7 @@ from ..schemas.v2 import (
     ServerMetadata,
     ServerReady,
 )
-from ..transport import holds_booleans, integral_numbers
+from ..transport import holds_booleans, integral_numbers, loads_json
 from ..version import __version__
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
@@ -75,6 +74,7 @@ _NOT_READY = {503: "model not ready, or shutting down (Retry-After)"}
 _UNKNOWN = {404: "unknown model or version"}
 _INFER_ERRORS = {
     400: "bad request: tensor, datatype, shape, parameters or outputs (the message says what to fix)",
+    408: "the body did not arrive within MFDV_BODY_TIMEOUT_SECONDS",
     413: "body over MFDV_MAX_BODY_BYTES (after decompression)",
 }
 
@@ -99,7 +99,7 @@ async def live() -> ServerLive:
 
 @router.get("/health/ready", summary="Server ready (else 503)", responses=error_responses(_NOT_READY))
 async def ready(state: StateDep) -> ServerReady:
-    state.ready_engine()
+    state.readiness()
     return ServerReady(ready=True)
 
 
@@ -138,8 +138,8 @@ async def metadata_version(name: str, version: str, engine: EngineDep) -> ModelM
     summary="Model ready (else 503 or 404)",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
-async def model_ready(name: str, engine: EngineDep) -> ModelReady:
-    return ModelReady(name=_model(engine, name).name, ready=True)
+async def model_ready(name: str, state: StateDep, engine: EngineDep) -> ModelReady:
+    return ModelReady(name=_model(state.readiness(), name).name, ready=True)
 
 
 @router.get(
@@ -147,8 +147,8 @@ async def model_ready(name: str, engine: EngineDep) -> ModelReady:
     summary="Model ready (else 503 or 404)",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
-async def model_version_ready(name: str, version: str, engine: EngineDep) -> ModelReady:
-    return ModelReady(name=_model(engine, name, version).name, ready=True)
+async def model_version_ready(name: str, version: str, state: StateDep, engine: EngineDep) -> ModelReady:
+    return ModelReady(name=_model(state.readiness(), name, version).name, ready=True)
 
 
 # -- inference ------------------------------------------------------------------------------
@@ -289,14 +289,16 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
         try:
             n = int(header_length)
         except ValueError:
-            raise InvalidInput(f"Inference-Header-Content-Length must be an integer; got {header_length!r}") from None
+            raise InvalidInput(
+                f"Inference-Header-Content-Length must be an integer; got {header_length[:40]!r}"
+            ) from None
         if not 0 < n <= len(body):
             raise InvalidInput(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes")
         head, binary = body[:n], body[n:]
     else:
         head, binary = body, b""
     try:
-        req = json.loads(head)
+        req = loads_json(head, "the inference header")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"the inference header is not valid JSON ({e})") from None
     except RecursionError:
@@ -393,7 +395,14 @@ _INFER = {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
         },
-        **error_responses({**_INFER_ERRORS, **_UNKNOWN, **_NOT_READY}),
+        **error_responses(
+            {
+                **_INFER_ERRORS,
+                **_UNKNOWN,
+                503: "model not ready, refused by admission before the body was read (MFDV_MAX_INFLIGHT, "
+                "MFDV_MAX_QUEUE_DELAY_MS), queue full, or cut at the end of the shutdown grace period (Retry-After)",
+            }
+        ),
     },
     "openapi_extra": request_body(InferenceRequest, components=(InferenceResponse,)),
 }
@@ -412,7 +421,8 @@ async def infer_version(name: str, version: str, request: Request, state: StateD
 async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> Response:
     body = await request.body()
     encoding = request.headers.get("content-encoding", "").strip().lower()
-    req = await run_in_threadpool(
+    pool = state.cpu_pool()
+    req = await pool.run(
         lambda: parse_infer(
             _decompress(body, encoding, state.settings.max_body_bytes),
             request.headers.get(HEADER_LENGTH),
@@ -427,6 +437,11 @@ async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> 
     for v in u.mutual_information.tolist():
         state.metrics.mutual_information.observe(v)
 
+    return await pool.run(infer_response, engine, req, u)  # the body is built off the event loop
+
+
+def infer_response(engine: InferenceEngine, req: InferRequest, u: Any) -> Response:
+    """The v2 response: JSON, or JSON + binary tensors when any output is binary."""
     outputs, chunks = [], []
     for oname, binary in req.outputs:
         datatype = OUTPUTS[oname][0]

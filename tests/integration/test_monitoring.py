@@ -61,6 +61,7 @@ FAST_PROBE = {"name": "fgsm", "eps": 0.1}
 def server(tiny_checkpoint: Path) -> Iterator[ServerProcess]:
     # One attack worker and no waiting room: a probe sent while another runs gets 503.
     env = {"MFDV_ATTACK_WORKERS": "1", "MFDV_ATTACK_QUEUE_SIZE": "0", "MFDV_MAX_WAIT_MS": "20"}
+    env["MFDV_MAX_QUEUE_DELAY_MS"] = "0"  # concurrent predictions must all be served, however slow this machine is
     with ServerProcess(tiny_checkpoint, env=env, args=["--device", "cpu"]) as s:
         yield s
 

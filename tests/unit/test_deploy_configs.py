@@ -712,6 +712,35 @@ def test_k8s_deployment_probes_and_resources(app: Any) -> None:
         assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"])
 
 
+def shutdown_budget(container: dict[str, Any], where: str) -> float:
+    """preStop's sleep + the drain window + the grace period of a container (the env, else the defaults)."""
+    from service.config import Settings
+
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep", f"{where}: preStop should sleep while the endpoint is removed"
+    env = container_env(container)
+    s = Settings()
+    drain = float(env.get("MFDV_DRAIN_SECONDS", s.drain_seconds))
+    grace = float(env.get("MFDV_GRACEFUL_SECONDS", s.graceful_seconds))
+    assert drain > 0, f"{where}: a drain window keeps serving while readiness says 503"
+    return float(command[1]) + drain + grace
+
+
+def test_k8s_shutdown_fits_in_the_termination_grace_period() -> None:
+    """preStop + drain + grace period, and a few seconds to stop, before Kubernetes sends SIGKILL."""
+    [deploy] = k8s_kind("Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert shutdown_budget(container, "Deployment") + 3 <= pod["terminationGracePeriodSeconds"]
+    [isvc] = k8s_kind("InferenceService")
+    [container] = isvc["spec"]["predictor"]["containers"]
+    assert shutdown_budget(container, "InferenceService") + 3 <= 30  # the pod default KServe keeps
+    compose = load_yaml(COMPOSE)["services"]["service"]
+    env = env_dict(compose["environment"])
+    drain, grace = (float(compose_default(env[k])) for k in ("MFDV_DRAIN_SECONDS", "MFDV_GRACEFUL_SECONDS"))
+    assert drain + grace + 3 <= float(compose["stop_grace_period"].removesuffix("s"))
+
+
 def test_kserve_inference_service(app: Any) -> None:
     [isvc] = k8s_kind("InferenceService")
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"

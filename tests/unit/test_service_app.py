@@ -6,8 +6,10 @@ import base64
 import io
 import json
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -421,3 +423,52 @@ def test_api_key_dependency_for_protected_routes(hand_checkpoint: Path) -> None:
         assert r.status_code == status, (key, headers)
         if status == 401:
             assert "X-API-Key" in r.json()["error"]
+            assert r.headers["www-authenticate"] == 'ApiKey header="X-API-Key"'  # RFC 9110: a 401 names its scheme
+
+
+@pytest.mark.parametrize("route", ["/v1/predict", "/v2/models/tiny_mfdv/infer"])
+def test_responses_are_built_off_the_event_loop(
+    hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """A big response (``return_samples``: megabytes) is rendered in a worker thread: while one is held
+    half-built, the event loop still answers ``/healthz``."""
+    from service.routes import predict as predict_route
+    from service.routes import v2 as v2_route
+
+    rendering, release = threading.Event(), threading.Event()
+
+    def held(real: Any) -> Any:
+        def render(*args: Any, **kwargs: Any) -> Any:
+            rendering.set()
+            assert release.wait(60), "the test never released the render"
+            return real(*args, **kwargs)
+
+        return render
+
+    monkeypatch.setattr(predict_route, "dump_response", held(predict_route.dump_response))
+    monkeypatch.setattr(v2_route, "infer_response", held(v2_route.infer_response))
+    img = bar_image(0).astype(np.float32) / 255
+    body = (
+        {"inputs": [img.tolist()], "samples": 256, "return_samples": True}
+        if route == "/v1/predict"
+        else {
+            "inputs": [{"name": "image", "shape": [1, 1, SIZE, SIZE], "datatype": "FP32", "data": img.ravel().tolist()}]
+        }
+    )
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu", max_wait_ms=0))
+    with TestClient(app) as c:
+        result: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: result.setdefault("r", c.post(route, json=body)))
+        t.start()
+        try:
+            assert rendering.wait(60), "the response was never rendered"
+            health: dict[str, Any] = {}
+            h = threading.Thread(target=lambda: health.setdefault("r", c.get("/healthz")))
+            h.start()
+            h.join(60)  # a render on the event loop would block this until the release below
+            assert health.get("r") is not None and health["r"].status_code == 200
+            assert not result  # ...while the response was still being built
+        finally:
+            release.set()
+            t.join(60)
+    assert result["r"].status_code == 200

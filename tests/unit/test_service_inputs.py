@@ -18,7 +18,7 @@ from PIL import Image
 
 from service import Settings, create_app
 from service.errors import InvalidInput
-from service.inputs import InputSpec, decode_image
+from service.inputs import InputSpec, decode_image, decode_inputs
 
 SIZE = 14
 MAX_INPUTS = 4
@@ -336,3 +336,93 @@ def test_header_is_checked_before_pixels_are_decoded(monkeypatch: pytest.MonkeyP
         decode_image(png_claiming(5000, 5000), SPEC1, "x")
     with pytest.raises(InvalidInput, match="expects 14x14"):
         decode_image(png_claiming(20, 20), SPEC1, "x")
+
+
+# -- what decoding may cost --------------------------------------------------------------------------
+
+
+BIG1 = InputSpec((1, SIZE, SIZE), 4096 * 4096)
+BIG3 = InputSpec((3, SIZE, SIZE), 4096 * 4096)
+
+
+def jpeg(arr: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("arr", "spec", "expected"),
+    [
+        (np.full((2000, 1500), 30000, np.uint16), BIG1, 30000 / 65535),  # 16-bit: box-reduced in float32
+        (np.full((1500, 2000, 4), (255, 0, 0, 9), np.uint8), BIG1, 0.299),  # RGBA: reduced, then to gray
+        (np.full((1500, 2000), 77, np.uint8), BIG3, 77 / 255),  # gray -> 3 channels
+    ],
+)
+def test_large_images_are_reduced_before_conversion(arr: np.ndarray, spec: InputSpec, expected: float) -> None:
+    x = decode_image(png(arr), spec, "x", resize=True)
+    assert x.shape == spec.shape and x.dtype == np.float32
+    assert float(x.min()) == pytest.approx(expected, abs=2 / 255) and float(x.max()) == pytest.approx(
+        expected, abs=2 / 255
+    )
+
+
+def test_a_reduced_image_keeps_the_picture() -> None:
+    """Box reduction then bilinear resampling keeps where the bright half is, 16-bit and 8-bit alike."""
+    for dtype, high in ((np.uint8, 255), (np.uint16, 65535)):
+        big = np.zeros((1400, 1400), dtype)
+        big[:, :700] = high  # left half bright
+        x = decode_image(png(big), BIG1, "x", resize=True)
+        assert x[0, :, :6].min() > 0.9 and x[0, :, 8:].max() < 0.1, dtype
+
+
+def test_a_large_jpeg_is_decoded_reduced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resized JPEG is decoded at 1/8 per side by the decoder itself (``Image.draft``)."""
+    from PIL import ImageFile
+
+    big = np.zeros((1600, 1600, 3), np.uint8)
+    big[:800] = (0, 255, 0)  # top half green
+    data = jpeg(big)
+    decoded: list[tuple[int, int]] = []
+    real = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile) -> object:
+        decoded.append(self.size)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    x = decode_image(data, BIG1, "x", resize=True)
+    assert set(decoded) == {(200, 200)}  # 1600 / 8 per side
+    assert x[0, :5].min() > 0.5 and x[0, 9:].max() < 0.1  # 0.587 = the luma of pure green
+
+
+def test_32_bit_grey_is_reduced_in_its_mode() -> None:
+    """Mode "I" (32-bit integers; no PNG writer makes it, other decoders may): scaled by 65535 above 255."""
+    from service.inputs import _to_channels
+
+    for value, scale in ((3000, 65535), (200, 255)):
+        im = Image.fromarray(np.full((1500, 2000), value, np.int32))
+        x = _to_channels(im, 1, (SIZE, SIZE), "x")
+        assert x.shape == (SIZE, SIZE, 1) and x.dtype == np.float32
+        assert float(x.min()) == pytest.approx(value / scale, abs=1e-6) == pytest.approx(float(x.max()), abs=1e-6)
+
+
+def test_the_request_pixel_budget_counts_every_header_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    spec = InputSpec((1, SIZE, SIZE), 4096 * 4096, max_request_pixels=1000 * 1000)
+    under = png(np.zeros((700, 700), np.uint8))  # 490,000 pixels each: two fit, three do not
+    assert decode_inputs([under, under], spec, max_inputs=8, resize=True).shape == (2, 1, SIZE, SIZE)
+
+    def fail(*_: object) -> None:
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+    with pytest.raises(InvalidInput, match=r"claim 1470000 pixels together, over the limit of 1000000 per request"):
+        decode_inputs([under, under, under], spec, max_inputs=8, resize=True)
+
+
+def test_the_request_pixel_budget_counts_a_jpeg_at_its_reduced_size() -> None:
+    spec = InputSpec((1, SIZE, SIZE), 4096 * 4096, max_request_pixels=1000 * 1000)
+    big = jpeg(np.zeros((1600, 1600), np.uint8))  # claims 2.56M pixels; decoded at 200 x 200
+    assert decode_inputs([big] * 4, spec, max_inputs=8, resize=True).shape == (4, 1, SIZE, SIZE)

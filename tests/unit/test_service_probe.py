@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +207,95 @@ def test_the_wall_time_limit_stops_an_attack_between_steps(hand_checkpoint: Path
     assert "MFDV_MAX_PROBE_SECONDS" in d["partial_reason"]
     (pgd,) = d["attacks"]
     assert pgd["grad_evals"] < 10_000 and "wall-time limit" in pgd["info"]["stopped"]
+
+
+LONG = 3.0  # s: long enough for an attack to start on one tiny input, far shorter than its budget
+
+
+@pytest.mark.parametrize(
+    ("attack", "work"),
+    [
+        # 200,000 queries on one input: minutes of work; eps so small (and 16 draws a query) nothing flips
+        ({"name": "square", "eps": 1e-4, "queries": 200_000, "samples": 16}, "queries"),
+        # bisection rounds of 20,000-step PGD each
+        ({"name": "min_eps", "hi": 0.01, "steps": 20_000, "eot": 1, "iters": 6, "samples": 1}, "grad_evals"),
+        ({"name": "apgd", "eps": 1e-4, "steps": 100_000, "eot": 1}, "grad_evals"),
+    ],
+)
+def test_the_wall_time_limit_holds_inside_a_long_attack(
+    hand_checkpoint: Path, attack: dict[str, Any], work: str
+) -> None:
+    """The attack starts, works, and is stopped between its steps (queries, bisection rounds) by
+    the deadline: the report is partial, the attack says it was stopped, and it did some but not
+    all of its work. Judged by the report, not by a clock."""
+    caps = {"max_probe_gradient_budget": 10**7, "max_probe_queries": 10**7, "max_probe_seconds": LONG}
+    with TestClient(create_app(settings(hand_checkpoint, **caps))) as c:
+        r = post(c, {"inputs": arrays([0]), "labels": [0], "attacks": [attack, FGSM], "judge_samples": 8, "seed": 0})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["partial"] is True and d["skipped_attacks"] == ["fgsm"]
+    assert f"stopped before its budget was spent: ['{attack['name']}']" in d["partial_reason"]
+    assert "MFDV_MAX_PROBE_SECONDS" in d["partial_reason"]
+    (entry,) = d["attacks"]
+    assert "wall-time limit" in entry["info"]["stopped"]
+    budget = attack["queries"] if work == "queries" else attack["steps"]
+    assert 0 < entry[work] < budget
+
+
+def test_the_wall_time_limit_stops_a_suite_between_its_attacks_steps(hand_checkpoint: Path) -> None:
+    caps = {"max_probe_gradient_budget": 10**7, "max_probe_queries": 10**7, "max_probe_seconds": 1e-6}
+    with TestClient(create_app(settings(hand_checkpoint, **caps))) as c:
+        r = post(c, {"inputs": arrays([0]), "labels": [0], "attacks": "standard", "judge_samples": 8, "seed": 0})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    (entry,) = d["attacks"]
+    assert d["partial"] is True and "stopped before its budget was spent: ['standard']" in d["partial_reason"]
+    assert entry["info"]["suite"]["complete"] is False and "wall-time limit" in entry["info"]["stopped"]
+
+
+def test_a_cancelled_probe_stops_between_steps(hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelling the request (a client gone, the grace period over) stops its attack at the next step."""
+    started = threading.Event()
+    real = probe_runner.StopCheck.__call__
+
+    def check(self: probe_runner.StopCheck) -> bool:
+        started.set()
+        return real(self)
+
+    monkeypatch.setattr(probe_runner.StopCheck, "__call__", check)
+    model = create_app(settings(hand_checkpoint))
+    with TestClient(model) as c:
+        state = c.app.state.mfdv  # type: ignore[attr-defined]
+        from models.attacks import AttackCost, make_attack
+        from service.probe.runner import ProbeJob
+
+        items = [make_attack("pgd", eps=1e-4, steps=10**7, eot=1).resolve((1, SIZE, SIZE))]
+        job = ProbeJob(torch.tensor(arrays([0])).unsqueeze(1), torch.tensor([0]), items, 8, 0, False, AttackCost())
+        cancel = threading.Event()
+        out: dict[str, Any] = {}
+        t = threading.Thread(
+            target=lambda: out.setdefault(
+                "run",
+                probe_runner.run_probe(
+                    state.probe_model,
+                    job,
+                    mi_threshold=0.05,
+                    deadline=float("inf"),
+                    limit_s=60,
+                    metrics=state.metrics,
+                    threads=1,
+                    cancelled=cancel,
+                ),
+            )
+        )
+        t.start()
+        assert started.wait(60)
+        cancel.set()
+        t.join(120)
+        assert not t.is_alive(), "the attack did not stop"
+    run = out["run"]
+    assert run.partial_reason and "cancelled" in run.partial_reason
+    assert 0 < run.report["attacks"][0]["grad_evals"] < 10**7
 
 
 def test_a_suite_is_one_entry_with_its_worst_case_per_input(client: TestClient) -> None:
@@ -434,7 +525,7 @@ def test_pgd_fools_the_default_vanilla_checkpoint_through_the_endpoint(fashion_m
         "judge_samples": 16,
         "seed": 0,
     }
-    app = create_app(settings(model_dir, max_inputs=n, max_probe_inputs=n))
+    app = create_app(settings(model_dir, max_inputs=n, max_probe_inputs=n, max_probe_gradient_budget=320 * n))
     with TestClient(app) as c:
         r = post(c, body)
     assert r.status_code == 200, r.text
@@ -461,3 +552,36 @@ def test_attack_threads_apply_to_the_attack_worker_only(hand_checkpoint: Path, m
     with TestClient(create_app(settings(hand_checkpoint, attack_threads=1))) as c:
         assert post(c, {"inputs": arrays([0]), "attacks": [FGSM]}).status_code == 200
     assert seen == [1] and torch.get_num_threads() == before
+
+
+def thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_attacks_run_at_the_lowest_priority_and_predictions_at_theirs(
+    hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack worker thread runs at nice 19 (MFDV_ATTACK_NICE): it gets the CPU predictions leave.
+    The prediction batcher's compute thread keeps the process's priority."""
+    from service.engine import InferenceEngine
+
+    seen: dict[str, int] = {}
+    real_probe, real_run = probe_runner.probe, InferenceEngine.run
+
+    def probe_spy(*args: Any, **kwargs: Any) -> Any:
+        seen["attack"] = thread_nice()
+        return real_probe(*args, **kwargs)
+
+    def run_spy(self: InferenceEngine, jobs: list[Any]) -> Any:
+        seen["predict"] = thread_nice()
+        return real_run(self, jobs)
+
+    monkeypatch.setattr(probe_runner, "probe", probe_spy)
+    monkeypatch.setattr(InferenceEngine, "run", run_spy)
+    process = os.getpriority(os.PRIO_PROCESS, 0)
+    with TestClient(create_app(settings(hand_checkpoint))) as c:
+        assert post(c, {"inputs": arrays([0]), "attacks": [FGSM]}).status_code == 200
+        assert c.post("/v1/predict", json={"inputs": arrays([0])}).status_code == 200
+    assert seen == {"attack": max(19, process), "predict": process}
+    assert thread_nice() == process  # the caller's thread is untouched

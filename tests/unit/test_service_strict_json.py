@@ -132,3 +132,48 @@ def test_v2_bodies_are_what_the_schema_says(client: TestClient, tensor: dict, re
     body["inputs"][0]["data"] = [0.5] * 196
     body.pop("id", None)
     assert client.post("/v2/models/tiny_mfdv/infer", json=body).status_code == 200
+
+
+HUGE = "9" * 5000  # over Python's int-string conversion limit (4300 digits)
+IMG_JSON = "[[" + ",".join(["[" + ",".join(["0.5"] * 14) + "]"] * 14) + "]]"
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/predict", f'{{"inputs": {IMG_JSON}, "samples": {HUGE}}}'),
+        ("/v1/predict", f'{{"inputs": {IMG_JSON}, "seed": -{HUGE}}}'),
+        ("/v1/attack-probe", f'{{"inputs": {IMG_JSON}, "labels": [{HUGE}]}}'),
+        ("/v1/attack-probe", f'{{"inputs": {IMG_JSON}, "attacks": [{{"name": "pgd", "steps": {HUGE}}}]}}'),
+        (
+            "/v2/models/tiny_mfdv/infer",
+            f'{{"inputs": [{{"name": "image", "shape": [1, 1, 14, 14], "datatype": "FP32", "data": [{HUGE}]}}]}}',
+        ),
+        (
+            "/v2/models/tiny_mfdv/infer",
+            '{"inputs": [{"name": "image", "shape": [1, 1, 14, 14], "datatype": "FP32", "data": [0.5]}], '
+            f'"parameters": {{"samples": {HUGE}}}}}',
+        ),
+    ],
+)
+def test_an_integer_too_long_to_convert_is_a_400_not_a_500(client: TestClient, route: str, body: str) -> None:
+    """Python refuses int() of a literal over 4300 digits with a ValueError: no field takes such a number."""
+    r = client.post(route, content=body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "more than 4300 digits" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("route", "data"),
+    [
+        ("/v1/predict", {"samples": HUGE}),
+        ("/v1/attack-probe", {"labels": HUGE}),
+        ("/v1/attack-probe", {"labels": f"1,{HUGE}"}),
+        ("/v1/attack-probe", {"labels": f"[{HUGE}]"}),
+        ("/v1/attack-probe", {"attacks": f'[{{"name": "square", "queries": {HUGE}}}]'}),
+    ],
+)
+def test_an_integer_too_long_in_a_form_field_is_a_4xx(client: TestClient, route: str, data: dict[str, str]) -> None:
+    r = client.post(route, files={"file": ("a.png", _png(), "image/png")}, data=data)
+    assert r.status_code == 400, r.text
+    assert "more than 4300 digits" in r.json()["error"]

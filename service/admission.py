@@ -1,0 +1,174 @@
+"""Admission of prediction requests before their bodies are read: shed load early and fast.
+
+A request that will wait longer than it is worth waiting should hear so at once, not after its
+body has been received, parsed and decoded. ``AdmissionMiddleware`` decides when the request
+line and headers are in, for ``POST /v1/predict`` and the v2 ``infer`` routes:
+
+- at most ``MFDV_MAX_INFLIGHT`` such requests are being handled at once (reading, parsing,
+  decoding, queued for the batcher, computing, rendering); one more gets 503 + ``Retry-After``;
+- a request is admitted only when its expected wait is within ``MFDV_MAX_QUEUE_DELAY_MS``
+  (as Triton's ``max_queue_delay``): the requests in flight divided by the rate at which this
+  process completes them while busy (``ThroughputEstimator``); a request is always admitted
+  when none is in flight.
+
+Every refusal costs one header scan and one small JSON response on the event loop, so under
+any load the 503s come back fast and the requests admitted keep the latency they would have
+at the load the server can carry. Attack probes are admitted by their own pool (the route
+reserves a slot after checking the API key, before it reads the body).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import error_response
+
+PREDICT_PATHS = re.compile(r"^/v1/predict$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+"""The routes admission control applies to (POST only)."""
+
+ROUTE_LABEL = "mfdv.route"
+"""Scope key where a refusal leaves its route template, for the metrics (no router has run)."""
+
+
+def route_template(path: str) -> str:
+    """The route template of a path ``PREDICT_PATHS`` matches (the label metrics count it under)."""
+    if path == "/v1/predict":
+        return path
+    return "/v2/models/{name}/versions/{version}/infer" if "/versions/" in path else "/v2/models/{name}/infer"
+
+
+class ThroughputEstimator:
+    """Completions per second while busy: an EWMA over windows of ``window_s`` busy seconds.
+
+    Busy means at least one admitted request is in flight. Measuring per busy second (not per
+    wall-clock second) makes the rate what the server does when it has work, whatever the load:
+    at one request at a time it is one over the latency, under saturation it is the throughput.
+
+    Args:
+        window_s: busy seconds per sample.
+        min_completions: completions a window needs to give a sample.
+        weight: EWMA weight of a new sample.
+        clock: monotonic seconds (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        window_s: float = 0.5,
+        min_completions: int = 4,
+        weight: float = 0.3,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.window_s = window_s
+        self.min_completions = min_completions
+        self.weight = weight
+        self.clock = clock
+        self.rate: float | None = None  # completions per busy second; None until the first window
+        self.inflight = 0
+        self._busy_since = 0.0
+        self._busy = 0.0  # closed busy time in this window
+        self._completed = 0
+
+    def started(self) -> None:
+        if self.inflight == 0:
+            self._busy_since = self.clock()
+        self.inflight += 1
+
+    def finished(self) -> None:
+        now = self.clock()
+        self.inflight -= 1
+        self._completed += 1
+        busy = self._busy + (now - self._busy_since)
+        if self.inflight == 0:
+            self._busy, self._busy_since = busy, now
+        if busy >= self.window_s and self._completed >= self.min_completions:
+            sample = self._completed / busy
+            self.rate = sample if self.rate is None else (1 - self.weight) * self.rate + self.weight * sample
+            self._busy, self._completed, self._busy_since = 0.0, 0, now
+
+    def expected_wait(self) -> float:
+        """Seconds a request arriving now would wait for those in flight (0 before any estimate)."""
+        if self.rate is None or self.inflight == 0:
+            return 0.0
+        return self.inflight / self.rate
+
+
+class Admission:
+    """The admission decision for prediction requests.
+
+    Args:
+        max_inflight: most prediction requests handled at once.
+        max_queue_delay_s: the longest expected wait a request is admitted with (0: no limit).
+        estimator: how throughput is measured (default: ``ThroughputEstimator()``).
+    """
+
+    def __init__(
+        self, max_inflight: int, max_queue_delay_s: float, estimator: ThroughputEstimator | None = None
+    ) -> None:
+        self.max_inflight = max_inflight
+        self.max_queue_delay_s = max_queue_delay_s
+        self.estimator = estimator or ThroughputEstimator()
+        self.refused = 0
+
+    @property
+    def inflight(self) -> int:
+        return self.estimator.inflight
+
+    def refusal(self) -> str | None:
+        """Why a request arriving now is refused, or None: admit it (and count it in flight)."""
+        est = self.estimator
+        if est.inflight >= self.max_inflight:
+            reason = (
+                f"the server is handling {est.inflight} prediction requests, its limit (MFDV_MAX_INFLIGHT); "
+                "retry after a second or on another replica"
+            )
+        elif self.max_queue_delay_s > 0 and (wait := est.expected_wait()) > self.max_queue_delay_s:
+            reason = (
+                f"a request arriving now would wait about {wait * 1e3:.0f} ms behind {est.inflight} in flight, "
+                f"over the limit of {self.max_queue_delay_s * 1e3:.0f} ms (MFDV_MAX_QUEUE_DELAY_MS); "
+                "retry after a second or on another replica"
+            )
+        else:
+            est.started()
+            return None
+        self.refused += 1
+        return reason
+
+    def finished(self) -> None:
+        self.estimator.finished()
+
+    def retry_after(self) -> int:
+        """Seconds a refused client is told to wait: the expected wait, at least 1."""
+        return max(1, math.ceil(self.estimator.expected_wait()))
+
+
+class AdmissionMiddleware:
+    """Admit or refuse ``POST`` prediction requests (``PREDICT_PATHS``) before their bodies are read.
+
+    Place it outside anything that reads the body. A refusal is a 503 with ``Retry-After`` and
+    the reason; an admitted request counts as in flight until the app returns.
+    """
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not PREDICT_PATHS.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        admission = self.admission
+        reason = admission.refusal()
+        if reason is not None:
+            scope[ROUTE_LABEL] = route_template(scope["path"])
+            response = error_response(503, reason, {"Retry-After": str(admission.retry_after())})
+            await response(scope, receive, send)  # the body is never read
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            admission.finished()

@@ -1,0 +1,147 @@
+"""Shutdown: drain before closing, answer what is cut, stop attacks in time.
+
+On SIGTERM (``docker stop``, Kubernetes ending a pod) uvicorn closes its listener at once and
+gives the requests in flight ``MFDV_GRACEFUL_SECONDS``; whatever is still running then is
+cancelled. This module puts three things around that:
+
+- a **drain window**: for ``MFDV_DRAIN_SECONDS`` after the first SIGTERM the process keeps
+  listening and serving, but its readiness routes answer 503 and its responses carry
+  ``Connection: close``, so load balancers that poll readiness stop sending before the
+  listener goes away; then uvicorn's own shutdown runs (a second SIGTERM skips the rest of
+  the window). ``Lifecycle.install_sigterm`` wraps uvicorn's SIGTERM handler for that; it
+  works the same in every worker process;
+- **answers for what is cut**: a request cancelled at the end of the grace period gets a JSON
+  503 with ``Retry-After`` (``ShutdownMiddleware``), not uvicorn's plain-text 500;
+- **a deadline for attacks**: a running probe stops between steps early enough to answer
+  with its partial results before the grace period ends (``Lifecycle.answers_due``), and one
+  that is cancelled anyway stops at its next step (``service.pool.Slot.run``'s ``cancel``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import error_response
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[int, FrameType | None], Any]
+
+
+class Lifecycle:
+    """Where one app's process stands in its shutdown.
+
+    Args:
+        drain_s: seconds between the first SIGTERM and uvicorn's shutdown (readiness 503, still serving).
+        grace_s: uvicorn's ``timeout_graceful_shutdown``: how long requests in flight get after the drain.
+    """
+
+    def __init__(self, drain_s: float, grace_s: float) -> None:
+        self.drain_s = drain_s
+        self.grace_s = grace_s
+        self.draining = False
+        self._answers_due: float | None = None
+        self._restore: Handler | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The app serves from now on (again, for an app whose lifespan runs twice): not draining;
+        SIGTERM drains first (``install_sigterm``)."""
+        self.draining = False
+        self._answers_due = None
+        self.install_sigterm(loop)
+
+    def stop(self) -> None:
+        """The app stops serving: not ready from now on; the process's SIGTERM handler is restored."""
+        self.begin()
+        self.uninstall()
+
+    def begin(self) -> None:
+        """Shutdown has begun: not ready from now on; answers are due before the grace period ends."""
+        if not self.draining:
+            self.draining = True
+            margin = min(2.0, self.grace_s / 2)  # to judge, render and send what a stopped probe has
+            self._answers_due = time.perf_counter() + self.drain_s + self.grace_s - margin
+
+    def answers_due(self) -> float | None:
+        """The ``perf_counter`` time by which running work should stop and answer (None: not shutting down)."""
+        return self._answers_due
+
+    def install_sigterm(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Wrap the process's SIGTERM handler (uvicorn's) with the drain window.
+
+        Only where a handler to wrap exists and this is the main thread (signal handlers live
+        there): under uvicorn, not under a test client. Returns whether it was installed.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return False
+
+        def on_sigterm(sig: int, frame: FrameType | None) -> None:
+            if self.draining or self.drain_s <= 0:  # no window, or a second SIGTERM: shut down now
+                self.begin()
+                previous(sig, frame)
+                return
+            self.begin()
+            logger.info("SIGTERM: draining for %g s (readiness 503, still serving), then shutting down", self.drain_s)
+            loop.call_soon_threadsafe(loop.call_later, self.drain_s, previous, sig, None)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        self._restore = previous
+        return True
+
+    def uninstall(self) -> None:
+        if self._restore is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._restore)
+            self._restore = None
+
+
+class ShutdownMiddleware:
+    """Requests during shutdown: ``Connection: close`` while draining, and a JSON 503 for one cut short.
+
+    A request whose task is cancelled while the app shuts down (uvicorn's grace period is over)
+    and that has not started its response gets ``{"error": ...}`` with 503 and ``Retry-After``;
+    other cancellations propagate.
+    """
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if self.lifecycle.draining:  # clients reconnect, to a replica that is not going away
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            if started or not self.lifecycle.draining:
+                raise
+            logger.warning("%s %s was cut at the end of the grace period: answered 503", scope["method"], scope["path"])
+            response = error_response(
+                503,
+                "the service is shutting down and could not finish this request within its grace period "
+                "(MFDV_GRACEFUL_SECONDS); retry on another replica",
+                {"Retry-After": "1", "Connection": "close"},
+            )
+            await response(scope, receive, send)  # the answer is out: the cancelled task ends here

@@ -1,0 +1,127 @@
+"""Overload against a real server: refusals come before the body, as JSON 503s with Retry-After.
+
+Requests whose headers have arrived but whose bodies have not hold their places in flight, so
+the test can fill the server exactly: the next request is refused from its headers alone
+(it never sends a body, and still gets its answer). Then a bounded burst of concurrent clients
+gets only 200s and 503s. The figures under real load (2,000 clients, latency of the 503s and
+of the 200s) come from ``benchmarks/bench_overload.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.support.server import ServerProcess
+
+MAX_INFLIGHT = 4
+KEY = "k"
+IMG = np.full((14, 14), 0.5).tolist()
+
+
+@pytest.fixture(scope="module")
+def server(hand_checkpoint: Path) -> Iterator[ServerProcess]:
+    env = {
+        "MFDV_MAX_INFLIGHT": str(MAX_INFLIGHT),
+        "MFDV_MAX_QUEUE_DELAY_MS": "0",  # only the in-flight bound: the test fills it exactly
+        "MFDV_ATTACK_WORKERS": "1",
+        "MFDV_ATTACK_QUEUE_SIZE": "0",
+        "MFDV_API_KEY": KEY,
+        "MFDV_BODY_TIMEOUT_SECONDS": "120",
+    }
+    with ServerProcess(hand_checkpoint, env=env, args=["--device", "cpu", "--no-access-log"]) as s:
+        yield s
+
+
+def headers_only(server: ServerProcess, path: str, *extra: str) -> socket.socket:
+    """A connection that sent a request's headers announcing a 100-byte body, and no body."""
+    sock = socket.create_connection((server.host, server.port), timeout=60)
+    head = "\r\n".join([f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json", "Content-Length: 100"])
+    sock.sendall(("\r\n".join([head, *extra]) + "\r\n\r\n").encode())
+    return sock
+
+
+def answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
+    """The response on ``sock`` (status, headers, JSON body)."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed without an answer: {raw!r}"
+        raw += chunk
+    top, _, body = raw.partition(b"\r\n\r\n")
+    lines = top.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def in_flight(server: ServerProcess) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("mfdv_inflight_requests ")))
+
+
+def wait_for(predicate: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds, failing after ``deadline_s``."""
+    tick = threading.Event()
+    for _ in range(int(deadline_s / 0.05)):
+        if predicate():
+            return
+        tick.wait(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_full_server_refuses_from_the_headers(server: ServerProcess) -> None:
+    with ExitStack() as stack:
+        held = [stack.enter_context(headers_only(server, "/v1/predict")) for _ in range(MAX_INFLIGHT)]
+        wait_for(lambda: in_flight(server) > MAX_INFLIGHT, "the held requests to be in flight")  # + this scrape
+        for path in ("/v1/predict", "/v2/models/tiny_mfdv/infer"):
+            with headers_only(server, path) as sock:  # no body is ever sent: the answer comes anyway
+                status, headers, body = answer(sock)
+            assert status == 503 and headers["retry-after"] == "1", body
+            assert headers["content-type"] == "application/json" and "MFDV_MAX_INFLIGHT" in body["error"]
+        assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200  # the rest is served
+        for sock in held:  # the clients leave; their places are given back
+            sock.close()
+
+    def admitted() -> bool:
+        return httpx.post(f"{server.url}/v1/predict", json={"inputs": [IMG]}, timeout=60).status_code == 200
+
+    wait_for(admitted, "a place to be free again")
+
+
+def test_a_busy_attack_pool_refuses_before_the_body_but_after_the_key(server: ServerProcess) -> None:
+    with headers_only(server, "/v1/attack-probe", f"X-API-Key: {KEY}"):  # holds the only attack place
+        wait_for(lambda: in_flight(server) > 1, "the held probe to be in flight")  # + this scrape
+        with headers_only(server, "/v1/attack-probe", f"X-API-Key: {KEY}") as sock:
+            status, headers, body = answer(sock)
+        assert status == 503 and headers["retry-after"] and "attack pool is busy" in body["error"]
+        with headers_only(server, "/v1/attack-probe") as sock:  # no key: told so, not whether the pool is busy
+            status, headers, body = answer(sock)
+        assert status == 401 and "www-authenticate" in headers
+
+
+def test_a_burst_gets_only_200s_and_json_503s(server: ServerProcess) -> None:
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            bodies = [{"inputs": [IMG], "samples": 8, "seed": i} for i in range(200)]
+            return await asyncio.gather(*(client.post("/v1/predict", json=b) for b in bodies))
+
+    responses = asyncio.run(burst())
+    statuses = {r.status_code for r in responses}
+    assert statuses <= {200, 503}, statuses
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused, "200 concurrent requests against 4 places: some must be refused"
+    assert all(r.headers["retry-after"] and set(r.json()) == {"error"} for r in refused)
+    ok = [r for r in responses if r.status_code == 200]
+    assert ok and all(r.json()["predictions"][0]["label"] in range(4) for r in ok)

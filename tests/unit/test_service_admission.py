@@ -1,0 +1,151 @@
+"""Admission control: the throughput estimate, the decision, and the middleware in front of the body."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service import Settings, create_app
+from service.admission import PREDICT_PATHS, Admission, ThroughputEstimator
+from service.engine import InferenceEngine
+
+IMG = np.full((14, 14), 0.5).tolist()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_rate_is_completions_per_busy_second() -> None:
+    clock = Clock()
+    est = ThroughputEstimator(window_s=1.0, min_completions=4, weight=1.0, clock=clock)
+    assert est.rate is None and est.expected_wait() == 0.0
+    for _ in range(10):  # one at a time, 0.25 s each, with idle gaps that must not count
+        est.started()
+        clock.now += 0.25
+        est.finished()
+        clock.now += 5.0
+    assert est.rate == pytest.approx(4.0)
+    for _ in range(8):
+        est.started()
+    assert est.expected_wait() == pytest.approx(8 / 4.0)
+
+
+def test_the_rate_under_saturation_is_the_throughput() -> None:
+    clock = Clock()
+    est = ThroughputEstimator(window_s=1.0, min_completions=4, weight=1.0, clock=clock)
+    for _ in range(20):
+        est.started()
+    for _ in range(100):  # 100 completions per second, 20 always in flight
+        clock.now += 0.01
+        est.finished()
+        est.started()
+    assert est.rate == pytest.approx(100.0)
+    assert est.expected_wait() == pytest.approx(20 / 100.0)
+
+
+def test_admission_refuses_over_the_in_flight_limit_and_the_expected_wait() -> None:
+    clock = Clock()
+    est = ThroughputEstimator(window_s=1.0, min_completions=1, weight=1.0, clock=clock)
+    adm = Admission(max_inflight=3, max_queue_delay_s=0.5, estimator=est)
+    assert [adm.refusal() for _ in range(3)] == [None] * 3
+    assert "MFDV_MAX_INFLIGHT" in (adm.refusal() or "")
+    for _ in range(3):
+        clock.now += 0.5
+        adm.finished()
+    assert est.rate == pytest.approx(2.0)  # 3 completions in 1.5 busy seconds
+    assert adm.refusal() is None  # none in flight: always admitted
+    assert adm.refusal() is None  # behind 1 in flight: 0.5 s, at the limit
+    assert "MFDV_MAX_QUEUE_DELAY_MS" in (adm.refusal() or "")  # behind 2: 1 s
+    assert adm.retry_after() == 1 and adm.refused == 2
+
+
+def test_no_queue_delay_limit_when_it_is_zero() -> None:
+    clock = Clock()
+    est = ThroughputEstimator(window_s=0.1, min_completions=1, weight=1.0, clock=clock)
+    adm = Admission(max_inflight=100, max_queue_delay_s=0.0, estimator=est)
+    adm.refusal()
+    clock.now += 10.0  # very slow requests
+    adm.finished()
+    assert all(adm.refusal() is None for _ in range(50))
+
+
+@pytest.mark.parametrize(
+    ("path", "admitted"),
+    [
+        ("/v1/predict", True),
+        ("/v2/models/m/infer", True),
+        ("/v2/models/m/versions/1/infer", True),
+        ("/v1/attack-probe", False),
+        ("/v1/predictx", False),
+        ("/v2/models/m/ready", False),
+    ],
+)
+def test_which_paths_are_admission_controlled(path: str, admitted: bool) -> None:
+    assert bool(PREDICT_PATHS.match(path)) is admitted
+
+
+def test_a_refusal_is_labelled_with_its_route_template(hand_checkpoint: Path) -> None:
+    """Refused before routing, a request still counts under its route template, as if it had been routed."""
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu"))
+    with TestClient(app) as c:
+        app.state.mfdv.admission.max_inflight = 0  # refuse everything
+        for path in ("/v1/predict", "/v2/models/tiny_mfdv/infer", "/v2/models/tiny_mfdv/versions/1/infer"):
+            assert c.post(path, content=b"{}").status_code == 503
+        text = c.get("/metrics").text
+    for template in ("/v1/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        assert f'mfdv_requests_total{{method="POST",route="{template}",status="503"}} 1.0' in text
+
+
+@pytest.fixture
+def held_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Every batch waits in the compute thread until released."""
+    computing, release = threading.Event(), threading.Event()
+    real = InferenceEngine.run
+
+    def held(self: InferenceEngine, jobs: list[Any]) -> Any:
+        computing.set()
+        assert release.wait(60), "the test never released the batch"
+        return real(self, jobs)
+
+    monkeypatch.setattr(InferenceEngine, "run", held)
+    yield computing, release
+    release.set()
+
+
+def test_a_request_over_the_limit_is_refused_before_its_body_is_read(
+    hand_checkpoint: Path, held_batches: tuple[threading.Event, threading.Event]
+) -> None:
+    computing, release = held_batches
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu", max_inflight=1, max_wait_ms=0))
+    release.set()  # the warm-up batch runs in the lifespan
+    with TestClient(app) as c:
+        computing.clear()  # hold the next batch
+        release.clear()
+        first: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: first.setdefault("r", c.post("/v1/predict", json={"inputs": [IMG]})))
+        t.start()
+        try:
+            assert computing.wait(60)
+            # Garbage that would be a 400 if it were read: the refusal comes first.
+            r = c.post("/v1/predict", content=b"not json", headers={"content-type": "application/json"})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert "MFDV_MAX_INFLIGHT" in r.json()["error"]
+            assert c.post("/v2/models/tiny_mfdv/infer", content=b"{").status_code == 503
+            assert c.get("/healthz").status_code == 200  # other routes are not admission-controlled
+        finally:
+            release.set()
+            t.join(60)
+        assert first["r"].status_code == 200
+        assert c.post("/v1/predict", json={"inputs": [IMG]}).status_code == 200  # the place was given back
+        assert 'route="/v1/predict",status="503"' in c.get("/metrics").text
