@@ -15,9 +15,10 @@ comes from ``hey`` when it is installed (``apt-get install hey``; a compiled cli
 server, where Python clients would take the cores themselves), else from httpx clients.
 
 (b) Measures, in this process on one CPU thread (``MFDV_ATTACK_THREADS=1``), what one cost unit
-of ``spec.cost`` takes in the worst case: a gradient unit with ``eot`` 1 on one input (APGD, PGD),
-a score unit with ``samples`` 1 on one input that does not flip (Square), and prints the caps
-they give for ``--limit`` seconds (the arithmetic of docs/attack-probe.md).
+of ``spec.cost`` (one backbone pass for one input) takes in the worst case: a gradient unit on
+one input alone (APGD, PGD) with 1 and with ``MFDV_MAX_SAMPLES`` EOT draws, a score unit on one
+input that does not flip (Square) with 1 and ``MFDV_MAX_SAMPLES`` draws per query, and prints the
+caps they give for ``--limit`` seconds (the arithmetic of docs/attack-probe.md).
 
 This is a benchmark, not a test: it prints tables (markdown) and asserts nothing.
 """
@@ -175,17 +176,20 @@ def unit_costs(checkpoint: Path) -> list[tuple[str, str, float]]:
     with torch.no_grad():
         y = model(x, None)[0].argmax(-1)
     out = []
+    draws = Settings().max_samples  # the most draws a head evaluation may take: they share the pass
     for name, kind, settings in [
         ("apgd", "gradient", {"eps": 0.1, "steps": 50, "eot": 1}),
-        ("pgd", "gradient", {"eps": 0.1, "steps": 50, "eot": 1}),
+        ("apgd", "gradient", {"eps": 0.1, "steps": 50, "eot": draws}),
+        ("pgd", "gradient", {"eps": 0.1, "steps": 50, "eot": draws}),
         ("square", "score", {"eps": 1e-5, "queries": 300, "samples": 1}),
+        ("square", "score", {"eps": 1e-5, "queries": 300, "samples": draws}),
     ]:
         spec = make_attack(name, **settings).resolve(shape)
         best = float("inf")
         for _ in range(3):
             cpu = time.process_time()
             res = spec.run(model, x, y, generator=torch.Generator().manual_seed(0))
-            used = res.queries * settings.get("samples", 1) if kind == "score" else res.grad_evals
+            used = res.queries if kind == "score" else res.grad_evals
             best = min(best, (time.process_time() - cpu) / max(used, 1))
         out.append(
             (f"{name} ({', '.join(f'{k}={v}' for k, v in settings.items() if k != 'eps')}, 1 input)", kind, best)

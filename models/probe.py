@@ -71,6 +71,10 @@ class SuiteSpec(BaseModel):
     def settings(self) -> dict[str, Any]:
         return get_suite(self.suite).describe(self.radius())
 
+    def draws(self) -> int:
+        """The most noise draws one head evaluation of the suite takes."""
+        return get_suite(self.suite).draws(self.radius())
+
 
 ProbeItem = Attack | SuiteSpec
 

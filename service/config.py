@@ -63,12 +63,12 @@ class Settings(BaseSettings):
             and the threads they start (Linux sets it per thread): 19, the lowest, lets attacks
             use only the CPU predictions leave; 0 is the predictions' own priority.
         max_probe_inputs: most inputs in one attack-probe request (over it: 422).
-        max_probe_gradient_budget: most gradient work in one probe: the sum over its gradient
-            attacks of steps x EOT draws x inputs (FGSM: 1 step; the surrogate: 1 draw; min_eps:
-            (steps x eot + samples) x (iters + 1) + samples, its judging draws included). Over it:
-            422 naming the request's cost.
+        max_probe_gradient_budget: most gradient work in one probe, in backbone passes x inputs
+            (``spec.cost``): steps for PGD-style attacks whatever their EOT draws (they share the
+            step's one backward pass), steps + 1 for APGD, and the forward passes that judge tries
+            (min_eps, suites). Over it: 422 naming the request's cost.
         max_probe_queries: most score queries in one probe: the sum over its score-based attacks
-            (Square) of ``queries`` x ``samples`` (draws per query) x inputs. Over it: 422.
+            (Square) of ``queries`` x inputs. Over it: 422.
         max_probe_eps: largest perturbation budget an attack may ask for (``eps``, and ``hi`` of
             min_eps), in pixel units. Over it: 422.
         max_probe_seconds: wall-time limit of one probe, from its arrival. It is checked between

@@ -63,7 +63,7 @@ class APGD(Attack):
     rho: float = Field(0.75, gt=0, lt=1, description="Oscillation threshold of the step-size checks.")
 
     def cost(self, inputs: int) -> AttackCost:
-        return AttackCost(gradient=(self.steps + 1) * (1 if self.noise_free else self.eot) * inputs)
+        return AttackCost(gradient=(self.steps + 1) * inputs)
 
     def run(
         self,

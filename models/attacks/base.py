@@ -58,9 +58,14 @@ class AttackResult:
 class AttackCost:
     """Work an attack needs for ``inputs`` inputs, in the units the service caps.
 
+    The unit is a backbone pass for one input: all noise is after the backbone, so the EOT draws
+    of a step share its one backward pass, and a score query's draws share its one forward pass
+    (a draw costs a [D] x [D, K] product, a rounding error next to the backbone). How many draws
+    one head evaluation takes is bounded separately (``Attack.draws``).
+
     Attributes:
-        gradient: steps x EOT draws x inputs, summed (plus any judging draws the attack makes).
-        queries: score queries x draws per query x inputs.
+        gradient: backward passes x inputs, plus the forward passes that judge tries (min_eps, suites).
+        queries: score queries (forward passes) x inputs.
     """
 
     gradient: int = 0
@@ -109,8 +114,12 @@ class Attack(BaseModel):
         return self.budget
 
     def cost(self, inputs: int) -> AttackCost:
-        """Gradient and query work for ``inputs`` inputs."""
+        """Gradient and query work for ``inputs`` inputs (``AttackCost``'s units: backbone passes)."""
         raise NotImplementedError
+
+    def draws(self) -> int:
+        """The most noise draws one head evaluation of this attack takes (EOT draws, samples per query)."""
+        return max(int(getattr(self, name, 0) or 0) for name in ("eot", "samples"))
 
     def run(
         self,

@@ -48,7 +48,7 @@ class EvadeMI(Attack):
         return {"alpha": eps / 4} if self.alpha is None else {}
 
     def cost(self, inputs: int) -> AttackCost:
-        return AttackCost(gradient=self.steps * self.eot * inputs)
+        return AttackCost(gradient=self.steps * inputs)
 
     def run(
         self,

@@ -23,7 +23,7 @@ class FGSM(Attack):
     noise_free: bool = Field(False, description="Attack the network with its noise switched off.")
 
     def cost(self, inputs: int) -> AttackCost:
-        return AttackCost(gradient=(1 if self.noise_free else self.eot) * inputs)
+        return AttackCost(gradient=inputs)
 
     def run(
         self,

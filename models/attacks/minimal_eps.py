@@ -65,8 +65,8 @@ class MinEps(Attack):
         return self.hi
 
     def cost(self, inputs: int) -> AttackCost:
-        rounds = self.iters + 1
-        return AttackCost(gradient=((self.steps * self.eot + self.samples) * rounds + self.samples) * inputs)
+        rounds = self.iters + 1  # EOT-PGD at hi, then one per bisection; each try judged by one forward pass
+        return AttackCost(gradient=(self.steps * rounds + rounds + 1) * inputs)
 
     def run(
         self,

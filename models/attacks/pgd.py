@@ -81,12 +81,12 @@ class _PGDBase(Attack):
     def _eps_defaults(self, eps: float) -> dict[str, Any]:
         return {"alpha": eps / 4} if self.alpha is None else {}
 
-    def draws(self) -> int:
+    def noise_draws(self) -> int:
         """Noise draws per gradient (0: the noise-free network)."""
         return 0
 
     def cost(self, inputs: int) -> AttackCost:
-        return AttackCost(gradient=self.steps * max(self.draws(), 1) * inputs)
+        return AttackCost(gradient=self.steps * inputs)
 
     def run(
         self,
@@ -98,7 +98,7 @@ class _PGDBase(Attack):
         should_stop: StopFn | None = None,
     ) -> AttackResult:
         eps = self.budget
-        draws = self.draws()
+        draws = self.noise_draws()
         x_adv, taken = pgd_loop(
             model,
             x,
@@ -119,7 +119,7 @@ class _EOTPGD(_PGDBase):
     eot: int = Field(16, ge=1, description="Noise draws averaged per gradient (one backward pass).")
     noise_free: bool = Field(False, description="Attack the network with its noise switched off.")
 
-    def draws(self) -> int:
+    def noise_draws(self) -> int:
         return 0 if self.noise_free else self.eot
 
 

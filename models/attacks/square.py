@@ -192,7 +192,7 @@ class Square(Attack):
     samples: int = Field(16, ge=1, description="Fresh noise draws averaged per query.")
 
     def cost(self, inputs: int) -> AttackCost:
-        return AttackCost(queries=self.queries * self.samples * inputs)
+        return AttackCost(queries=self.queries * inputs)
 
     def run(
         self,

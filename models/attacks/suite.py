@@ -86,12 +86,17 @@ class Suite:
         return specs
 
     def cost(self, eps: float, inputs: int) -> AttackCost:
-        """Upper bound of the work for ``inputs`` inputs (every attack on every input), plus the judging draws."""
-        total = AttackCost()
-        for spec in self.attacks(eps):
+        """Upper bound of the work for ``inputs`` inputs (every attack on every input), plus the judging passes."""
+        specs = self.attacks(eps)
+        total = AttackCost(gradient=(1 + len(specs)) * inputs)  # judging: the clean input, then each attack's output
+        for spec in specs:
             n = min(inputs, self.square_n) if spec.kind == "score" and self.square_n is not None else inputs
             total = total + spec.cost(n)
         return total
+
+    def draws(self, eps: float) -> int:
+        """The most noise draws one head evaluation of the suite takes (its attacks' and its judge's)."""
+        return max([self.judge_samples, *(a.draws() for a in self.attacks(eps))])
 
     def describe(self, eps: float) -> dict[str, Any]:
         """The settings to print beside every number this suite produced."""

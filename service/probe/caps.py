@@ -38,11 +38,12 @@ def check_caps(items: Sequence[ProbeItem], inputs: int, settings: Settings) -> A
         )
     for i, item in enumerate(items):
         where = f"attacks[{i}] ({item.name})"
-        draws = getattr(item, "samples", None)  # an attack's own judging draws (square, min_eps)
-        if isinstance(draws, int) and draws > s.max_samples:
+        draws = item.draws()  # the most draws one head evaluation takes: eot, samples, a suite's judging draws
+        if draws > s.max_samples:
+            named = ", ".join(f"{k}={getattr(item, k)}" for k in ("eot", "samples") if getattr(item, k, 0) == draws)
             raise ValidationFailed(
-                f"{where}: samples={draws} is over the limit of {s.max_samples} (MFDV_MAX_SAMPLES); "
-                "ask for fewer noise draws"
+                f"{where}: {named or f'{draws} draws'} is over the limit of {s.max_samples} noise draws "
+                "(MFDV_MAX_SAMPLES); ask for fewer"
             )
         eps, radius = item.eps, item.radius()
         if eps is not None and eps > s.max_probe_eps:
@@ -60,14 +61,14 @@ def check_caps(items: Sequence[ProbeItem], inputs: int, settings: Settings) -> A
     if total.gradient > s.max_probe_gradient_budget:
         parts = ", ".join(f"{it.name}: {c.gradient}" for it, c in zip(items, costs, strict=True) if c.gradient)
         raise ValidationFailed(
-            f"this probe needs {total.gradient} gradient units (steps x eot x inputs, plus min_eps's judging draws, "
-            f"summed over attacks: {parts}), over the limit of {s.max_probe_gradient_budget} "
-            "(MFDV_MAX_PROBE_GRADIENT_BUDGET); use fewer steps, eot draws, inputs or attacks"
+            f"this probe needs {total.gradient} gradient units (backbone passes x inputs: steps, plus the passes "
+            f"that judge tries; summed over attacks: {parts}), over the limit of {s.max_probe_gradient_budget} "
+            "(MFDV_MAX_PROBE_GRADIENT_BUDGET); use fewer steps, inputs or attacks"
         )
     if total.queries > s.max_probe_queries:
         parts = ", ".join(f"{it.name}: {c.queries}" for it, c in zip(items, costs, strict=True) if c.queries)
         raise ValidationFailed(
-            f"this probe needs {total.queries} score units (queries x samples x inputs: {parts}), over the limit "
-            f"of {s.max_probe_queries} (MFDV_MAX_PROBE_QUERIES); use fewer queries, samples or inputs"
+            f"this probe needs {total.queries} score units (queries x inputs: {parts}), over the limit "
+            f"of {s.max_probe_queries} (MFDV_MAX_PROBE_QUERIES); use fewer queries or inputs"
         )
     return total

@@ -152,8 +152,8 @@ class ProbeSummaryOut(BaseModel):
 
 
 class ProbeCostOut(BaseModel):
-    gradient: int = Field(description="Gradient units charged (steps x eot x inputs, summed).")
-    queries: int = Field(description="Score units charged (queries x samples x inputs, summed).")
+    gradient: int = Field(description="Gradient units charged (backbone passes x inputs, summed).")
+    queries: int = Field(description="Score units charged (queries x inputs, summed).")
     max_gradient: int = Field(description="MFDV_MAX_PROBE_GRADIENT_BUDGET.")
     max_queries: int = Field(description="MFDV_MAX_PROBE_QUERIES.")
 
