@@ -78,7 +78,12 @@ class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
     adv_val_n: int = Field(
         1000,
         ge=0,
-        description="held-out images attacked after each epoch; a drop beyond chance rolls back to the best (0: off)",
+        description="held-out images attacked after each epoch to pick the kept epoch (0: off, keep the last)",
+    )
+    adv_keep: Literal["best", "collapse"] = Field(
+        "best",
+        description="which epoch to keep: best = the best held-out robust epoch; "
+        "collapse = the last unless its held-out robustness dropped beyond chance (a collapse)",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -143,9 +143,11 @@ def fit(
 
     With ``args.adv`` the inputs are replaced by adversarial ones (``training.adversarial``), the
     attack seeing the noise as the served model does. Then, when ``val`` is given, every epoch
-    ends with PGD on ``args.adv_val_n`` held-out images; if the last epoch's robust accuracy there
-    falls below the best epoch's by more than chance explains (``rollback_tolerance``), the best
-    epoch's weights are restored (a guard against catastrophic overfitting; the stats say when).
+    ends with PGD on ``args.adv_val_n`` held-out images and the kept weights follow ``args.adv_keep``:
+    ``best`` restores the epoch with the best held-out robust accuracy (ties to the later epoch);
+    ``collapse`` keeps the last epoch unless its robust accuracy there falls below the best epoch's
+    by more than chance explains (``rollback_tolerance``): the guard against catastrophic
+    overfitting alone. The stats say which epoch was kept and whether that was a rollback.
     """
     model.to(device)
     net: torch.nn.Module = model
@@ -235,15 +237,15 @@ def fit(
     if best is not None:
         last = epochs[-1]["robust"]
         tol = rollback_tolerance(best[0], last, len(check))
-        roll = best[1] != epoch and last < best[0] - tol
+        roll = best[1] != epoch and (args.adv_keep == "best" or last < best[0] - tol)
         stats["kept_epoch"] = best[1] if roll else epoch
         stats["rolled_back"] = roll
         stats["rollback_tolerance"] = round(tol, 4)
         if roll:
             log.warning(
-                "rolled back to epoch %d: held-out PGD accuracy %.4f there vs %.4f at the last epoch, a drop "
-                "beyond the %.4f that chance explains (catastrophic overfitting guard)",
-                best[1], best[0], last, tol,
+                "rolled back to epoch %d: held-out PGD accuracy %.4f there vs %.4f at the last epoch "
+                "(--adv-keep %s; the drop that chance explains is %.4f)",
+                best[1], best[0], last, args.adv_keep, tol,
             )  # fmt: skip
             model.load_state_dict(best[2])
     model.eval()
@@ -261,6 +263,7 @@ def adversarial_summary(args: TrainConfig, img_size: int, stats: dict[str, Any])
         "kept_epoch": stats.get("kept_epoch"),
         "rolled_back": stats.get("rolled_back", False),
         "rollback_tolerance": stats.get("rollback_tolerance"),
+        "keep": args.adv_keep,
         "held_out_check": {"n": args.adv_val_n, "attack": "pgd", "steps": 10, "alpha": "eps/4", "eot": 4},
         "epochs": stats.get("epochs", []),
     }

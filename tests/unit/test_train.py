@@ -103,10 +103,19 @@ def test_parse_args_defaults_are_the_default_checkpoint_recipe() -> None:
     assert b.mu_bound is None and b.sigma_max is None
 
 
-@pytest.mark.parametrize(("robust", "kept", "rolled"), [([0.8, 0.2], 1, True), ([0.8, 0.79], 2, False)])
-def test_a_collapse_of_held_out_robustness_rolls_back_and_noise_does_not(
-    monkeypatch: pytest.MonkeyPatch, robust: list[float], kept: int, rolled: bool
+@pytest.mark.parametrize(
+    ("keep", "robust", "kept", "rolled"),
+    [
+        ("collapse", [0.8, 0.2], 1, True),
+        ("collapse", [0.8, 0.79], 2, False),
+        ("best", [0.8, 0.79], 1, True),
+        ("best", [0.79, 0.8], 2, False),
+    ],
+)
+def test_the_kept_epoch_follows_adv_keep(
+    monkeypatch: pytest.MonkeyPatch, keep: str, robust: list[float], kept: int, rolled: bool
 ) -> None:
+    """best: the best held-out robust epoch; collapse: the last unless it dropped beyond chance."""
     import training.train as tt
 
     seen = iter(robust)
@@ -118,7 +127,9 @@ def test_a_collapse_of_held_out_robustness_rolls_back_and_noise_does_not(
 
     monkeypatch.setattr(tt, "val_robust_accuracy", fake_check)
     ds = make_tiny_dataset(n=128)
-    args = TrainConfig(method="vanilla", arch="tiny_cnn", feature_dim=8, batch_size=32, epochs=2, adv="fgsm")
+    args = TrainConfig(
+        method="vanilla", arch="tiny_cnn", feature_dim=8, batch_size=32, epochs=2, adv="fgsm", adv_keep=keep
+    )
     model = tt.make_model(args, ds)
     stats = tt.fit(model, ds, args, torch.device("cpu"), val=ds)
     assert stats["kept_epoch"] == kept and stats["rolled_back"] is rolled
