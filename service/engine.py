@@ -96,6 +96,7 @@ class InferenceEngine:
             max_wait_s=settings.max_wait_ms / 1000.0,
             queue_size=settings.queue_size,
             metrics=metrics,
+            initializer=backend.init_thread,  # the compute thread's intra-op threads
         )
 
     @classmethod
@@ -108,11 +109,12 @@ class InferenceEngine:
         """
         device = resolve_device(settings.device)
         checkpoint = load_checkpoint(settings.model_dir, device=device)
-        backend = create_backend(settings.backend, checkpoint, device)
+        backend = create_backend(settings.backend, checkpoint, device, settings.compute_threads())
         engine = cls(checkpoint, backend, settings, metrics)
+        backend.init_thread()  # the warm-up computes in this thread
         engine.warmup()
         logger.info(
-            "loaded %s (%s, %s/%s, id %s) on %s with the %s backend",
+            "loaded %s (%s, %s/%s, id %s) on %s with the %s backend (MFDV_BACKEND=%s), %d intra-op threads",
             engine.name,
             checkpoint.path,
             engine.manifest.get("arch"),
@@ -120,6 +122,8 @@ class InferenceEngine:
             engine.model_id[:12],
             device,
             backend.name,
+            settings.backend,
+            backend.threads,
         )
         return engine
 

@@ -15,7 +15,15 @@ import torch
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
-from service.backends import BackendError, OnnxBackend, TorchBackend, resolve_device, split_onnx
+from service.backends import (
+    BackendError,
+    OnnxBackend,
+    TorchBackend,
+    choose_backend,
+    create_backend,
+    resolve_device,
+    split_onnx,
+)
 from service.batcher import MicroBatcher
 from service.engine import InferenceEngine, PredictJob
 from service.errors import ModelNotReady, Overloaded
@@ -31,6 +39,19 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
 
 def load(checkpoint: Path, **kw: object) -> InferenceEngine:
     return InferenceEngine.load(Settings(model_dir=checkpoint, device="cpu", **kw))  # type: ignore[arg-type]
+
+
+def count_backbone_calls(engine: InferenceEngine) -> list[int]:
+    """Rows of every backbone call the engine's backend makes from now on (whatever the backend)."""
+    calls: list[int] = []
+    real = engine.backend.backbone
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(int(x.shape[0]))
+        return real(x)
+
+    engine.backend.backbone = counted  # type: ignore[method-assign]
+    return calls
 
 
 def run_concurrently(engine: InferenceEngine, jobs: list[PredictJob]) -> list:
@@ -87,6 +108,40 @@ def test_onnx_split_refuses_graphs_of_another_form(tmp_path: Path) -> None:
         split_onnx(path)
 
 
+def test_auto_is_onnxruntime_on_cpu_computing_with_the_threads_it_is_given(hand_checkpoint: Path) -> None:
+    engine = load(hand_checkpoint, predict_threads=1)  # MFDV_BACKEND=auto
+    assert engine.backend.name == "onnx" and engine.backend.threads == 1
+    assert engine.backend._base.get_session_options().intra_op_num_threads == 1  # type: ignore[attr-defined]
+    seen: list[tuple[str, int]] = []
+    real = engine.backend.backbone
+
+    def watched(x: torch.Tensor) -> torch.Tensor:
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real(x)
+
+    engine.backend.backbone = watched  # type: ignore[method-assign]
+    run_concurrently(engine, [PredictJob(images(1), 4, 0)])
+    assert seen == [("mfdv-compute_0", 1)]  # torch's threads too (noise, summary) in the compute thread
+    assert load(hand_checkpoint, backend="torch", predict_threads=1).backend.name == "torch"
+
+
+def test_auto_falls_back_to_torch_where_onnxruntime_cannot_serve(
+    hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import service.backends as backends
+
+    def unsplittable(path: Path) -> tuple[bytes, bytes]:
+        raise BackendError(f"{path}: expected `logits = Add(base, shift)`")
+
+    monkeypatch.setattr(backends, "split_onnx", unsplittable)
+    checkpoint = load(hand_checkpoint, backend="torch").checkpoint
+    assert isinstance(create_backend("auto", checkpoint, "cpu"), TorchBackend)
+    assert "using torch" in caplog.text
+    with pytest.raises(BackendError, match="Add"):
+        create_backend("onnx", checkpoint, "cpu")
+    assert choose_backend("auto", "cuda") == "torch" and choose_backend("onnx", "cuda") == "onnx"
+
+
 def test_device_resolution() -> None:
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,8 +158,7 @@ def test_device_resolution() -> None:
 @pytest.mark.parametrize("invariant", [True, False])
 def test_t_draws_cost_one_backbone_pass(hand_checkpoint: Path, invariant: bool) -> None:
     engine = load(hand_checkpoint, max_batch=8, max_wait_ms=200, batch_invariant=invariant, backbone_chunk=8)
-    calls = []
-    engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    calls = count_backbone_calls(engine)
     jobs = [PredictJob(images(3, 0), 256, 1), PredictJob(images(2, 1), 64, 2), PredictJob(images(1, 2), 1, 3)]
     results = run_concurrently(engine, jobs)
     assert all(r.batch_size == 6 for r in results)
@@ -119,8 +173,7 @@ def test_backbone_chunk_defaults_to_small_fixed_chunks_on_cpu(hand_checkpoint: P
 
 def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(hand_checkpoint: Path) -> None:
     engine = load(hand_checkpoint, max_batch=4, max_inputs=16)
-    calls = []
-    engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    calls = count_backbone_calls(engine)
     x = images(10)
     big = engine.run([PredictJob(x, 8, 1)])[0]
     assert calls == [4, 4, 4]
