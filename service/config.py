@@ -66,7 +66,10 @@ class Settings(BaseSettings):
         default_samples: noise draws T when a request names none.
         max_samples: largest T a request may ask for.
         max_batch: most images coalesced into one backbone pass.
-        max_wait_ms: how long the batcher waits for more requests after the first one arrives.
+        max_wait_ms: how long the batcher waits for more requests after the first one arrives. 0 (as
+            Triton's ``max_queue_delay``): a batch starts as soon as the compute thread is free, with
+            every request that arrived while it was busy, so batches grow with the load by themselves;
+            waiting only delays requests when the compute thread is idle.
         queue_size: requests waiting for the batcher; when full, requests get 503 + Retry-After.
         max_body_bytes: largest request body; larger bodies get 413 before they are read.
         body_timeout_seconds: how long a request body may take to arrive, from the request's
@@ -139,7 +142,7 @@ class Settings(BaseSettings):
     default_samples: int = Field(32, ge=1)
     max_samples: int = Field(256, ge=1)
     max_batch: int = Field(64, ge=1)
-    max_wait_ms: float = Field(5, ge=0)
+    max_wait_ms: float = Field(0, ge=0)
     queue_size: int = Field(1024, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     body_timeout_seconds: float = Field(30, gt=0)

@@ -36,7 +36,7 @@ def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -
     s = Settings()
     assert s.model_dir == Path("checkpoints/fashion_mnist_mfdv")
     assert (s.host, s.port, s.workers, s.device, s.backend) == ("127.0.0.1", 8000, 1, "auto", "auto")
-    assert (s.default_samples, s.max_samples, s.max_batch, s.max_wait_ms) == (32, 256, 64, 5)
+    assert (s.default_samples, s.max_samples, s.max_batch, s.max_wait_ms) == (32, 256, 64, 0)
     assert (s.queue_size, s.max_body_bytes, s.api_key, s.batch_invariant) == (1024, 8 * 1024 * 1024, None, True)
 
 
