@@ -430,7 +430,7 @@ def test_api_key_dependency_for_protected_routes(hand_checkpoint: Path) -> None:
 def test_responses_are_built_off_the_event_loop(
     hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, route: str
 ) -> None:
-    """A big response (``return_samples``: megabytes) is rendered in a worker thread: while one is held
+    """A big response (``return_samples``: megabytes) is rendered in the compute thread: while one is held
     half-built, the event loop still answers ``/healthz``."""
     from service.routes import predict as predict_route
     from service.routes import v2 as v2_route
@@ -445,7 +445,7 @@ def test_responses_are_built_off_the_event_loop(
 
         return render
 
-    monkeypatch.setattr(predict_route, "dump_response", held(predict_route.dump_response))
+    monkeypatch.setattr(predict_route, "render_prediction", held(predict_route.render_prediction))
     monkeypatch.setattr(v2_route, "infer_response", held(v2_route.infer_response))
     img = bar_image(0).astype(np.float32) / 255
     body = (

@@ -25,7 +25,7 @@ from service.backends import (
     split_onnx,
 )
 from service.batcher import MicroBatcher
-from service.engine import InferenceEngine, PredictJob
+from service.engine import UNCERTAINTY_FIELDS, InferenceEngine, PredictJob
 from service.errors import ModelNotReady, Overloaded
 from service.pool import BoundedPool
 
@@ -197,6 +197,28 @@ def test_same_seed_alone_or_batched_with_others_is_bit_identical(hand_checkpoint
     # ...and inside a request of several inputs, each input's answer is its answer alone
     pair = engine.run([PredictJob(torch.cat([others[4].images[:1], target.images]), 16, 1234)])[0]
     assert torch.equal(pair.uncertainty.mean_probs[1], alone.result.uncertainty.mean_probs[0])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_requests_with_the_same_t_share_one_summary_and_keep_their_answers(
+    hand_checkpoint: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``summarize`` per group of requests with the same T; each input's summary is bit-identical to
+    the one it gets alone."""
+    import service.engine as engine_module
+
+    engine = load(hand_checkpoint, backend=backend, max_batch=64)
+    jobs = [PredictJob(images(1 + i % 3, i), 16, 100 + i) for i in range(7)]  # 13 inputs, T = 16
+    jobs.insert(3, PredictJob(images(2, 9), 5, 7))  # another T: a group of its own
+    alone = [engine.run([job])[0] for job in jobs]
+    calls: list[tuple[int, ...]] = []
+    real = engine_module.summarize
+    monkeypatch.setattr(engine_module, "summarize", lambda x: calls.append(tuple(x.shape)) or real(x))
+    together = engine.run(jobs)
+    assert sorted(calls) == [(5, 2, 4), (16, 13, 4)]
+    for a, b in zip(alone, together, strict=True):
+        for f in UNCERTAINTY_FIELDS:
+            assert torch.equal(getattr(a.uncertainty, f), getattr(b.uncertainty, f)), f
 
 
 def test_without_padding_batched_answers_still_agree_closely(hand_checkpoint: Path) -> None:
