@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from ..config import Settings
-from ..deps import EngineDep, StateDep
+from ..deps import EngineDep, StateDep, app_state
 from ..engine import InferenceEngine, PredictJob, PredictOutput, random_seed
 from ..errors import InvalidInput
 from ..inputs import InputSpec, decode_inputs
@@ -117,7 +117,7 @@ def render_prediction(engine: InferenceEngine, job: PredictJob, output: PredictO
     ),
     openapi_extra=request_body(PredictRequest, PredictForm),
 )
-async def predict(request: Request, state: StateDep, engine: EngineDep) -> Response:
+async def predict(request: Request) -> Response:
     """JSON ``{"inputs": [...], "samples": T, "seed": S}`` or multipart ``file`` uploads.
 
     The same seed gives the same bytes (``timing`` aside), whatever else is batched with it.
@@ -125,6 +125,8 @@ async def predict(request: Request, state: StateDep, engine: EngineDep) -> Respo
     (megabytes with ``return_samples``) is written by the compute thread with the batch's results.
     """
     arrived = time.perf_counter()
+    state = app_state(request)  # not StateDep/EngineDep: the hot path skips FastAPI's dependency resolution
+    engine = state.ready_engine()
     s = state.settings
     prepare = partial(prepare_job, settings=s, spec=state.input_spec(engine), engine=engine)
     job = await read_body(request, PREDICT_BODY, max_files=s.max_inputs, then=prepare, pool=state.cpu_pool())

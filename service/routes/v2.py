@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from fastapi import APIRouter, Request, Response
 
-from ..deps import AppState, EngineDep, StateDep
+from ..deps import AppState, EngineDep, StateDep, app_state
 from ..engine import MAX_SEED, InferenceEngine, PredictJob, PredictOutput, random_seed
 from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..inputs import check_batch
@@ -409,13 +409,15 @@ _INFER = {
 
 
 @router.post("/models/{name}/infer", **_INFER)
-async def infer(name: str, request: Request, state: StateDep, engine: EngineDep) -> Response:
-    return await _infer(request, state, _model(engine, name))
+async def infer(name: str, request: Request) -> Response:
+    state = app_state(request)  # not StateDep/EngineDep: the hot path skips FastAPI's dependency resolution
+    return await _infer(request, state, _model(state.ready_engine(), name))
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
-async def infer_version(name: str, version: str, request: Request, state: StateDep, engine: EngineDep) -> Response:
-    return await _infer(request, state, _model(engine, name, version))
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    state = app_state(request)
+    return await _infer(request, state, _model(state.ready_engine(), name, version))
 
 
 async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> Response:
