@@ -37,6 +37,16 @@ from .errors import InvalidInput
 
 IMAGE_FORMATS = ("PNG", "JPEG")
 
+LOOP_INPUTS = 4
+LOOP_PIXELS = 128 * 128
+"""What a request may decode on the event loop (``decode_inputs(on_loop=True)``): at most this many
+inputs claiming at most this many pixels together (a 28x28 PNG decodes in tens of microseconds,
+less than handing it to a decode thread and back costs); more is ``Offload``ed to the decode pool."""
+
+
+class Offload(Exception):  # noqa: N818 (a signal, not an error)
+    """Work started on the event loop that is too large for it; the caller runs it in the decode pool."""
+
 
 REDUCING_GAP = 3.0
 """A resize first box-reduces the image by whole factors per side as long as it stays at least this
@@ -192,7 +202,8 @@ def _to_channels(im: Image.Image, channels: int, size: tuple[int, int], where: s
         if im.mode not in REDUCIBLE_MODES:  # palette, 1-bit: their values cannot be averaged
             im = im.convert(mode)
         im = im.reduce(factors)
-    im = im.convert(mode)
+    if im.mode != mode:  # (convert to the same mode would copy)
+        im = im.convert(mode)
     if im.size != size:
         im = im.resize(size, Image.Resampling.BILINEAR)
     arr = np.asarray(im)
@@ -290,17 +301,30 @@ def open_item(value: Any, spec: InputSpec, where: str, resize: bool = False) -> 
 
 
 def decode_inputs(
-    items: Sequence[Any], spec: InputSpec, *, max_inputs: int, resize: bool = False, name: str = "inputs"
+    items: Sequence[Any],
+    spec: InputSpec,
+    *,
+    max_inputs: int,
+    resize: bool = False,
+    name: str = "inputs",
+    on_loop: bool = False,
 ) -> torch.Tensor:
     """Decode a request's inputs into one float32 tensor [N, C, H, W].
 
+    Args:
+        on_loop: this runs on the event loop: decode only within ``LOOP_INPUTS`` and ``LOOP_PIXELS``
+            (checked on the headers), else raise ``Offload`` before any pixel is decoded.
+
     Raises:
         InvalidInput: no inputs, too many, or any bad input (the message names its index).
+        Offload: ``on_loop`` and more work than the event loop should do.
     """
     if len(items) == 0:
         raise InvalidInput(f"{name} is empty; send at least one input")
     if len(items) > max_inputs:
         raise InvalidInput(f"{len(items)} inputs in one request; at most {max_inputs} are allowed, split the request")
+    if on_loop and len(items) > LOOP_INPUTS:
+        raise Offload
     opened: list[np.ndarray | Image.Image] = []
     try:
         for i, v in enumerate(items):  # every header before any pixel
@@ -313,6 +337,8 @@ def decode_inputs(
                 f"{spec.max_request_pixels} per request (MFDV_MAX_REQUEST_PIXELS); send smaller images "
                 f"({spec.shape[2]}x{spec.shape[1]} is what the model takes) or fewer per request"
             )
+        if on_loop and claimed > LOOP_PIXELS:
+            raise Offload
         arrays = [
             decode_opened(o, spec, f"{name}[{i}]") if isinstance(o, Image.Image) else o for i, o in enumerate(opened)
         ]

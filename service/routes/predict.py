@@ -42,17 +42,22 @@ def check_samples(samples: int | None, settings: Settings) -> int:
     return samples
 
 
-def prepare_job(body: Body[PredictOptions], settings: Settings, spec: InputSpec, engine: InferenceEngine) -> PredictJob:
-    """Check the options and decode the inputs: the CPU part, run in the decode pool.
+def prepare_job(
+    body: Body[PredictOptions], settings: Settings, spec: InputSpec, engine: InferenceEngine, on_loop: bool = False
+) -> PredictJob:
+    """Check the options and decode the inputs (on the event loop only while that is cheap: ``on_loop``).
 
     The job renders its own response in the compute thread (``render_prediction``).
 
     Raises:
         InvalidInput: bad options or inputs.
+        service.inputs.Offload: ``on_loop`` and too much to decode there.
     """
     req = body.options
     samples = check_samples(req.samples, settings)
-    images = decode_inputs(body.inputs, spec, max_inputs=settings.max_inputs, resize=req.resize, name=body.source)
+    images = decode_inputs(
+        body.inputs, spec, max_inputs=settings.max_inputs, resize=req.resize, name=body.source, on_loop=on_loop
+    )
     seed = req.seed if req.seed is not None else random_seed()
     return PredictJob(images, samples, seed, keep_draws=req.return_samples, render=partial(render_prediction, engine))
 
@@ -121,7 +126,7 @@ async def predict(request: Request) -> Response:
     """JSON ``{"inputs": [...], "samples": T, "seed": S}`` or multipart ``file`` uploads.
 
     The same seed gives the same bytes (``timing`` aside), whatever else is batched with it.
-    The body is decoded in the decode pool; the response
+    A small body is decoded on the event loop, a large one in the decode pool; the response
     (megabytes with ``return_samples``) is written by the compute thread with the batch's results.
     """
     arrived = time.perf_counter()
@@ -129,7 +134,14 @@ async def predict(request: Request) -> Response:
     engine = state.ready_engine()
     s = state.settings
     prepare = partial(prepare_job, settings=s, spec=state.input_spec(engine), engine=engine)
-    job = await read_body(request, PREDICT_BODY, max_files=s.max_inputs, then=prepare, pool=state.cpu_pool())
+    job = await read_body(
+        request,
+        PREDICT_BODY,
+        max_files=s.max_inputs,
+        then=prepare,
+        pool=state.cpu_pool(),
+        on_loop=partial(prepare, on_loop=True),
+    )
     output = await engine.predict(job)
     metrics = state.metrics
     metrics.samples.observe(job.samples)
