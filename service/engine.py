@@ -14,6 +14,8 @@ loop only sends it.
 from __future__ import annotations
 
 import logging
+import os
+import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -34,9 +36,13 @@ MAX_SEED = 2**63 - 1
 CPU_CHUNK = 4  # rows per backbone call on CPU unless MFDV_BACKBONE_CHUNK is set: bounds padding at low load
 
 
+_SEEDS = random.Random(secrets.randbits(64))  # one system-entropy read per process, not one per request
+os.register_at_fork(after_in_child=lambda: _SEEDS.seed(secrets.randbits(64)))  # forked workers draw apart
+
+
 def random_seed() -> int:
     """A fresh seed for requests that bring none (fits in a JSON number without loss)."""
-    return secrets.randbelow(2**31)
+    return _SEEDS.getrandbits(31)
 
 
 @dataclass(frozen=True)
