@@ -197,6 +197,9 @@ def _to_channels(im: Image.Image, channels: int, size: tuple[int, int], where: s
             f"{where}: this model takes {channels}-channel inputs, which images cannot carry; send arrays"
         )
     mode = "L" if channels == 1 else "RGB"
+    if im.mode == mode and im.size == size:  # the common case: nothing to reduce, convert or resize
+        arr = np.asarray(im)
+        return arr[..., None] if arr.ndim == 2 else arr
     factors = _reduction(im.size, size)
     if factors != (1, 1):
         if im.mode not in REDUCIBLE_MODES:  # palette, 1-bit: their values cannot be averaged
@@ -252,13 +255,18 @@ def open_image(data: bytes, spec: InputSpec, where: str, resize: bool = False) -
     return im
 
 
-def decode_opened(im: Image.Image, spec: InputSpec, where: str) -> np.ndarray:
+def decode_opened(im: Image.Image, spec: InputSpec, where: str, out: np.ndarray | None = None) -> np.ndarray:
     """An opened image (``open_image``) -> float32 [C, H, W] in [0, 1]; the image is closed after.
+
+    Args:
+        out: where to write the pixels (float32 [C, H, W]; default: a new array).
 
     Raises:
         InvalidInput: truncated or corrupt data, or channels an image cannot carry.
     """
     c, h, w = spec.shape
+    if out is None:
+        out = np.empty((c, h, w), np.float32)
     with im:
         try:
             im.load()
@@ -269,10 +277,12 @@ def decode_opened(im: Image.Image, spec: InputSpec, where: str) -> np.ndarray:
             raise InvalidInput(
                 f"{where} is truncated or corrupt (its pixels could not be decoded); send the complete file"
             ) from None
-    out = arr.astype(np.float32)
+    chw = arr.transpose(2, 0, 1)
     if arr.dtype == np.uint8:
-        out /= 255.0
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+        np.divide(chw, np.float32(255.0), out=out, dtype=np.float32)  # float32 / float32(255), as astype + /=
+    else:
+        out[...] = chw
+    return out
 
 
 def decode_image(data: bytes, spec: InputSpec, where: str, resize: bool = False) -> np.ndarray:
@@ -339,14 +349,17 @@ def decode_inputs(
             )
         if on_loop and claimed > LOOP_PIXELS:
             raise Offload
-        arrays = [
-            decode_opened(o, spec, f"{name}[{i}]") if isinstance(o, Image.Image) else o for i, o in enumerate(opened)
-        ]
+        batch = np.empty((len(opened), *spec.shape), np.float32)
+        for i, o in enumerate(opened):
+            if isinstance(o, Image.Image):
+                decode_opened(o, spec, f"{name}[{i}]", out=batch[i])
+            else:
+                batch[i] = o
     finally:
         for o in opened:
             if isinstance(o, Image.Image):
                 o.close()
-    return torch.from_numpy(np.stack(arrays))
+    return torch.from_numpy(batch)
 
 
 def check_batch(x: np.ndarray, spec: InputSpec, where: str, max_inputs: int) -> np.ndarray:
