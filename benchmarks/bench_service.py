@@ -1,35 +1,50 @@
-"""Benchmark the service: (a) cost of T noise draws vs one pass, (b) HTTP throughput with micro-batching on/off.
+"""Benchmark the service against this machine's ceilings, everything in one run.
 
-    python benchmarks/bench_service.py                       # default checkpoint
-    python benchmarks/bench_service.py --checkpoint DIR --duration 15
+    python benchmarks/bench_service.py                       # default checkpoint, about 8 minutes
+    python benchmarks/bench_service.py --duration 10 --rounds 2 --clients 32 --checkpoint DIR
 
-(a) times, in one process, one deterministic pass ``model(x, None)``, the service's
-way to get T draws (one backbone pass + T head draws, plus the uncertainty summary)
-and the naive way (T full forward passes), at batch 1 and 32, and prints ratios to
-the one pass. Target: T=64 at batch 32 within 1.3x of one pass.
+Prints, as markdown:
 
-(b) starts real ``python -m service`` processes and drives each with 32 concurrent
-httpx clients over loopback (one PNG image per request, T = the server's default),
-micro-batching on (``MFDV_MAX_BATCH=32``) and off (``MFDV_MAX_BATCH=1``,
-``MFDV_MAX_WAIT_MS=0``). Target: >= 4x requests/s with it on. Client and server share
-the machine's cores, as they would on one host.
+1. **compute ceiling** (in-process): images/s of the prediction compute (the engine's batch: backbone,
+   T draws per request, summaries) per backend (onnxruntime, torch), intra-op threads (1, the
+   default ``MFDV_PREDICT_THREADS`` and every core) and batch of one-image requests (1 to 256) at
+   T = 32, plus T = 64 at batch 256 (the GPU goal: >= 10,000 images/s); which is fastest at each
+   batch, and which row is the default (``MFDV_BACKEND=auto``: ``service.backends.AUTO_BACKENDS``).
+2. **padding**: images/s of the default backend when every backbone call is padded to a fixed chunk
+   (``MFDV_BACKBONE_CHUNK``, batch invariance) vs not padded, per batch size: the cost of padding.
+3. **T draws vs one pass** (torch): one deterministic pass, the service's T draws (one backbone pass +
+   T head draws, with and without the uncertainty summary) and T naive full passes.
+4. **HTTP** (Debian's ``hey``, a compiled client; a Python client saturates two cores before the
+   server does): ``--clients`` concurrent clients, each posting one 28x28 PNG as multipart with
+   ``samples=32``, ``--duration`` seconds per run, ``--rounds`` interleaved rounds, against: the bare
+   app (``benchmarks/bare_app.py``: the same multipart read and Pillow decode, a small JSON answer:
+   this machine's HTTP-stack ceiling), the service with its defaults, with the torch backend, with
+   micro-batching off (``MFDV_MAX_BATCH=1``), and the bare app and the service with 2 workers. Per
+   configuration: req/s of each round, p50/p99, p99/p50, mean images per batch, errors, and the
+   share of the bare app's req/s at the same worker count. Then the goals: service >= 60% of the
+   ceiling with p99 <= 2x p50; micro-batching on vs off (>= 4x on a GPU); 2 workers vs 1.
 
-This is a benchmark, not a test: it prints tables (markdown) and asserts nothing.
+Admission's queue-delay limit is off in every service run (``MFDV_MAX_QUEUE_DELAY_MS=0``): this
+measures throughput at a fixed concurrency, not shedding (``bench_overload.py`` does that). Client and
+servers share the machine's cores, as they would on one host; ``uptime``'s load is printed first, so a
+busy machine shows. This is a benchmark, not a test: it prints tables and asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
+import csv
 import io
 import logging
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -41,13 +56,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from models import ModelConfig, build_model, load_checkpoint, summarize  # noqa: E402
-from service.backends import TorchBackend  # noqa: E402
-from tests.support.server import ServerProcess  # noqa: E402
+from service.backends import AUTO_BACKENDS, TorchBackend, choose_backend  # noqa: E402
+from service.config import Settings, available_cores, threads_per_worker  # noqa: E402
+from service.engine import InferenceEngine, PredictJob  # noqa: E402
+from tests.support.server import ServerProcess, free_port  # noqa: E402
 
 log = logging.getLogger("bench")
 
 DRAWS = (1, 16, 64, 256)
-BATCHES = (1, 32)
+DRAW_BATCHES = (1, 32)
+CEILING_BATCHES = (1, 4, 16, 64, 256)
+PAD_BATCHES = (1, 2, 3, 5, 8, 16, 32, 64)
+PAD_CHUNKS = (1, 4, 16, 64)
+SAMPLES = 32
+GPU_GOAL = (256, 64, 10_000)  # batch, T, images/s
+BOUNDARY = "mfdvbenchboundary"
 
 
 def resolve_checkpoint(path: Path) -> tuple[Path, str]:
@@ -67,8 +90,8 @@ def resolve_checkpoint(path: Path) -> tuple[Path, str]:
 def best_of(fns: dict[str, Callable[[], object]], budget_s: float, min_reps: int = 5) -> dict[str, float]:
     """Fastest seconds per call of each function, calling them in turn (round robin) for ``budget_s``.
 
-    Interleaving exposes every function to the same background load; the minimum is
-    the least disturbed run (this benchmark runs on machines shared with other work).
+    Interleaving exposes every function to the same background load; the minimum is the least
+    disturbed run (this benchmark runs on machines shared with other work).
     """
     for fn in fns.values():
         fn()  # warm-up
@@ -84,11 +107,108 @@ def best_of(fns: dict[str, Callable[[], object]], budget_s: float, min_reps: int
     return {k: min(v) for k, v in times.items()}
 
 
+# -- 1. compute ceiling ---------------------------------------------------------------------------
+
+
+def engine(checkpoint: Path, device: str, backend: str, threads: int, **kw: object) -> InferenceEngine:
+    settings = Settings(model_dir=checkpoint, device=device, backend=backend, predict_threads=threads, **kw)  # type: ignore[arg-type]
+    return InferenceEngine.load(settings)
+
+
+def one_image_jobs(e: InferenceEngine, n: int, samples: int, seed: int = 0) -> list[PredictJob]:
+    """``n`` one-image requests, as HTTP traffic brings them."""
+    g = torch.Generator().manual_seed(seed)
+    return [PredictJob(torch.rand(1, *e.input_shape, generator=g), samples, seed + i) for i in range(n)]
+
+
+def batch_fn(e: InferenceEngine, jobs: list[PredictJob], chunk: int, pad: bool) -> Callable[[], object]:
+    """One batch as the compute thread runs it, with this engine's threads and the given chunking."""
+
+    def run() -> object:
+        e.backend.init_thread()
+        e.chunk, e.pad = chunk, pad
+        return e.run(jobs)
+
+    return run
+
+
+def compute_ceiling(checkpoint: Path, device: str, budget_s: float) -> tuple[str, dict[int, str]]:
+    """Part 1: images/s per backend, threads and batch; returns the table and the fastest backend per batch."""
+    cores = available_cores()
+    default_threads = threads_per_worker(cores, 1)
+    thread_counts = sorted({1, default_threads, cores}) if device == "cpu" else [default_threads]
+    backends = ["onnx", "torch"]
+    engines: dict[tuple[str, int], InferenceEngine] = {}
+    for name in backends:
+        for threads in thread_counts:
+            try:
+                engines[name, threads] = engine(checkpoint, device, name, threads, max_batch=max(CEILING_BATCHES))
+            except Exception as exc:  # e.g. onnxruntime without the CUDA provider on a GPU machine
+                log.warning("%s backend unavailable on %s: %s", name, device, exc)
+    cases = [(b, SAMPLES) for b in CEILING_BATCHES] + [GPU_GOAL[:2]]
+    best: dict[tuple[str, int, int, int], float] = {}
+    for b, t in cases:  # interleaved within each case: a slow configuration cannot starve the others of runs
+        fns = {
+            (name, threads, b, t): batch_fn(e, one_image_jobs(e, b, t), chunk=b, pad=True)
+            for (name, threads), e in engines.items()
+        }
+        best.update(best_of(fns, budget_s / len(cases), min_reps=3))  # type: ignore[arg-type]
+    rows = [
+        "| backend | intra-op threads | batch | T | images/s | ms per batch | the default |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    auto = choose_backend("auto", device)
+    fastest: dict[int, str] = {}
+    for b, t in cases:
+        scores = {k: k[2] / v for k, v in best.items() if k[2] == b and k[3] == t}
+        if t == SAMPLES and scores:
+            name, threads, _, _ = max(scores, key=scores.get)  # type: ignore[arg-type]
+            fastest[b] = f"{name} ({threads} thread{'s' if threads > 1 else ''})"
+        for (name, threads, _, _), ips in sorted(scores.items()):
+            mark = "yes" if name == auto and threads == default_threads else ""
+            rows.append(f"| {name} | {threads} | {b} | {t} | {ips:,.0f} | {b / ips * 1e3:.2f} | {mark} |")
+    return "\n".join(rows), fastest
+
+
+# -- 2. padding -----------------------------------------------------------------------------------
+
+
+def padding_table(checkpoint: Path, device: str, budget_s: float) -> str:
+    """Part 2: images/s of the default backend and threads with backbone calls padded to fixed chunks vs not."""
+    e = engine(checkpoint, device, "auto", threads_per_worker(available_cores(), 1), max_batch=Settings().max_batch)
+    default_chunk = e.chunk
+    fns: dict[tuple[int, str], Callable[[], object]] = {}
+    for b in PAD_BATCHES:
+        jobs = one_image_jobs(e, b, SAMPLES)
+        fns[b, "none"] = batch_fn(e, jobs, chunk=b, pad=False)
+        for c in PAD_CHUNKS:
+            fns[b, str(c)] = batch_fn(e, jobs, chunk=c, pad=True)
+    best = best_of(fns, budget_s, min_reps=3)  # type: ignore[arg-type]
+    e.chunk, e.pad = default_chunk, True
+    head = " | ".join(f"chunk {c}" + (" (default)" if c == default_chunk else "") for c in PAD_CHUNKS)
+    rows = [
+        f"backend {e.backend.name}, {e.backend.threads} intra-op thread(s), T = {SAMPLES}; images/s, and in brackets "
+        "the share of the unpadded rate",
+        "",
+        f"| batch | not padded | {head} |",
+        "|---:|---:|" + "---:|" * len(PAD_CHUNKS),
+    ]
+    for b in PAD_BATCHES:
+        free = b / best[b, "none"]
+        cells = " | ".join(f"{b / best[b, str(c)]:,.0f} ({b / best[b, str(c)] / free:.0%})" for c in PAD_CHUNKS)
+        rows.append(f"| {b} | {free:,.0f} | {cells} |")
+    return "\n".join(rows)
+
+
+# -- 3. T draws vs one pass -----------------------------------------------------------------------
+
+
 def draw_cost_table(checkpoint: Path, budget_s: float) -> str:
-    """Part (a): markdown table of T draws vs one pass vs T passes."""
+    """Part 3: markdown table of T draws vs one pass vs T passes (torch, the default predict threads)."""
     ck = load_checkpoint(checkpoint)
     model = ck.model.eval()
-    backend = TorchBackend(ck, "cpu")
+    backend = TorchBackend(ck, "cpu", threads_per_worker(available_cores(), 1))
+    backend.init_thread()
     c, h, w = ck.manifest["input_shape"]
     g = torch.Generator().manual_seed(0)
     rows = [
@@ -96,7 +216,7 @@ def draw_cost_table(checkpoint: Path, budget_s: float) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     with torch.inference_mode():
-        for b in BATCHES:
+        for b in DRAW_BATCHES:
             x = torch.rand(b, c, h, w, generator=g)
             noises = {t: torch.randn(t, model.feature_dim, generator=g) for t in DRAWS}
             fns: dict[str, Callable[[], object]] = {"one": lambda x=x: model(x, None)}
@@ -121,126 +241,247 @@ def draw_cost_table(checkpoint: Path, budget_s: float) -> str:
     return "\n".join(rows)
 
 
-def png_b64(rng: np.random.Generator, shape: tuple[int, int, int]) -> str:
+# -- 4. HTTP --------------------------------------------------------------------------------------
+
+
+def multipart_body(path: Path, shape: tuple[int, int, int]) -> str:
+    """One PNG of the model's size as a ``file`` part and ``samples`` as a field; returns the content type."""
     c, h, w = shape
-    arr = (rng.random((h, w) if c == 1 else (h, w, c)) * 255).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (h, w) if c == 1 else (h, w, c), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode(),
+        buf.getvalue(),
+        f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="samples"\r\n\r\n{SAMPLES}\r\n'
+        f"--{BOUNDARY}--\r\n".encode(),
+    ]
+    path.write_bytes(b"".join(parts))
+    return f"multipart/form-data; boundary={BOUNDARY}"
 
 
-def scrape(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+class BareProcess:
+    """``python -m benchmarks.bare_app`` on a free port, ready when entered."""
 
+    def __init__(self, workers: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
 
-async def load_test(url: str, bodies: list[dict], clients: int, warmup_s: float, duration_s: float) -> dict[str, float]:
-    """``clients`` concurrent loops, each sending one request after the other; stats over ``duration_s``."""
-    latencies: list[float] = []
-    errors = 0
-    measuring = False
-    stop_at = time.perf_counter() + warmup_s + duration_s
-
-    async def worker(i: int, client: httpx.AsyncClient) -> None:
-        nonlocal errors
-        k = i
-        while time.perf_counter() < stop_at:
-            t = time.perf_counter()
+    def __enter__(self) -> BareProcess:
+        cmd = [sys.executable, "-m", "benchmarks.bare_app", "--port", str(self.port), "--workers", str(self.workers)]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the bare app exited with {self.proc.returncode}")
             try:
-                ok = (await client.post("/v1/predict", json=bodies[k % len(bodies)])).status_code == 200
-            except httpx.HTTPError as e:
-                log.warning("request failed: %r", e)
-                ok = False
-            if measuring:
-                if ok:
-                    latencies.append(time.perf_counter() - t)
-                else:
-                    errors += 1
-            k += clients
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the bare app did not start within 60 s")
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        tasks = [asyncio.create_task(worker(i, client)) for i in range(clients)]
-        await asyncio.sleep(warmup_s)
-        measuring = True
-        batches0, images0 = scrape(url, "mfdv_batch_size_count"), scrape(url, "mfdv_batch_size_sum")
-        t0 = time.perf_counter()
-        await asyncio.sleep(duration_s)
-        elapsed = time.perf_counter() - t0
-        batches1, images1 = scrape(url, "mfdv_batch_size_count"), scrape(url, "mfdv_batch_size_sum")
-        await asyncio.gather(*tasks)
-    lat = np.array(latencies) * 1e3
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-        "batch": (images1 - images0) / max(1.0, batches1 - batches0),
-        "errors": errors,
+    def __exit__(self, *_: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Config:
+    name: str
+    kind: str  # "bare" or "service"
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    runs: list[Run] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Run:
+    rps: float
+    latencies: np.ndarray  # seconds, of the 200s
+    errors: int
+    batch: float | None  # mean images per batch (service only)
+
+
+def metric_sums(url: str) -> tuple[float, float]:
+    """``mfdv_batch_size`` (sum, count) from ``/metrics`` (every worker's, in multiprocess mode)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = {
+        line.split()[0]: float(line.split()[-1]) for line in text.splitlines() if line.startswith("mfdv_batch_size_")
     }
+    return values.get("mfdv_batch_size_sum", 0.0), values.get("mfdv_batch_size_count", 0.0)
 
 
-def throughput_table(checkpoint: Path, clients: int, warmup_s: float, duration_s: float) -> str:
-    """Part (b): markdown table of requests/s and latency, micro-batching on vs off."""
-    shape = tuple(load_checkpoint(checkpoint, verify=False).manifest["input_shape"])
-    rng = np.random.default_rng(0)
-    bodies = [{"inputs": [png_b64(rng, shape)], "seed": i} for i in range(64)]  # type: ignore[arg-type]
-    configs = [
-        ("off (max_batch=1, max_wait=0)", {"MFDV_MAX_BATCH": "1", "MFDV_MAX_WAIT_MS": "0"}),
-        ("on (max_batch=32, max_wait=5 ms)", {"MFDV_MAX_BATCH": "32", "MFDV_MAX_WAIT_MS": "5"}),
-        (
-            "on, one backbone call per batch (backbone_chunk=32)",
-            {"MFDV_MAX_BATCH": "32", "MFDV_MAX_WAIT_MS": "5", "MFDV_BACKBONE_CHUNK": "32"},
-        ),
+def hey(args: argparse.Namespace, url: str, body: Path, ctype: str, seconds: float) -> tuple[int, np.ndarray, int]:
+    """``hey`` for ``seconds``: (requests answered 200, their latencies, everything else)."""
+    cmd = [args.hey, "-z", f"{seconds}s", "-c", str(args.clients), "-m", "POST", "-T", ctype, "-D", str(body)]
+    cmd += ["-t", "60", "-o", "csv", f"{url}/v1/predict"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    ok, other = [], 0
+    for row in csv.DictReader(io.StringIO(out)):
+        if row["status-code"] == "200":
+            ok.append(float(row["response-time"]))
+        else:
+            other += 1
+    return len(ok), np.array(ok), other
+
+
+def measure(args: argparse.Namespace, cfg: Config, checkpoint: Path, body: Path, ctype: str) -> Run:
+    if cfg.kind == "bare":
+        server: BareProcess | ServerProcess = BareProcess(cfg.workers)
+    else:
+        env = {"MFDV_LOG_LEVEL": "warning", "MFDV_MAX_QUEUE_DELAY_MS": "0", "MFDV_WORKERS": str(cfg.workers), **cfg.env}
+        server = ServerProcess(checkpoint, env=env, args=["--no-access-log"])
+    with server:
+        hey(args, server.url, body, ctype, args.warmup)
+        before = metric_sums(server.url) if cfg.kind == "service" else None
+        n, lat, errors = hey(args, server.url, body, ctype, args.duration)
+        batch = None
+        if before is not None:
+            after = metric_sums(server.url)
+            batch = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+    return Run(n / args.duration, lat, errors, batch)
+
+
+def http_configs(device: str) -> list[Config]:
+    other = "torch" if choose_backend("auto", device) != "torch" else "onnx"
+    return [
+        Config("bare app (HTTP-stack ceiling)", "bare"),
+        Config("service, defaults", "service"),
+        Config(f"service, MFDV_BACKEND={other}", "service", env={"MFDV_BACKEND": other}),
+        Config("service, micro-batching off (MFDV_MAX_BATCH=1)", "service", env={"MFDV_MAX_BATCH": "1"}),
+        Config("bare app, 2 workers", "bare", workers=2),
+        Config("service, defaults, 2 workers", "service", workers=2),
     ]
-    results = []
-    for name, env in configs:
-        # Admission's queue-delay limit off: this measures throughput at a fixed concurrency, not shedding.
-        env = {**env, "MFDV_LOG_LEVEL": "warning", "MFDV_MAX_QUEUE_DELAY_MS": "0"}
-        with ServerProcess(checkpoint, env=env, args=["--no-access-log"]) as server:
-            stats = asyncio.run(load_test(server.url, bodies, clients, warmup_s, duration_s))
-            if stats["errors"]:
-                log.warning(
-                    "%s: %d failed requests; server warnings and errors:\n%s", name, stats["errors"], server.log_tail()
-                )
-        results.append((name, stats))
-        log.info("%s: %s", name, stats)
-    base = results[0][1]["rps"]
+
+
+def pct(lat: np.ndarray, q: float) -> float:
+    return float(np.percentile(lat, q) * 1e3) if lat.size else float("nan")
+
+
+def http_report(args: argparse.Namespace, configs: list[Config], device: str) -> str:
+    def rps(c: Config) -> float:
+        return float(np.mean([r.rps for r in c.runs]))
+
+    ceiling = {c.workers: rps(c) for c in configs if c.kind == "bare"}
+    rounds = " | ".join(f"round {i + 1}" for i in range(args.rounds))
     rows = [
-        f"| micro-batching ({clients} clients) | req/s | vs off | p50 (ms) | p99 (ms) | mean images per batch | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| configuration ({args.clients} clients) | {rounds} | req/s | p50 ms | p99 ms | p99/p50 | share of the "
+        "bare app | images per batch | errors |",
+        "|---|" + "---:|" * (args.rounds + 7),
     ]
-    for name, s in results:
+    for c in configs:
+        lat = np.concatenate([r.latencies for r in c.runs])
+        p50, p99 = pct(lat, 50), pct(lat, 99)
+        share = f"{rps(c) / ceiling[c.workers]:.0%}" if c.kind == "service" and c.workers in ceiling else "-"
+        batches = [r.batch for r in c.runs if r.batch is not None]
+        batch = f"{np.mean(batches):.1f}" if batches else "-"
+        per_round = " | ".join(f"{r.rps:,.0f}" for r in c.runs)
         rows.append(
-            f"| {name} | {s['rps']:.1f} | {s['rps'] / base:.2f}x | {s['p50']:.1f} | {s['p99']:.1f} | "
-            f"{s['batch']:.1f} | {s['errors']} |"
+            f"| {c.name} | {per_round} | {rps(c):,.0f} | {p50:.1f} | {p99:.1f} | {p99 / p50:.2f} | {share} | {batch} | "
+            f"{sum(r.errors for r in c.runs)} |"
         )
-    return "\n".join(rows)
+    by_name = {c.name: c for c in configs}
+    service, bare = by_name["service, defaults"], by_name["bare app (HTTP-stack ceiling)"]
+    lat = np.concatenate([r.latencies for r in service.runs])
+    share = rps(service) / rps(bare)
+    p50, p99 = pct(lat, 50), pct(lat, 99)
+    off = by_name["service, micro-batching off (MFDV_MAX_BATCH=1)"]
+    service2, bare2 = by_name["service, defaults, 2 workers"], by_name["bare app, 2 workers"]
+    goal_batching = 4.0 if device == "cuda" else None
+    lines = [
+        "",
+        f"- service vs the HTTP-stack ceiling at {args.clients} clients, 1 worker: {rps(service):,.0f} / "
+        f"{rps(bare):,.0f} req/s = {share:.0%} (goal >= 60%: {'met' if share >= 0.6 else 'NOT met'}); "
+        f"2 workers: {rps(service2) / rps(bare2):.0%}",
+        f"- service p99 / p50: {p99:.1f} / {p50:.1f} ms = {p99 / p50:.2f} (goal <= 2: {'met' if p99 <= 2 * p50 else 'NOT met'})",
+        f"- micro-batching on vs off: {rps(service) / rps(off):.2f}x"
+        + (
+            f" (goal on a GPU >= {goal_batching:g}x)"
+            if goal_batching
+            else " (a CPU's cost per image barely changes with batch size)"
+        ),
+        f"- 2 workers vs 1: service {rps(service2) / rps(service):.2f}x, bare app {rps(bare2) / rps(bare):.2f}x",
+    ]
+    return "\n".join(rows + lines)
+
+
+def http_part(args: argparse.Namespace, checkpoint: Path, device: str) -> str:
+    shape = tuple(load_checkpoint(checkpoint, verify=False).manifest["input_shape"])
+    body = Path(tempfile.mkdtemp(prefix="bench-service-")) / "body.multipart"
+    ctype = multipart_body(body, shape)  # type: ignore[arg-type]
+    configs = http_configs(device)
+    for r in range(args.rounds):
+        for cfg in configs:
+            run = measure(args, cfg, checkpoint, body, ctype)
+            cfg.runs.append(run)
+            log.info(
+                "round %d, %s: %.0f req/s, p50 %.1f ms, errors %d",
+                r + 1,
+                cfg.name,
+                run.rps,
+                pct(run.latencies, 50),
+                run.errors,
+            )
+    return http_report(args, configs, device)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / "fashion_mnist_mfdv")
-    p.add_argument("--budget", type=float, default=8.0, help="seconds of interleaved timing per batch size in part (a)")
+    p.add_argument("--budget", type=float, default=20.0, help="seconds of interleaved timing per in-process table")
     p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--warmup", type=float, default=3.0)
-    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per configuration in part (b)")
-    p.add_argument("--skip-http", action="store_true", help="only part (a)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measured run")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per HTTP run")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the HTTP runs")
+    p.add_argument("--skip-http", action="store_true", help="only the in-process tables")
+    p.add_argument("--skip-compute", action="store_true", help="only the HTTP runs")
+    p.add_argument("--hey", default=shutil.which("hey") or "hey")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if not args.skip_http and shutil.which(args.hey) is None:
+        print("hey is missing: apt-get install hey (Debian), or pass --hey PATH (or --skip-http)", file=sys.stderr)
+        return 2
 
     checkpoint, described = resolve_checkpoint(args.checkpoint)
-    cpu = platform.processor() or platform.machine()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    import onnxruntime
+
+    cores = available_cores()
     print(f"checkpoint: {described}")
     print(
-        f"machine: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, CUDA {'yes' if torch.cuda.is_available() else 'no'}"
+        f"machine: {cores} CPU cores ({platform.processor() or platform.machine()}), load average "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the start, torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}, CUDA {torch.cuda.get_device_name() if device == 'cuda' else 'no'}; "
+        f"MFDV_BACKEND=auto picks {AUTO_BACKENDS.get(device)} here, default predict threads "
+        f"{threads_per_worker(cores, 1)} (1 worker), {threads_per_worker(cores, 2)} (2 workers)"
     )
-    print("\n(a) cost of T draws vs one deterministic pass (torch, CPU, one process; best of interleaved runs)\n")
-    print(draw_cost_table(checkpoint, args.budget))
+    if not args.skip_compute:
+        print(f"\n## 1. Compute ceiling (in-process, one-image requests, best of interleaved runs, {device})\n")
+        table, fastest = compute_ceiling(checkpoint, device, args.budget)
+        print(table)
+        print("\nfastest per batch (T = 32): " + ", ".join(f"{b}: {name}" for b, name in fastest.items()))
+        print(f"\n## 2. Padding to fixed backbone chunks (batch invariance; in-process, {device})\n")
+        print(padding_table(checkpoint, device, args.budget))
+        print("\n## 3. T draws vs one deterministic pass (torch, CPU, one process; best of interleaved runs)\n")
+        print(draw_cost_table(checkpoint, args.budget / 4))
     if not args.skip_http:
-        print(f"\n(b) HTTP over loopback, {args.clients} concurrent clients, 1 PNG image per request\n")
-        print(throughput_table(checkpoint, args.clients, args.warmup, args.duration))
+        print(
+            f"\n## 4. HTTP over loopback: hey, {args.clients} clients, one {SAMPLES}-draw PNG request (multipart), "
+            f"{args.duration:g} s per run, {args.rounds} interleaved rounds\n"
+        )
+        print(http_part(args, checkpoint, device))
     return 0
 
 

@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", help="checkpoint directory (MFDV_MODEL_DIR)")
     p.add_argument("--workers", type=int, help="uvicorn worker processes (MFDV_WORKERS)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="MFDV_DEVICE")
-    p.add_argument("--backend", choices=["torch", "onnx"], help="MFDV_BACKEND")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], help="MFDV_BACKEND")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="MFDV_LOG_LEVEL")
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
     return p.parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -65,10 +66,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine.start()
     state.engine = engine
     state.lifecycle.start(asyncio.get_running_loop())  # SIGTERM: drain, then uvicorn's shutdown
+    # Everything allocated so far (the libraries, the model) lives as long as the process: out of the
+    # collector's sight, a full collection scans only what requests allocate (about 2 ms, not 150 ms
+    # that block the event loop every second under load).
+    gc.freeze()
     logger.info("ready: %s", engine.name)
     try:
         yield
     finally:
+        gc.unfreeze()
         state.lifecycle.stop()  # /readyz answers 503 from here on (it did already while draining)
         await engine.stop()
         await asyncio.to_thread(state.attack_pool.shutdown)

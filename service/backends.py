@@ -13,6 +13,11 @@ by request. The state is the noise-free logits ``W mu + b`` [B,K] and the head a
 each draw's shift ``W delta(noise)`` [T,K] (for onnxruntime, ``model.onnx`` is split
 at load time into an image-only and a noise-only graph whose outputs are added).
 An input's logits therefore depend only on its own backbone row and the noise.
+
+Which backend predicts is a setting (``MFDV_BACKEND``); ``auto`` takes the one measured fastest
+for the device (``choose_backend``). Every backend computes with an explicit number of intra-op
+threads (``MFDV_PREDICT_THREADS``), never the library's default of one per core: the compute
+thread shares the cores with the event loop, the decode threads and the attack workers.
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ class Backend(Protocol):
 
     name: str
     device: str
+    threads: int
+
+    def init_thread(self) -> None:
+        """Prepare the calling thread to compute (torch's intra-op threads); called once per compute thread."""
+        ...
 
     def backbone(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image state [B, ...] for pixels [B,C,H,W] in [0, 1] (CPU float32)."""
@@ -66,6 +76,13 @@ def resolve_device(name: str) -> str:
         raise BackendError(f"MFDV_DEVICE={name}: {e}") from None
 
 
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op threads for the calling thread (OpenMP's setting is per thread): the compute
+    thread's noise draws, summaries and, with the torch backend, the model."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 class TorchBackend:
     """The checkpoint's torch model, split where the noise enters.
 
@@ -77,13 +94,17 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, checkpoint: Checkpoint, device: str) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: str, threads: int = 1) -> None:
         self.device = device
+        self.threads = threads
         self.model = checkpoint.model.to(device).eval()
         if device == "cuda":
             # Same shapes, same kernels: no autotuning, no nondeterministic cuDNN algorithms.
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
+
+    def init_thread(self) -> None:
+        set_torch_threads(self.threads)
 
     @torch.inference_mode()
     def backbone(self, images: torch.Tensor) -> torch.Tensor:
@@ -184,11 +205,14 @@ class OnnxBackend:
 
     ``backbone`` returns the noise-free logits [B,K]; ``head`` adds each draw's logit
     shift ``W delta(noise)`` [T,K]. The sum is exactly the full graph's ``Add``.
+
+    Each session computes with ``threads`` intra-op threads that sleep when idle (no spinning:
+    a spinning pool takes the CPU the event loop needs) and runs its nodes in order.
     """
 
     name = "onnx"
 
-    def __init__(self, checkpoint: Checkpoint, device: str) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: str, threads: int = 1) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -202,14 +226,23 @@ class OnnxBackend:
         else:
             providers = ["CPUExecutionProvider"]
         self.device = device
+        self.threads = threads
         base, shift = split_onnx(checkpoint.path / ONNX)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._base = ort.InferenceSession(base, sess_options=opts, providers=providers)
         self._shift = ort.InferenceSession(shift, sess_options=opts, providers=providers)
         self._base_out = self._base.get_outputs()[0].name
         self._shift_out = self._shift.get_outputs()[0].name
-        logger.info("onnxruntime providers: %s", self._base.get_providers())
+        logger.info("onnxruntime providers: %s, %d intra-op threads", self._base.get_providers(), threads)
+
+    def init_thread(self) -> None:
+        """The sessions own their threads; torch's (the noise and the summary) are set like them."""
+        set_torch_threads(self.threads)
 
     def backbone(self, images: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
@@ -225,14 +258,35 @@ class OnnxBackend:
         return self.head(self.backbone(images), noise)
 
 
-def create_backend(name: str, checkpoint: Checkpoint, device: str) -> Backend:
-    """Build the backend ``name`` (``torch`` or ``onnx``) on a resolved ``device``.
+AUTO_BACKENDS = {"cpu": "onnx", "cuda": "torch"}
+"""What ``MFDV_BACKEND=auto`` predicts with, per device: the backend with the most images/s in the
+compute-ceiling table of ``benchmarks/bench_service.py`` (rerun it to revisit; docs/service.md)."""
+
+
+def choose_backend(name: str, device: str) -> str:
+    """The backend ``name`` names on ``device``: itself, or for ``auto`` the measured choice (``AUTO_BACKENDS``)."""
+    return AUTO_BACKENDS.get(device, "torch") if name == "auto" else name
+
+
+def create_backend(name: str, checkpoint: Checkpoint, device: str, threads: int = 1) -> Backend:
+    """Build the backend ``name`` (``auto``, ``torch`` or ``onnx``) on a resolved ``device`` with ``threads``
+    intra-op threads.
+
+    ``auto`` falls back to torch, with a warning, when its choice cannot serve this checkpoint
+    here (no onnxruntime, a graph that does not split); a backend named explicitly does not.
 
     Raises:
-        BackendError: unknown name, or the backend cannot run here.
+        BackendError: unknown name, or the named backend cannot run here.
     """
-    if name == "torch":
-        return TorchBackend(checkpoint, device)
-    if name == "onnx":
-        return OnnxBackend(checkpoint, device)
-    raise BackendError(f"unknown backend {name!r}; use torch or onnx")
+    chosen = choose_backend(name, device)
+    if chosen == "torch":
+        return TorchBackend(checkpoint, device, threads)
+    if chosen == "onnx":
+        try:
+            return OnnxBackend(checkpoint, device, threads)
+        except (BackendError, ImportError) as e:
+            if name != "auto":
+                raise
+            logger.warning("MFDV_BACKEND=auto: onnxruntime cannot serve this checkpoint (%s); using torch", e)
+            return TorchBackend(checkpoint, device, threads)
+    raise BackendError(f"unknown backend {name!r}; use auto, torch or onnx")

@@ -71,6 +71,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         max_wait_s: how long to wait for more items once the first has arrived.
         queue_size: most items waiting; beyond that ``submit`` raises ``Overloaded``.
         metrics: where queue time, compute time and batch size are observed (optional).
+        initializer: run once in the compute thread before its first batch (e.g. to set its
+            intra-op threads).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         max_wait_s: float,
         queue_size: int,
         metrics: Metrics | None = None,
+        initializer: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_s >= 0")
@@ -89,6 +92,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
         self._metrics = metrics
+        self._initializer = initializer
         self._queue: asyncio.Queue[_Pending[ItemT, ResultT]] | None = None
         self._carry: _Pending[ItemT, ResultT] | None = None
         self._taken: list[_Pending[ItemT, ResultT]] = []  # out of the queue, not answered yet
@@ -105,7 +109,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if self.running:
             return
         self._queue = asyncio.Queue(maxsize=self.queue_size)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfdv-compute")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="mfdv-compute", initializer=self._initializer
+        )
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="mfdv-batcher")
 
     async def stop(self) -> None:

@@ -7,6 +7,8 @@ object is built; a bad value fails at once with a message naming what is valid.
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +16,34 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path("checkpoints/fashion_mnist_mfdv")
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPU cores this process may use: the CPUs it may run on (affinity, cpuset), capped by a cgroup v2
+    CPU quota (a container's CPU limit, rounded up) when one is set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def threads_per_worker(cores: int, workers: int) -> int:
+    """Default intra-op threads of one worker's prediction compute: its share of ``cores``, less one
+    core for its event loop (which parses, decodes and answers every request), at least one.
+
+    Two cores and one worker: one thread, the other core runs the event loop; more threads would
+    compete with it (and with each other: torch with 2 threads on 2 busy cores fell to a few
+    images/s in ``benchmarks/bench_service.py``'s compute table).
+    """
+    return max(1, cores // max(1, workers) - 1)
 
 
 class Settings(BaseSettings):
@@ -25,11 +55,21 @@ class Settings(BaseSettings):
         port: TCP port uvicorn binds (``python -m service`` only).
         workers: uvicorn worker processes; each loads its own model and batches on its own.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (fails when CUDA is missing).
-        backend: ``torch`` or ``onnx`` (onnxruntime, CUDA provider when available and allowed).
+        backend: the predict backend: ``auto`` (the fastest measured for the device: onnxruntime on
+            CPU, torch on CUDA; see ``service.backends.choose_backend``), ``torch`` or ``onnx``
+            (onnxruntime, CUDA provider when available and allowed). Attack probes use the torch
+            model whatever this is.
+        predict_threads: intra-op CPU threads of the prediction compute (onnxruntime's
+            ``intra_op_num_threads``, or ``torch.set_num_threads`` in the compute thread). Unset:
+            ``max(1, cores // workers - 1)``: each worker's share of the cores, less one for its
+            event loop (``threads_per_worker``).
         default_samples: noise draws T when a request names none.
         max_samples: largest T a request may ask for.
         max_batch: most images coalesced into one backbone pass.
-        max_wait_ms: how long the batcher waits for more requests after the first one arrives.
+        max_wait_ms: how long the batcher waits for more requests after the first one arrives. 0 (as
+            Triton's ``max_queue_delay``): a batch starts as soon as the compute thread is free, with
+            every request that arrived while it was busy, so batches grow with the load by themselves;
+            waiting only delays requests when the compute thread is idle.
         queue_size: requests waiting for the batcher; when full, requests get 503 + Retry-After.
         max_body_bytes: largest request body; larger bodies get 413 before they are read.
         body_timeout_seconds: how long a request body may take to arrive, from the request's
@@ -59,6 +99,8 @@ class Settings(BaseSettings):
         attack_queue_size: probes allowed to wait for an attack worker before 503 + Retry-After.
         attack_threads: CPU threads each attack worker computes with (``torch.set_num_threads``
             in that worker thread only; predictions keep theirs), so probes leave cores to predictions.
+            1 by default, whatever the cores: attack threads run at ``attack_nice``, and torch's
+            threads wait for each other at every operation, so one starved thread stalls the rest.
         attack_nice: the OS scheduling priority (nice value, 0..19) of the attack worker threads
             and the threads they start (Linux sets it per thread): 19, the lowest, lets attacks
             use only the CPU predictions leave; 0 is the predictions' own priority.
@@ -95,11 +137,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["torch", "onnx"] = "torch"
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    predict_threads: int | None = Field(None, ge=1)
     default_samples: int = Field(32, ge=1)
     max_samples: int = Field(256, ge=1)
     max_batch: int = Field(64, ge=1)
-    max_wait_ms: float = Field(5, ge=0)
+    max_wait_ms: float = Field(0, ge=0)
     queue_size: int = Field(1024, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     body_timeout_seconds: float = Field(30, gt=0)
@@ -125,6 +168,10 @@ class Settings(BaseSettings):
     graceful_seconds: float = Field(20, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     ui: bool = True
+
+    def compute_threads(self) -> int:
+        """The prediction compute's intra-op threads: ``predict_threads``, or ``threads_per_worker``."""
+        return self.predict_threads or threads_per_worker(available_cores(), self.workers)
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -4,15 +4,21 @@ For a batch of requests the engine runs the backbone once over all their images
 (in chunks of ``backbone_chunk`` rows, each padded to that fixed shape when
 ``batch_invariant``), then gives every request its own
 T noise draws from a generator seeded with the request's seed and summarizes them
-(mean probabilities and uncertainty). Nothing a request gets depends on the other
-requests in its batch, so the same seed gives the same answer.
+(mean probabilities and uncertainty): one summary per group of requests with the same T,
+whose inputs are independent columns of it. Nothing a request gets depends on the other
+requests in its batch, so the same seed gives the same answer. A request may bring a
+``render`` function: the compute thread then also writes its response body, so the event
+loop only sends it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -30,9 +36,13 @@ MAX_SEED = 2**63 - 1
 CPU_CHUNK = 4  # rows per backbone call on CPU unless MFDV_BACKBONE_CHUNK is set: bounds padding at low load
 
 
+_SEEDS = random.Random(secrets.randbits(64))  # one system-entropy read per process, not one per request
+os.register_at_fork(after_in_child=lambda: _SEEDS.seed(secrets.randbits(64)))  # forked workers draw apart
+
+
 def random_seed() -> int:
     """A fresh seed for requests that bring none (fits in a JSON number without loss)."""
-    return secrets.randbelow(2**31)
+    return _SEEDS.getrandbits(31)
 
 
 @dataclass(frozen=True)
@@ -44,12 +54,16 @@ class PredictJob:
         samples: noise draws T.
         seed: seed of this request's noise generator.
         keep_draws: also return the per-draw probabilities.
+        render: called in the compute thread with this job and its ``PredictOutput`` once its batch
+            is computed; what it returns is the output's ``body`` (the response, written off the
+            event loop, by the thread that already holds the results).
     """
 
     images: torch.Tensor
     samples: int
     seed: int
     keep_draws: bool = False
+    render: Callable[[PredictJob, PredictOutput], Any] | None = None
 
     @property
     def size(self) -> int:
@@ -63,10 +77,21 @@ class PredictOutput:
     Attributes:
         uncertainty: mean probabilities, label and uncertainty per input.
         draws: per-draw probabilities [T, n, K], or None.
+        body: what the job's ``render`` returned (None without one).
     """
 
     uncertainty: Uncertainty
     draws: torch.Tensor | None
+    body: Any = None
+
+
+UNCERTAINTY_FIELDS = tuple(f.name for f in fields(Uncertainty))
+
+
+def split_rows(u: Uncertainty, sizes: list[int]) -> list[Uncertainty]:
+    """``u`` cut into consecutive parts of ``sizes`` rows (views, no copy; one split per field)."""
+    parts = [getattr(u, name).split(sizes) for name in UNCERTAINTY_FIELDS]
+    return [Uncertainty(*rows) for rows in zip(*parts, strict=True)]
 
 
 class InferenceEngine:
@@ -96,6 +121,7 @@ class InferenceEngine:
             max_wait_s=settings.max_wait_ms / 1000.0,
             queue_size=settings.queue_size,
             metrics=metrics,
+            initializer=backend.init_thread,  # the compute thread's intra-op threads
         )
 
     @classmethod
@@ -108,11 +134,12 @@ class InferenceEngine:
         """
         device = resolve_device(settings.device)
         checkpoint = load_checkpoint(settings.model_dir, device=device)
-        backend = create_backend(settings.backend, checkpoint, device)
+        backend = create_backend(settings.backend, checkpoint, device, settings.compute_threads())
         engine = cls(checkpoint, backend, settings, metrics)
+        backend.init_thread()  # the warm-up computes in this thread
         engine.warmup()
         logger.info(
-            "loaded %s (%s, %s/%s, id %s) on %s with the %s backend",
+            "loaded %s (%s, %s/%s, id %s) on %s with the %s backend (MFDV_BACKEND=%s), %d intra-op threads",
             engine.name,
             checkpoint.path,
             engine.manifest.get("arch"),
@@ -120,6 +147,8 @@ class InferenceEngine:
             engine.model_id[:12],
             device,
             backend.name,
+            settings.backend,
+            backend.threads,
         )
         return engine
 
@@ -173,17 +202,45 @@ class InferenceEngine:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def run(self, jobs: list[PredictJob]) -> list[PredictOutput]:
-        """Compute a batch: the backbone once over every job's images, then each job's own draws."""
-        state = self.backbone(torch.cat([j.images for j in jobs]))
-        outputs = []
+        """Compute a batch: the backbone once over every job's images, each job's own draws, one summary
+        per group of jobs with the same T; then each job's ``render``, if it has one."""
+        images = jobs[0].images if len(jobs) == 1 else torch.cat([j.images for j in jobs])
+        state = self.backbone(images)
+        logits = []
         offset = 0
         for job in jobs:
             rows = state[offset : offset + job.size]
             offset += job.size
-            logits = self.backend.head(rows, self.noise(job.samples, job.seed))  # (T, n, K)
-            draws = torch.softmax(logits, dim=-1) if job.keep_draws else None
-            outputs.append(PredictOutput(summarize(logits), draws))
+            logits.append(self.backend.head(rows, self.noise(job.samples, job.seed)))  # (T, n, K)
+        summaries = self.summaries(jobs, logits)
+        outputs = []
+        for job, lg, u in zip(jobs, logits, summaries, strict=True):
+            out = PredictOutput(u, torch.softmax(lg, dim=-1) if job.keep_draws else None)
+            if job.render is not None:
+                out = PredictOutput(out.uncertainty, out.draws, job.render(job, out))
+            outputs.append(out)
         return outputs
+
+    @staticmethod
+    def summaries(jobs: list[PredictJob], logits: list[torch.Tensor]) -> list[Uncertainty]:
+        """Each job's uncertainty, from one ``summarize`` per group of jobs with the same T.
+
+        An input is a column of the group's [T, N, K] logits and every statistic reduces over T
+        or K only, so its summary does not depend on the other columns (bit for bit: tested);
+        one call per group replaces one per request.
+        """
+        groups: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.samples, []).append(i)
+        out: list[Uncertainty | None] = [None] * len(jobs)
+        for members in groups.values():
+            if len(members) == 1:
+                out[members[0]] = summarize(logits[members[0]])
+                continue
+            u = summarize(torch.cat([logits[i] for i in members], dim=1))  # (T, N, K) -> N rows
+            for i, rows in zip(members, split_rows(u, [jobs[i].size for i in members]), strict=True):
+                out[i] = rows
+        return out  # type: ignore[return-value]
 
     def warmup(self) -> None:
         """Run one batch of each kind the service will see, so the first request is not slow."""

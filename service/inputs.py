@@ -37,6 +37,16 @@ from .errors import InvalidInput
 
 IMAGE_FORMATS = ("PNG", "JPEG")
 
+LOOP_INPUTS = 4
+LOOP_PIXELS = 128 * 128
+"""What a request may decode on the event loop (``decode_inputs(on_loop=True)``): at most this many
+inputs claiming at most this many pixels together (a 28x28 PNG decodes in tens of microseconds,
+less than handing it to a decode thread and back costs); more is ``Offload``ed to the decode pool."""
+
+
+class Offload(Exception):  # noqa: N818 (a signal, not an error)
+    """Work started on the event loop that is too large for it; the caller runs it in the decode pool."""
+
 
 REDUCING_GAP = 3.0
 """A resize first box-reduces the image by whole factors per side as long as it stays at least this
@@ -187,12 +197,16 @@ def _to_channels(im: Image.Image, channels: int, size: tuple[int, int], where: s
             f"{where}: this model takes {channels}-channel inputs, which images cannot carry; send arrays"
         )
     mode = "L" if channels == 1 else "RGB"
+    if im.mode == mode and im.size == size:  # the common case: nothing to reduce, convert or resize
+        arr = np.asarray(im)
+        return arr[..., None] if arr.ndim == 2 else arr
     factors = _reduction(im.size, size)
     if factors != (1, 1):
         if im.mode not in REDUCIBLE_MODES:  # palette, 1-bit: their values cannot be averaged
             im = im.convert(mode)
         im = im.reduce(factors)
-    im = im.convert(mode)
+    if im.mode != mode:  # (convert to the same mode would copy)
+        im = im.convert(mode)
     if im.size != size:
         im = im.resize(size, Image.Resampling.BILINEAR)
     arr = np.asarray(im)
@@ -241,13 +255,18 @@ def open_image(data: bytes, spec: InputSpec, where: str, resize: bool = False) -
     return im
 
 
-def decode_opened(im: Image.Image, spec: InputSpec, where: str) -> np.ndarray:
+def decode_opened(im: Image.Image, spec: InputSpec, where: str, out: np.ndarray | None = None) -> np.ndarray:
     """An opened image (``open_image``) -> float32 [C, H, W] in [0, 1]; the image is closed after.
+
+    Args:
+        out: where to write the pixels (float32 [C, H, W]; default: a new array).
 
     Raises:
         InvalidInput: truncated or corrupt data, or channels an image cannot carry.
     """
     c, h, w = spec.shape
+    if out is None:
+        out = np.empty((c, h, w), np.float32)
     with im:
         try:
             im.load()
@@ -258,10 +277,12 @@ def decode_opened(im: Image.Image, spec: InputSpec, where: str) -> np.ndarray:
             raise InvalidInput(
                 f"{where} is truncated or corrupt (its pixels could not be decoded); send the complete file"
             ) from None
-    out = arr.astype(np.float32)
+    chw = arr.transpose(2, 0, 1)
     if arr.dtype == np.uint8:
-        out /= 255.0
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+        np.divide(chw, np.float32(255.0), out=out, dtype=np.float32)  # float32 / float32(255), as astype + /=
+    else:
+        out[...] = chw
+    return out
 
 
 def decode_image(data: bytes, spec: InputSpec, where: str, resize: bool = False) -> np.ndarray:
@@ -290,17 +311,30 @@ def open_item(value: Any, spec: InputSpec, where: str, resize: bool = False) -> 
 
 
 def decode_inputs(
-    items: Sequence[Any], spec: InputSpec, *, max_inputs: int, resize: bool = False, name: str = "inputs"
+    items: Sequence[Any],
+    spec: InputSpec,
+    *,
+    max_inputs: int,
+    resize: bool = False,
+    name: str = "inputs",
+    on_loop: bool = False,
 ) -> torch.Tensor:
     """Decode a request's inputs into one float32 tensor [N, C, H, W].
 
+    Args:
+        on_loop: this runs on the event loop: decode only within ``LOOP_INPUTS`` and ``LOOP_PIXELS``
+            (checked on the headers), else raise ``Offload`` before any pixel is decoded.
+
     Raises:
         InvalidInput: no inputs, too many, or any bad input (the message names its index).
+        Offload: ``on_loop`` and more work than the event loop should do.
     """
     if len(items) == 0:
         raise InvalidInput(f"{name} is empty; send at least one input")
     if len(items) > max_inputs:
         raise InvalidInput(f"{len(items)} inputs in one request; at most {max_inputs} are allowed, split the request")
+    if on_loop and len(items) > LOOP_INPUTS:
+        raise Offload
     opened: list[np.ndarray | Image.Image] = []
     try:
         for i, v in enumerate(items):  # every header before any pixel
@@ -313,14 +347,19 @@ def decode_inputs(
                 f"{spec.max_request_pixels} per request (MFDV_MAX_REQUEST_PIXELS); send smaller images "
                 f"({spec.shape[2]}x{spec.shape[1]} is what the model takes) or fewer per request"
             )
-        arrays = [
-            decode_opened(o, spec, f"{name}[{i}]") if isinstance(o, Image.Image) else o for i, o in enumerate(opened)
-        ]
+        if on_loop and claimed > LOOP_PIXELS:
+            raise Offload
+        batch = np.empty((len(opened), *spec.shape), np.float32)
+        for i, o in enumerate(opened):
+            if isinstance(o, Image.Image):
+                decode_opened(o, spec, f"{name}[{i}]", out=batch[i])
+            else:
+                batch[i] = o
     finally:
         for o in opened:
             if isinstance(o, Image.Image):
                 o.close()
-    return torch.from_numpy(np.stack(arrays))
+    return torch.from_numpy(batch)
 
 
 def check_batch(x: np.ndarray, spec: InputSpec, where: str, max_inputs: int) -> np.ndarray:

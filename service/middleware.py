@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -85,10 +86,28 @@ class MetricsMiddleware:
     are labelled ``unmatched`` so random URLs cannot grow the label set.
     """
 
+    MAX_CACHED = 1024
+    """Label sets whose metric children are kept (``labels()`` costs a lock and a tuple per call)."""
+
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = list(routes)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _observers(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The latency histogram's and the request counter's children for these labels."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            m = self.metrics
+            children = (
+                m.latency.labels(route=route),
+                m.requests.labels(route=route, method=method, status=str(status)),
+            )
+            if len(self._children) < self.MAX_CACHED:  # methods come from clients: the cache stays bounded
+                self._children[key] = children
+        return children
 
     def _route_label(self, scope: Scope) -> str:
         route = scope.get("route")
@@ -120,6 +139,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.inflight.dec()
-            route = self._route_label(scope)
-            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
+            latency, count = self._observers(self._route_label(scope), scope["method"], status)
+            latency.observe(time.perf_counter() - start)
+            count.inc()

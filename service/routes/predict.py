@@ -9,8 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from ..config import Settings
-from ..deps import EngineDep, StateDep
-from ..engine import InferenceEngine, PredictJob, random_seed
+from ..deps import EngineDep, StateDep, app_state
+from ..engine import InferenceEngine, PredictJob, PredictOutput, random_seed
 from ..errors import InvalidInput
 from ..inputs import InputSpec, decode_inputs
 from ..openapi import request_body
@@ -19,9 +19,8 @@ from ..schemas import (
     PredictForm,
     PredictRequest,
     PredictResponse,
-    dump_response,
     error_responses,
-    floats,
+    json_bytes,
 )
 from ..schemas.predict import PredictOptions
 from ..transport import Body, BodyReader, read_body
@@ -43,31 +42,45 @@ def check_samples(samples: int | None, settings: Settings) -> int:
     return samples
 
 
-def prepare_job(body: Body[PredictOptions], settings: Settings, spec: InputSpec) -> PredictJob:
-    """Check the options and decode the inputs: the CPU part, run in the decode pool."""
+def prepare_job(
+    body: Body[PredictOptions], settings: Settings, spec: InputSpec, engine: InferenceEngine, on_loop: bool = False
+) -> PredictJob:
+    """Check the options and decode the inputs (on the event loop only while that is cheap: ``on_loop``).
+
+    The job renders its own response in the compute thread (``render_prediction``).
+
+    Raises:
+        InvalidInput: bad options or inputs.
+        service.inputs.Offload: ``on_loop`` and too much to decode there.
+    """
     req = body.options
     samples = check_samples(req.samples, settings)
-    images = decode_inputs(body.inputs, spec, max_inputs=settings.max_inputs, resize=req.resize, name=body.source)
+    images = decode_inputs(
+        body.inputs, spec, max_inputs=settings.max_inputs, resize=req.resize, name=body.source, on_loop=on_loop
+    )
     seed = req.seed if req.seed is not None else random_seed()
-    return PredictJob(images, samples, seed, keep_draws=req.return_samples)
+    return PredictJob(images, samples, seed, keep_draws=req.return_samples, render=partial(render_prediction, engine))
 
 
-def prediction_body(
-    engine: InferenceEngine, job: PredictJob, output: Any, timing: dict[str, float | int]
-) -> dict[str, Any]:
-    """The ``/v1/predict`` response; every field but ``timing`` is deterministic."""
-    u = output.result.uncertainty
-    labels = u.label.tolist()
-    probs = floats(u.mean_probs)
-    pe, ee, mi = floats(u.predictive_entropy), floats(u.expected_entropy), floats(u.mutual_information)
-    va, se = floats(u.vote_agreement), floats(u.top_prob_stderr)
-    draws = floats(output.result.draws.transpose(0, 1)) if output.result.draws is not None else None
-    threshold = engine.mi_threshold
+def render_prediction(engine: InferenceEngine, job: PredictJob, output: PredictOutput) -> bytes:
+    """The ``/v1/predict`` response up to its ``timing``: ``{"model": ..., "predictions": [...]`` without the
+    closing brace (the route adds ``timing``, the one non-deterministic field). Run by the compute thread.
+
+    Every byte is a function of (checkpoint, inputs, samples, seed); floats are the shortest decimals
+    that round-trip their float32 values (orjson's float32 writer). ``PredictResponse`` describes it.
+    """
+    u = output.uncertainty
+    names = engine.class_names
+    probs = u.mean_probs.numpy()
+    pe, ee, mi = u.predictive_entropy.numpy(), u.expected_entropy.numpy(), u.mutual_information.numpy()
+    va, se = u.vote_agreement.numpy(), u.top_prob_stderr.numpy()
+    flagged = (u.mutual_information > engine.mi_threshold).tolist()
+    draws = output.draws.transpose(0, 1).contiguous().numpy() if output.draws is not None else None  # (n, T, K)
     predictions = []
-    for i, label in enumerate(labels):
+    for i, label in enumerate(u.label.tolist()):
         p: dict[str, Any] = {
             "label": label,
-            "class_name": engine.class_names[label],
+            "class_name": names[label],
             "probs": probs[i],
             "uncertainty": {
                 "predictive_entropy": pe[i],
@@ -76,19 +89,19 @@ def prediction_body(
                 "vote_agreement": va[i],
                 "top_prob_stderr": se[i],
             },
-            "flagged": bool(u.mutual_information[i] > threshold),
+            "flagged": flagged[i],
         }
         if draws is not None:
             p["draws"] = draws[i]
         predictions.append(p)
-    return {
+    head = {
         "model": engine.name,
         "model_id": engine.model_id,
         "samples": job.samples,
         "seed": job.seed,
         "predictions": predictions,
-        "timing": timing,
     }
+    return json_bytes(head)[:-1]
 
 
 @router.post(
@@ -109,17 +122,26 @@ def prediction_body(
     ),
     openapi_extra=request_body(PredictRequest, PredictForm),
 )
-async def predict(request: Request, state: StateDep, engine: EngineDep) -> Response:
+async def predict(request: Request) -> Response:
     """JSON ``{"inputs": [...], "samples": T, "seed": S}`` or multipart ``file`` uploads.
 
     The same seed gives the same bytes (``timing`` aside), whatever else is batched with it.
-    The response (megabytes with ``return_samples``) is built in a worker thread, not on the event loop.
+    A small body is decoded on the event loop, a large one in the decode pool; the response
+    (megabytes with ``return_samples``) is written by the compute thread with the batch's results.
     """
     arrived = time.perf_counter()
+    state = app_state(request)  # not StateDep/EngineDep: the hot path skips FastAPI's dependency resolution
+    engine = state.ready_engine()
     s = state.settings
-    prepare = partial(prepare_job, settings=s, spec=state.input_spec(engine))
-    pool = state.cpu_pool()
-    job = await read_body(request, PREDICT_BODY, max_files=s.max_inputs, then=prepare, pool=pool)
+    prepare = partial(prepare_job, settings=s, spec=state.input_spec(engine), engine=engine)
+    job = await read_body(
+        request,
+        PREDICT_BODY,
+        max_files=s.max_inputs,
+        then=prepare,
+        pool=state.cpu_pool(),
+        on_loop=partial(prepare, on_loop=True),
+    )
     output = await engine.predict(job)
     metrics = state.metrics
     metrics.samples.observe(job.samples)
@@ -131,8 +153,7 @@ async def predict(request: Request, state: StateDep, engine: EngineDep) -> Respo
         "total_ms": round((time.perf_counter() - arrived) * 1e3, 3),
         "batch_size": output.batch_size,
     }
-    content = await pool.run(lambda: dump_response(PredictResponse, prediction_body(engine, job, output, timing)))
-    return Response(content, media_type="application/json")
+    return Response(output.result.body + b',"timing":' + json_bytes(timing) + b"}", media_type="application/json")
 
 
 @router.get(

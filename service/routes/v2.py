@@ -20,18 +20,19 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Request, Response
 
-from ..deps import AppState, EngineDep, StateDep
-from ..engine import MAX_SEED, InferenceEngine, PredictJob, random_seed
+from ..deps import AppState, EngineDep, StateDep, app_state
+from ..engine import MAX_SEED, InferenceEngine, PredictJob, PredictOutput, random_seed
 from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..inputs import check_batch
 from ..openapi import request_body
-from ..schemas import error_responses, floats
+from ..schemas import error_responses, json_bytes
 from ..schemas.v2 import (
     MAX_NDIM,
     InferenceRequest,
@@ -371,13 +372,12 @@ def _binary(values: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
 
 
-def _json_data(values: np.ndarray, datatype: str) -> list[Any]:
-    flat = values.ravel()
-    if datatype == "FP32":
-        return floats(flat)
+def _json_data(values: np.ndarray, datatype: str) -> Any:
+    """Flat JSON data: numbers as a numpy array (``json_bytes`` writes it), strings as a list."""
+    flat = np.ascontiguousarray(values.ravel())
     if datatype == "BYTES":
         return [str(s) for s in flat]
-    return flat.tolist()
+    return flat
 
 
 _INFER = {
@@ -409,20 +409,21 @@ _INFER = {
 
 
 @router.post("/models/{name}/infer", **_INFER)
-async def infer(name: str, request: Request, state: StateDep, engine: EngineDep) -> Response:
-    return await _infer(request, state, _model(engine, name))
+async def infer(name: str, request: Request) -> Response:
+    state = app_state(request)  # not StateDep/EngineDep: the hot path skips FastAPI's dependency resolution
+    return await _infer(request, state, _model(state.ready_engine(), name))
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
-async def infer_version(name: str, version: str, request: Request, state: StateDep, engine: EngineDep) -> Response:
-    return await _infer(request, state, _model(engine, name, version))
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    state = app_state(request)
+    return await _infer(request, state, _model(state.ready_engine(), name, version))
 
 
 async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> Response:
     body = await request.body()
     encoding = request.headers.get("content-encoding", "").strip().lower()
-    pool = state.cpu_pool()
-    req = await pool.run(
+    req = await state.cpu_pool().run(
         lambda: parse_infer(
             _decompress(body, encoding, state.settings.max_body_bytes),
             request.headers.get(HEADER_LENGTH),
@@ -430,18 +431,19 @@ async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> 
             engine,
         )
     )
-    job = PredictJob(torch.from_numpy(np.array(req.images, dtype=np.float32, order="C")), req.samples, req.seed)
+    images = torch.from_numpy(np.array(req.images, dtype=np.float32, order="C"))
+    # the compute thread writes the response with the batch's results, off the event loop
+    job = PredictJob(images, req.samples, req.seed, render=partial(infer_response, engine, req))
     out = await engine.predict(job)
-    u = out.result.uncertainty
     state.metrics.samples.observe(req.samples)
-    for v in u.mutual_information.tolist():
+    for v in out.result.uncertainty.mutual_information.tolist():
         state.metrics.mutual_information.observe(v)
+    return out.result.body
 
-    return await pool.run(infer_response, engine, req, u)  # the body is built off the event loop
 
-
-def infer_response(engine: InferenceEngine, req: InferRequest, u: Any) -> Response:
+def infer_response(engine: InferenceEngine, req: InferRequest, job: PredictJob, output: PredictOutput) -> Response:
     """The v2 response: JSON, or JSON + binary tensors when any output is binary."""
+    u = output.uncertainty
     outputs, chunks = [], []
     for oname, binary in req.outputs:
         datatype = OUTPUTS[oname][0]
@@ -462,7 +464,7 @@ def infer_response(engine: InferenceEngine, req: InferRequest, u: Any) -> Respon
     }
     if req.request_id is not None:
         resp["id"] = req.request_id
-    head = json.dumps(resp, separators=(",", ":")).encode()
+    head = json_bytes(resp)
     if not chunks:
         return Response(head, media_type="application/json")
     return Response(

@@ -1,6 +1,6 @@
 """Request and response models of every route (also the OpenAPI document), one module per resource."""
 
-from .common import ErrorResponse, dump_response, error_responses, floats
+from .common import ErrorResponse, dump_response, error_responses, json_bytes
 from .predict import ModelsResponse, PredictForm, PredictRequest, PredictResponse
 from .probe import ProbeForm, ProbeRequest, ProbeResponse
 
@@ -15,5 +15,5 @@ __all__ = [
     "ProbeResponse",
     "dump_response",
     "error_responses",
-    "floats",
+    "json_bytes",
 ]

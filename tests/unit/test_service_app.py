@@ -95,7 +95,7 @@ def test_models_endpoint_describes_the_checkpoint(client: TestClient, hand_check
     assert info["mi_threshold"] == pytest.approx(0.05)
     assert info["metrics"] == manifest["metrics"] and info["sigma"] == manifest["sigma"]
     assert info["lambda"] == 0.1 and info["method"] == "mfdv" and info["arch"] == "tiny_cnn"
-    assert info["backend"] == "torch" and info["device"] == "cpu"
+    assert info["backend"] == "onnx" and info["device"] == "cpu"  # MFDV_BACKEND=auto on a CPU
     assert info["samples"] == {"default": 32, "max": 256}
 
 
@@ -373,7 +373,7 @@ def test_metrics_are_exposed_with_their_labels(client: TestClient) -> None:
     for name in ("mfdv_queue_seconds", "mfdv_compute_seconds", "mfdv_batch_size", "mfdv_samples"):
         assert f"{name}_count" in text and f"{name}_bucket" in text
     assert "mfdv_mutual_information_bucket" in text and "mfdv_inflight_requests" in text
-    assert 'mfdv_model_info{arch="tiny_cnn",backend="torch",dataset="tiny",device="cpu",method="mfdv"' in text
+    assert 'mfdv_model_info{arch="tiny_cnn",backend="onnx",dataset="tiny",device="cpu",method="mfdv"' in text
     for name in ("mfdv_attack_total", "mfdv_attack_success_total", "mfdv_attack_duration_seconds"):
         assert f"# TYPE {name.removesuffix('_total')}" in text
     client.get("/no/such/path")
@@ -430,7 +430,7 @@ def test_api_key_dependency_for_protected_routes(hand_checkpoint: Path) -> None:
 def test_responses_are_built_off_the_event_loop(
     hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, route: str
 ) -> None:
-    """A big response (``return_samples``: megabytes) is rendered in a worker thread: while one is held
+    """A big response (``return_samples``: megabytes) is rendered in the compute thread: while one is held
     half-built, the event loop still answers ``/healthz``."""
     from service.routes import predict as predict_route
     from service.routes import v2 as v2_route
@@ -445,7 +445,7 @@ def test_responses_are_built_off_the_event_loop(
 
         return render
 
-    monkeypatch.setattr(predict_route, "dump_response", held(predict_route.dump_response))
+    monkeypatch.setattr(predict_route, "render_prediction", held(predict_route.render_prediction))
     monkeypatch.setattr(v2_route, "infer_response", held(v2_route.infer_response))
     img = bar_image(0).astype(np.float32) / 255
     body = (

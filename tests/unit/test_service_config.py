@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 
 from service import Settings
 from service.__main__ import main, parse_args
+from service.config import available_cores, threads_per_worker
 
 ENV = {
     "MFDV_MODEL_DIR": "/models/x",
@@ -33,8 +35,8 @@ def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv(key, raising=False)
     s = Settings()
     assert s.model_dir == Path("checkpoints/fashion_mnist_mfdv")
-    assert (s.host, s.port, s.workers, s.device, s.backend) == ("127.0.0.1", 8000, 1, "auto", "torch")
-    assert (s.default_samples, s.max_samples, s.max_batch, s.max_wait_ms) == (32, 256, 64, 5)
+    assert (s.host, s.port, s.workers, s.device, s.backend) == ("127.0.0.1", 8000, 1, "auto", "auto")
+    assert (s.default_samples, s.max_samples, s.max_batch, s.max_wait_ms) == (32, 256, 64, 0)
     assert (s.queue_size, s.max_body_bytes, s.api_key, s.batch_invariant) == (1024, 8 * 1024 * 1024, None, True)
 
 
@@ -96,3 +98,22 @@ def test_version_comes_from_the_package_metadata() -> None:
     import service
 
     assert service.__version__ == version("mfdv-snn")
+
+
+def test_predict_threads_default_to_a_workers_share_of_the_cores_less_its_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases = {(1, 1): 1, (2, 1): 1, (2, 2): 1, (2, 4): 1, (16, 1): 15, (16, 4): 3}  # (cores, workers): threads
+    assert {case: threads_per_worker(*case) for case in cases} == cases
+    cpus = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert available_cores(cpu_max) == cpus  # no cgroup file: the affinity
+    cpu_max.write_text("max 100000\n")
+    assert available_cores(cpu_max) == cpus  # no quota
+    cpu_max.write_text("150000 100000\n")
+    assert available_cores(cpu_max) == min(cpus, 2)  # a 1.5-CPU limit: 2 cores, rounded up
+    monkeypatch.setenv("MFDV_PREDICT_THREADS", "3")
+    assert Settings().predict_threads == 3 and Settings().compute_threads() == 3
+    monkeypatch.delenv("MFDV_PREDICT_THREADS")
+    s = Settings(workers=2)
+    assert s.predict_threads is None and s.compute_threads() == threads_per_worker(available_cores(), 2)

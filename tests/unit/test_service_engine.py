@@ -15,9 +15,17 @@ import torch
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
-from service.backends import BackendError, OnnxBackend, TorchBackend, resolve_device, split_onnx
+from service.backends import (
+    BackendError,
+    OnnxBackend,
+    TorchBackend,
+    choose_backend,
+    create_backend,
+    resolve_device,
+    split_onnx,
+)
 from service.batcher import MicroBatcher
-from service.engine import InferenceEngine, PredictJob
+from service.engine import UNCERTAINTY_FIELDS, InferenceEngine, PredictJob
 from service.errors import ModelNotReady, Overloaded
 from service.pool import BoundedPool
 
@@ -31,6 +39,19 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
 
 def load(checkpoint: Path, **kw: object) -> InferenceEngine:
     return InferenceEngine.load(Settings(model_dir=checkpoint, device="cpu", **kw))  # type: ignore[arg-type]
+
+
+def count_backbone_calls(engine: InferenceEngine) -> list[int]:
+    """Rows of every backbone call the engine's backend makes from now on (whatever the backend)."""
+    calls: list[int] = []
+    real = engine.backend.backbone
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(int(x.shape[0]))
+        return real(x)
+
+    engine.backend.backbone = counted  # type: ignore[method-assign]
+    return calls
 
 
 def run_concurrently(engine: InferenceEngine, jobs: list[PredictJob]) -> list:
@@ -87,6 +108,40 @@ def test_onnx_split_refuses_graphs_of_another_form(tmp_path: Path) -> None:
         split_onnx(path)
 
 
+def test_auto_is_onnxruntime_on_cpu_computing_with_the_threads_it_is_given(hand_checkpoint: Path) -> None:
+    engine = load(hand_checkpoint, predict_threads=1)  # MFDV_BACKEND=auto
+    assert engine.backend.name == "onnx" and engine.backend.threads == 1
+    assert engine.backend._base.get_session_options().intra_op_num_threads == 1  # type: ignore[attr-defined]
+    seen: list[tuple[str, int]] = []
+    real = engine.backend.backbone
+
+    def watched(x: torch.Tensor) -> torch.Tensor:
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real(x)
+
+    engine.backend.backbone = watched  # type: ignore[method-assign]
+    run_concurrently(engine, [PredictJob(images(1), 4, 0)])
+    assert seen == [("mfdv-compute_0", 1)]  # torch's threads too (noise, summary) in the compute thread
+    assert load(hand_checkpoint, backend="torch", predict_threads=1).backend.name == "torch"
+
+
+def test_auto_falls_back_to_torch_where_onnxruntime_cannot_serve(
+    hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import service.backends as backends
+
+    def unsplittable(path: Path) -> tuple[bytes, bytes]:
+        raise BackendError(f"{path}: expected `logits = Add(base, shift)`")
+
+    monkeypatch.setattr(backends, "split_onnx", unsplittable)
+    checkpoint = load(hand_checkpoint, backend="torch").checkpoint
+    assert isinstance(create_backend("auto", checkpoint, "cpu"), TorchBackend)
+    assert "using torch" in caplog.text
+    with pytest.raises(BackendError, match="Add"):
+        create_backend("onnx", checkpoint, "cpu")
+    assert choose_backend("auto", "cuda") == "torch" and choose_backend("onnx", "cuda") == "onnx"
+
+
 def test_device_resolution() -> None:
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,8 +158,7 @@ def test_device_resolution() -> None:
 @pytest.mark.parametrize("invariant", [True, False])
 def test_t_draws_cost_one_backbone_pass(hand_checkpoint: Path, invariant: bool) -> None:
     engine = load(hand_checkpoint, max_batch=8, max_wait_ms=200, batch_invariant=invariant, backbone_chunk=8)
-    calls = []
-    engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    calls = count_backbone_calls(engine)
     jobs = [PredictJob(images(3, 0), 256, 1), PredictJob(images(2, 1), 64, 2), PredictJob(images(1, 2), 1, 3)]
     results = run_concurrently(engine, jobs)
     assert all(r.batch_size == 6 for r in results)
@@ -119,8 +173,7 @@ def test_backbone_chunk_defaults_to_small_fixed_chunks_on_cpu(hand_checkpoint: P
 
 def test_a_request_larger_than_max_batch_runs_in_fixed_chunks(hand_checkpoint: Path) -> None:
     engine = load(hand_checkpoint, max_batch=4, max_inputs=16)
-    calls = []
-    engine.checkpoint.model.backbone.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    calls = count_backbone_calls(engine)
     x = images(10)
     big = engine.run([PredictJob(x, 8, 1)])[0]
     assert calls == [4, 4, 4]
@@ -144,6 +197,28 @@ def test_same_seed_alone_or_batched_with_others_is_bit_identical(hand_checkpoint
     # ...and inside a request of several inputs, each input's answer is its answer alone
     pair = engine.run([PredictJob(torch.cat([others[4].images[:1], target.images]), 16, 1234)])[0]
     assert torch.equal(pair.uncertainty.mean_probs[1], alone.result.uncertainty.mean_probs[0])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_requests_with_the_same_t_share_one_summary_and_keep_their_answers(
+    hand_checkpoint: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``summarize`` per group of requests with the same T; each input's summary is bit-identical to
+    the one it gets alone."""
+    import service.engine as engine_module
+
+    engine = load(hand_checkpoint, backend=backend, max_batch=64)
+    jobs = [PredictJob(images(1 + i % 3, i), 16, 100 + i) for i in range(7)]  # 13 inputs, T = 16
+    jobs.insert(3, PredictJob(images(2, 9), 5, 7))  # another T: a group of its own
+    alone = [engine.run([job])[0] for job in jobs]
+    calls: list[tuple[int, ...]] = []
+    real = engine_module.summarize
+    monkeypatch.setattr(engine_module, "summarize", lambda x: calls.append(tuple(x.shape)) or real(x))
+    together = engine.run(jobs)
+    assert sorted(calls) == [(5, 2, 4), (16, 13, 4)]
+    for a, b in zip(alone, together, strict=True):
+        for f in UNCERTAINTY_FIELDS:
+            assert torch.equal(getattr(a.uncertainty, f), getattr(b.uncertainty, f)), f
 
 
 def test_without_padding_batched_answers_still_agree_closely(hand_checkpoint: Path) -> None:

@@ -18,7 +18,8 @@ from PIL import Image
 
 from service import Settings, create_app
 from service.errors import InvalidInput
-from service.inputs import InputSpec, decode_image, decode_inputs
+from service.inputs import LOOP_INPUTS, LOOP_PIXELS, InputSpec, Offload, decode_image, decode_inputs
+from service.transport import LOOP_BODY_BYTES
 
 SIZE = 14
 MAX_INPUTS = 4
@@ -426,3 +427,52 @@ def test_the_request_pixel_budget_counts_a_jpeg_at_its_reduced_size() -> None:
     spec = InputSpec((1, SIZE, SIZE), 4096 * 4096, max_request_pixels=1000 * 1000)
     big = jpeg(np.zeros((1600, 1600), np.uint8))  # claims 2.56M pixels; decoded at 200 x 200
     assert decode_inputs([big] * 4, spec, max_inputs=8, resize=True).shape == (4, 1, SIZE, SIZE)
+
+
+def test_decoding_on_the_event_loop_stops_at_its_budget_before_any_pixel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``on_loop``: a few small images are decoded there; more inputs, or more pixels than ``LOOP_PIXELS``
+    claimed, raise ``Offload`` from the headers (the caller decodes in the pool); client mistakes stay 4xx."""
+    from PIL import ImageFile
+
+    spec = InputSpec((1, SIZE, SIZE), 4096 * 4096)
+    small = png(np.zeros((SIZE, SIZE), np.uint8))
+    assert decode_inputs([small] * LOOP_INPUTS, spec, max_inputs=8, on_loop=True).shape == (LOOP_INPUTS, 1, SIZE, SIZE)
+    large = png(np.zeros((200, 200), np.uint8))  # 40,000 pixels > LOOP_PIXELS
+    assert LOOP_PIXELS < 200 * 200
+
+    def fail(*_: object) -> None:
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+    with pytest.raises(Offload):
+        decode_inputs([small] * (LOOP_INPUTS + 1), spec, max_inputs=8, on_loop=True)
+    with pytest.raises(Offload):
+        decode_inputs([large], spec, max_inputs=8, resize=True, on_loop=True)
+    with pytest.raises(InvalidInput, match="14x14"):  # the same 400 as in the pool
+        decode_inputs([large], spec, max_inputs=8, on_loop=True)
+
+
+def test_small_bodies_are_decoded_on_the_event_loop_large_ones_in_the_decode_pool(client: TestClient) -> None:
+    pool = client.app.state.mfdv.decode_pool  # type: ignore[attr-defined]
+    calls: list[str] = []
+    real = pool.run
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+
+    pool.run = counted
+    try:
+        small = png(np.zeros((SIZE, SIZE), np.uint8))
+        assert client.post("/v1/predict", files=[("file", ("a.png", small, "image/png"))]).status_code == 200
+        assert client.post("/v1/predict", json={"inputs": [b64(small)]}).status_code == 200
+        assert calls == []
+        large = png(np.zeros((90, 90), np.uint8))  # four claim 32,400 pixels together: over LOOP_PIXELS
+        r = client.post("/v1/predict", files=[("file", ("a.png", large, "image/png"))] * 4, data={"resize": "true"})
+        assert r.status_code == 200 and len(calls) == 1
+        arrays = json.dumps({"inputs": [np.zeros((SIZE, SIZE)).tolist()] * MAX_INPUTS}, indent=8)
+        assert len(arrays) > LOOP_BODY_BYTES  # a large JSON body is parsed in the pool too
+        r = client.post("/v1/predict", content=arrays, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and len(calls) == 2
+    finally:
+        pool.run = real
