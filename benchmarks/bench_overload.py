@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for c in args.clients:
                 n = max(c * args.per_client, args.min_requests)
+                n += -n % c  # hey sends n // c per client: a remainder would be counted as lost
                 log.info("%s: %d clients, %d requests", name, c, n)
                 runs.append(run_hey(args.hey, server.url, body, c, n, args.timeout))
         results.append((name, runs))
