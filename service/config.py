@@ -160,8 +160,8 @@ class Settings(BaseSettings):
     attack_threads: int = Field(1, ge=1)
     attack_nice: int = Field(19, ge=0, le=19)
     max_probe_inputs: int = Field(64, ge=1)
-    max_probe_gradient_budget: int = Field(17_600, ge=1)  # 60 s / 3.4 ms per worst-case unit (docs/attack-probe.md)
-    max_probe_queries: int = Field(34_200, ge=0)  # 60 s / 1.75 ms per worst-case unit
+    max_probe_gradient_budget: int = Field(14_600, ge=1)  # 60 s / 4.1 ms per worst-case unit (docs/attack-probe.md)
+    max_probe_queries: int = Field(23_300, ge=0)  # 60 s / 2.57 ms per worst-case unit
     max_probe_eps: float = Field(0.3, gt=0, le=1)
     max_probe_seconds: float = Field(60, gt=0)
     drain_seconds: float = Field(5, ge=0)
