@@ -274,8 +274,7 @@ def _sigma_section(results: dict[str, Any]) -> list[str]:
     for name, info in infos.items():
         if info["method"] == "vanilla":
             continue
-        head = (info.get("model") or {}).get("head", {})
-        cap = head.get("sigma_max")
+        cap = _sigma_cap(info)
         per = info["sigma_per_dim"]
         at_cap = sum(1 for s in per if cap is not None and s >= cap - 1e-3) if info["method"] == "mfdv" else None
         sig = info["sigma"]
@@ -288,8 +287,7 @@ def _sigma_section(results: dict[str, Any]) -> list[str]:
         )
     lines.append("")
     for name, info in infos.items():
-        head = (info.get("model") or {}).get("head", {})
-        cap = head.get("sigma_max")
+        cap = _sigma_cap(info)
         if info["method"] != "mfdv" or cap is None or "weight_norm_per_dim" not in info:
             continue
         sig, wn = info["sigma_per_dim"], info["weight_norm_per_dim"]
@@ -411,6 +409,13 @@ def _detection_section(results: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _sigma_cap(info: dict[str, Any]) -> float | None:
+    """The mfdv head's sigma cap: under ``model.head`` (manifest format 2) or ``model`` (format 1)."""
+    model = info.get("model") or {}
+    head = model.get("head") or {}
+    return head["sigma_max"] if "sigma_max" in head else model.get("sigma_max") if info["method"] == "mfdv" else None
 
 
 def _costs_section(results: dict[str, Any]) -> list[str]:
