@@ -303,6 +303,7 @@ def _sigma_section(results: dict[str, Any]) -> list[str]:
             "of the squared weight norm: the network reads its evidence where the noise is lowest.",
             "",
         ]
+    lines += _trained_isotropic_lines(results)
     ablated = sorted({c["checkpoint"] for c in _cells(results, "sigma_ablation")})
     for name in ablated:
         cells = {c["params"]["variant"]: c for c in _cells(results, "sigma_ablation", name)}
@@ -335,6 +336,41 @@ def _sigma_section(results: dict[str, Any]) -> list[str]:
                 f"{100 * (a['clean_full']['accuracy'] - b['clean_full']['accuracy']):+.2f} points clean.",
             ]
         lines.append("")
+    return lines
+
+
+def _trained_isotropic_lines(results: dict[str, Any]) -> list[str]:
+    """mfdv against a ``fixed`` head trained with the same recipe (adversarial training or not):
+    the learned profile against isotropic noise of about its mean level, at the main eps of the curves."""
+    infos = results["checkpoints"]
+    eps_cells = _cells(results, "eps")
+    eps = max((c["params"]["eps"] for c in eps_cells), default=None, key=lambda e: (e <= 0.1 + 1e-9, e))
+    if eps is None:
+        return []
+
+    def at_eps(name: str) -> dict[str, Any] | None:
+        return next((c["result"] for c in eps_cells if c["checkpoint"] == name and c["params"]["eps"] == eps), None)
+
+    lines: list[str] = []
+    for name, info in infos.items():
+        if info["method"] != "mfdv":
+            continue
+        adv = bool(info.get("adversarial_training"))
+        twins = [n for n, i in infos.items() if i["method"] == "fixed" and bool(i.get("adversarial_training")) == adv]
+        a = at_eps(name)
+        for twin in twins:
+            b = at_eps(twin)
+            if a is None or b is None:
+                continue
+            overlap = a["robust_ci"][0] <= b["robust_ci"][1] and b["robust_ci"][0] <= a["robust_ci"][1]
+            lines += [
+                f"{name} (learned sigma, mean {infos[name]['sigma'].get('mean', 0):.3g}) against {twin} "
+                f"(trained with isotropic sigma {infos[twin]['sigma'].get('mean', 0):.3g}, same recipe otherwise), "
+                f"eps {eps:g}, first {a['n']} test images: robust {_ci(a)} vs {_ci(b)} "
+                f"({'within' if overlap else 'outside'} the intervals); clean "
+                f"{_pct(infos[name]['clean']['accuracy'], 2)} vs {_pct(infos[twin]['clean']['accuracy'], 2)}.",
+                "",
+            ]
     return lines
 
 

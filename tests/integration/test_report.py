@@ -64,3 +64,45 @@ def test_tiny_report_trains_computes_caches_and_renders(tmp_path: Path) -> None:
     assert f"{100 * main['robust_accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in text
     _report("render", "--plan", "tiny", "--root", str(root), "--docs", str(docs), "--readme", str(readme))
     assert (docs / "robustness.md").read_text() == first and readme.read_text() == text
+
+
+def test_mfdv_is_compared_with_the_fixed_head_trained_the_same_way() -> None:
+    """The sigma section sets each mfdv checkpoint beside the fixed one with the same adversarial
+    training (and only that one), at the largest eps of the curves not above 0.1."""
+    from training.report_render import _trained_isotropic_lines
+
+    def cell(name: str, eps: float, acc: float) -> dict:
+        r = {"n": 200, "robust_accuracy": acc, "robust_ci": [acc - 0.05, acc + 0.05]}
+        return {"kind": "eps", "checkpoint": name, "params": {"eps": eps, "n": 200}, "result": r}
+
+    def info(method: str, at: bool, mean: float) -> dict:
+        return {
+            "method": method,
+            "adversarial_training": {"kind": "fgsm"} if at else None,
+            "sigma": {"mean": mean},
+            "clean": {"accuracy": 0.9},
+        }
+
+    results = {
+        "checkpoints": {
+            "mfdv+AT": info("mfdv", True, 5.48),
+            "fixed+AT": info("fixed", True, 5.5),
+            "fixed": info("fixed", False, 6.0),
+        },
+        "cells": {
+            str(i): c
+            for i, c in enumerate(
+                [
+                    cell("mfdv+AT", 0.1, 0.75),
+                    cell("mfdv+AT", 0.15, 0.0),
+                    cell("fixed+AT", 0.1, 0.6),
+                    cell("fixed+AT", 0.15, 0.0),
+                    cell("fixed", 0.1, 0.0),
+                ]
+            )
+        },
+    }
+    text = "\n".join(_trained_isotropic_lines(results))
+    assert "mfdv+AT (learned sigma, mean 5.48) against fixed+AT (trained with isotropic sigma 5.5" in text
+    assert "eps 0.1," in text and "robust 75.0 [70.0, 80.0] vs 60.0 [55.0, 65.0] (outside the intervals)" in text
+    assert "against fixed " not in text  # the non-AT fixed head is not mfdv+AT's twin
