@@ -194,13 +194,18 @@ function clearImage() {
   showError("predict-error", null);
 }
 
-function modelFromSketch() {
+// Paint an image source onto the model-sized canvas (scaled smoothly; same size: pixel for pixel).
+function paintModel(source) {
   const m = modelCtx();
   m.imageSmoothingEnabled = true;
   m.imageSmoothingQuality = "high";
   m.fillStyle = SKETCH_BG;
   m.fillRect(0, 0, state.width, state.height);
-  m.drawImage(sketch, 0, 0, state.width, state.height);
+  m.drawImage(source, 0, 0, state.width, state.height);
+}
+
+function modelFromSketch() {
+  paintModel(sketch);
   renderModelView();
 }
 
@@ -225,13 +230,7 @@ async function loadFile(file) {
     showError("predict-error", new Error(`${file.name || "That file"} could not be decoded as an image.`));
     return;
   }
-  // The image at the model's size (a same-sized image is copied pixel for pixel; others are scaled).
-  const m = modelCtx();
-  m.imageSmoothingEnabled = true;
-  m.imageSmoothingQuality = "high";
-  m.fillStyle = SKETCH_BG;
-  m.fillRect(0, 0, state.width, state.height);
-  m.drawImage(bitmap, 0, 0, state.width, state.height);
+  paintModel(bitmap);
   bitmap.close();
   sketchFromModel();
   renderModelView();
