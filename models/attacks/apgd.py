@@ -10,13 +10,15 @@ the step-size checks is the mean over the same draws, so it costs nothing extra.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
 from ..classifier import StochasticClassifier
 from .base import (
+    DLR_FALLBACK_NOTE,
+    DLR_MIN_CLASSES,
     Attack,
     AttackCost,
     AttackResult,
@@ -41,7 +43,9 @@ class APGD(Attack):
     """APGD (Croce & Hein 2020), L-inf ball of radius eps, one run with a random start.
 
     Defaults: AutoAttack's version='rand' settings: steps=100, eot=20 draws per gradient,
-    loss="ce" (or "dlr", the difference-of-logits-ratio loss), rho=0.75. Step size starts
+    loss="ce" (or "dlr", the difference-of-logits-ratio loss, or "margin", Carlini & Wagner's logit
+    margin), rho=0.75. DLR needs 3 classes; on a 2-class model ``loss="dlr"`` runs the margin loss
+    (``base.dlr_loss``) and ``info["note"]`` says so. Step size starts
     at 2 eps; momentum 0.75 (the first step has none); checkpoints after ``0.22 steps``
     steps, the gap shrinking by ``0.03 steps`` down to ``0.06 steps`` (each at least 1). At
     a checkpoint an input's step size is halved, and it restarts from its best point, when
@@ -59,7 +63,10 @@ class APGD(Attack):
     steps: int = Field(100, ge=1, description="Iterations.")
     eot: int = Field(20, ge=1, description="Noise draws averaged per gradient (one backward pass).")
     noise_free: bool = Field(False, description="Attack the network with its noise switched off.")
-    loss: Literal["ce", "dlr"] = Field("ce", description="Cross-entropy or difference-of-logits-ratio.")
+    loss: Literal["ce", "dlr", "margin"] = Field(
+        "ce",
+        description="Cross-entropy, difference-of-logits-ratio (2 classes: the margin loss) or logit margin.",
+    )
     rho: float = Field(0.75, gt=0, lt=1, description="Oscillation threshold of the step-size checks.")
 
     def cost(self, inputs: int) -> AttackCost:
@@ -131,10 +138,13 @@ class APGD(Attack):
                     since_check = 0
                     k = max(k - k_decr, k_min)
 
+        info: dict[str, Any] = {"best_loss": loss_best.tolist()}
+        if loss == "dlr" and model.cfg.num_classes < DLR_MIN_CLASSES:
+            info["note"] = DLR_FALLBACK_NOTE
         return AttackResult(
             x_best.detach(),
             grad_evals=taken + 1,
             draws=(taken + 1) * draws,
             stopped=taken < steps,
-            info={"best_loss": loss_best.tolist()},
+            info=info,
         )

@@ -237,8 +237,33 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), y.repeat(t), reduction="none").view(t, -1)
 
 
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Logit margin loss (Carlini & Wagner 2017) per draw and input [T, B]: ``max_{k != y} z_k - z_y``."""
+    z_y = logits.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)
+    other = logits.scatter(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1), float("-inf")).amax(-1)
+    return other - z_y
+
+
+DLR_MIN_CLASSES = 3
+"""DLR's denominator ``z_pi1 - z_pi3`` needs a third-largest logit."""
+
+DLR_FALLBACK_NOTE = (
+    "DLR needs >= 3 classes (its denominator is z_pi1 - z_pi3); with 2 classes it runs as the logit margin "
+    "loss (Carlini & Wagner 2017), i.e. DLR with denominator 1"
+)
+
+
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Difference-of-logits-ratio loss (Croce & Hein 2020) per draw and input, [T, B]."""
+    """Difference-of-logits-ratio loss (Croce & Hein 2020) per draw and input, [T, B].
+
+    ``-(z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)`` with pi the logits sorted in decreasing order.
+    With fewer than 3 classes the denominator does not exist, and no shift- and scale-invariant
+    normalisation of two logits is left (their only shift-invariant quantity is the margin
+    itself, and margin / |margin| is a constant with no gradient); the loss then is
+    ``margin_loss`` (denominator 1), as ``DLR_FALLBACK_NOTE`` says.
+    """
+    if logits.shape[-1] < DLR_MIN_CLASSES:
+        return margin_loss(logits, y)
     srt, _ = logits.sort(dim=-1)
     z_y = logits.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)
     top = srt[..., -1]
@@ -247,7 +272,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(z_y - other) / (srt[..., -1] - srt[..., -3] + 1e-12)
 
 
-LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss}
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss, "margin": margin_loss}
 
 
 def eot_loss_grad(

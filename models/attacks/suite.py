@@ -28,7 +28,17 @@ import torch
 from ..classifier import StochasticClassifier
 from ..prediction import majority_vote, predict_label
 from ..uncertainty import wilson_interval
-from .base import Attack, AttackCost, StopFn, default_eps, eval_mode, make_attack, predict_draws
+from .base import (
+    DLR_FALLBACK_NOTE,
+    DLR_MIN_CLASSES,
+    Attack,
+    AttackCost,
+    StopFn,
+    default_eps,
+    eval_mode,
+    make_attack,
+    predict_draws,
+)
 
 Judge = Literal["strict", "single_draw"]
 
@@ -70,20 +80,31 @@ class Suite:
         base = self.base or self.name
         return base if self.name == base else f"{base}-reduced"
 
-    def attacks(self, eps: float) -> list[Attack]:
-        """The resolved attack specs at radius ``eps``, in the order they run."""
+    def attacks(self, eps: float, num_classes: int | None = None) -> list[Attack]:
+        """The resolved attack specs at radius ``eps``, in the order they run.
+
+        ``num_classes`` < 3: APGD-DLR becomes APGD on the logit margin (DLR needs a third logit;
+        ``notes`` says so).
+        """
         if self.judge == "single_draw":
             return [make_attack("pgd", eps=eps, steps=self.steps, alpha=0.1 * eps, eot=self.eot)]
         alpha = max(eps / 10, 2.5 * eps / self.steps)
+        dlr = "margin" if num_classes is not None and num_classes < DLR_MIN_CLASSES else "dlr"
         specs = [
             make_attack("apgd", eps=eps, steps=self.steps, eot=self.eot, loss="ce"),
-            make_attack("apgd", eps=eps, steps=self.steps, eot=self.eot, loss="dlr"),
+            make_attack("apgd", eps=eps, steps=self.steps, eot=self.eot, loss=dlr),
             make_attack("pgd", eps=eps, steps=self.steps, eot=self.eot, alpha=alpha),
             make_attack("surrogate", eps=eps, steps=self.steps, alpha=alpha),
         ]
         if self.queries > 0:
             specs.append(make_attack("square", eps=eps, queries=self.queries, samples=self.query_samples))
         return specs
+
+    def notes(self, num_classes: int | None) -> list[str]:
+        """What this suite changes for a model with ``num_classes`` classes (empty: nothing)."""
+        if self.judge == "strict" and num_classes is not None and num_classes < DLR_MIN_CLASSES:
+            return [f"{num_classes} classes: APGD-DLR replaced by APGD on the logit margin loss. {DLR_FALLBACK_NOTE}"]
+        return []
 
     def cost(self, eps: float, inputs: int) -> AttackCost:
         """Upper bound of the work for ``inputs`` inputs (every attack on every input), plus the judging passes."""
@@ -98,8 +119,9 @@ class Suite:
         """The most noise draws one head evaluation of the suite takes (its attacks' and its judge's)."""
         return max([self.judge_samples, *(a.draws() for a in self.attacks(eps))])
 
-    def describe(self, eps: float) -> dict[str, Any]:
-        """The settings to print beside every number this suite produced."""
+    def describe(self, eps: float, num_classes: int | None = None) -> dict[str, Any]:
+        """The settings to print beside every number this suite produced (``notes``: substitutions)."""
+        attacks = self.attacks(eps, num_classes)
         return {
             "suite": self.name,
             "eps": eps,
@@ -107,7 +129,8 @@ class Suite:
             "judge": self.judge,
             "judge_samples": self.judge_samples,
             "square_n": self.square_n,
-            "attacks": [{"name": a.name, "key": a.key(), **a.model_dump(exclude={"name"})} for a in self.attacks(eps)],
+            "attacks": [{"name": a.name, "key": a.key(), **a.model_dump(exclude={"name"})} for a in attacks],
+            "notes": self.notes(num_classes),
         }
 
     def reduced(self, *, steps: int, eot: int, queries: int, judge_samples: int | None = None) -> Suite:
@@ -298,7 +321,8 @@ def run_suite(
     """
     s = get_suite(suite)
     eps = default_eps(model.cfg.input_shape) if eps is None else float(eps)
-    specs = [a.resolve(model.cfg.input_shape) for a in s.attacks(eps)]
+    k = model.cfg.num_classes
+    specs = [a.resolve(model.cfg.input_shape) for a in s.attacks(eps, k)]
     t0 = time.perf_counter()
     x = x.detach()
     b = x.shape[0]
@@ -356,7 +380,7 @@ def run_suite(
         fooled_by=fooled_by,
         x_adv=x_adv,
         attacks=outcomes,
-        settings=s.describe(eps),
+        settings=s.describe(eps, k),
         complete=complete,
         seconds=time.perf_counter() - t0,
     )
