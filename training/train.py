@@ -4,6 +4,13 @@
 
 Works under ``torchrun`` (DistributedDataParallel: gloo on CPU, NCCL on GPUs); rank 0
 evaluates and exports.
+
+Resumable: after every epoch the run's state goes to ``<out>/training_state.pt`` (written
+atomically; plain tensors and numbers, loaded with ``weights_only=True``). Running the same
+command again after an interruption continues from the last completed epoch, and ends with
+the weights an uninterrupted run ends with (bitwise, for the same thread count); settings that
+change what training computes must match (``RESUME_FREE`` lists those that may differ), and
+``--overwrite`` starts afresh. The exported checkpoint replaces the folder, state included.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from tqdm import tqdm
 
 from models import ModelConfig, StochasticClassifier, build_model, resolve_device
 from models.attacks import default_eps
+from models.checkpoint import MANIFEST
 
 from .adversarial import AdvConfig, adversarial_loss, perturb
 from .config import TrainConfig, parse_args
@@ -32,6 +40,55 @@ from .evaluate import calibrate_mi_threshold, evaluate
 from .export import export_checkpoint
 
 log = logging.getLogger("training")
+
+STATE_FILE = "training_state.pt"
+"""The resumable state of a run in progress, in its output folder (gone once the checkpoint is exported)."""
+STATE_VERSION = 1
+RESUME_FREE = frozenset({"out", "overwrite", "threads", "device", "attacks", "suite", "attack_n", "eval_samples"})
+"""``TrainConfig`` fields that do not change what training computes: a resumed run may differ in them
+(the thread count changes float summation order, so results then agree to rounding, not bitwise)."""
+
+
+def training_fingerprint(args: TrainConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues."""
+    return args.model_dump(exclude=set(RESUME_FREE))
+
+
+def save_training_state(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (tensors, numbers, strings, lists, dicts: ``weights_only`` loadable) atomically:
+    a temporary file in the same folder, flushed to disk, then renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_training_state(path: Path, args: TrainConfig) -> dict[str, Any]:
+    """The saved state of an interrupted run, checked against this run's settings.
+
+    Raises:
+        ValueError: the state is of another version, or was saved by a run with other settings
+            (the message names them).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: not a training state of version {STATE_VERSION}")
+    saved, now = state["config"], training_fingerprint(args)
+    diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if diff:
+        detail = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} there, {now.get(k)!r} here" for k in diff)
+        raise ValueError(
+            f"{path} belongs to a run with other settings ({detail}); run the same command to resume it, "
+            "or pass --overwrite to start afresh"
+        )
+    return state
 
 
 def lambda_at(epoch_progress: float, lam: float, warmup: float) -> float:
@@ -138,6 +195,8 @@ def fit(
     rank: int = 0,
     world: int = 1,
     val: Dataset | None = None,
+    state_path: Path | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The training loop: CE on one noise draw per input, minus lambda times the head's variance term.
 
@@ -148,12 +207,20 @@ def fit(
     ``collapse`` keeps the last epoch unless its robust accuracy there falls below the best epoch's
     by more than chance explains (``rollback_tolerance``): the guard against catastrophic
     overfitting alone. The stats say which epoch was kept and whether that was a rollback.
+
+    With ``state_path``, rank 0 saves after every epoch what the rest of the run depends on (model,
+    optimizer, step, RNG states, the per-epoch history and the best epoch's weights); ``resume``
+    (such a state, ``load_training_state``) continues from it, with the same result as a run that
+    was never interrupted.
     """
     model.to(device)
+    opt = torch.optim.AdamW(_param_groups(model, args), lr=args.lr)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.AdamW(_param_groups(model, args), lr=args.lr)
     adv = adv_config(args, model.cfg.img_size)
     check = val.subset(slice(0, args.adv_val_n)) if (adv.active and val is not None and args.adv_val_n > 0) else None
     g = torch.Generator().manual_seed(args.seed)
@@ -166,16 +233,29 @@ def fit(
     stats: dict[str, Any] = {}
     epochs: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    attack_s = update_s = 0.0
+    attack_s = update_s = seconds_before = 0.0
+    epoch = 0
+    resumed: list[int] = []
+    if resume is not None:
+        g.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        if resume["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        step, epoch, stats, epochs = resume["step"], resume["epoch"], resume["stats"], resume["epochs"]
+        attack_s, update_s, seconds_before = resume["attack_s"], resume["update_s"], resume["seconds"]
+        resumed = [*resume["resumed"], epoch]
+        if resume["best"] is not None:
+            b = resume["best"]
+            best = (b["robust"], b["epoch"], {k: v.to(device) for k, v in b["model"].items()})
     bar = tqdm(
         total=total,
+        initial=step,
         disable=rank != 0 or (not sys.stderr.isatty() and os.environ.get("TQDM_FORCE") is None),
         desc=f"train {args.method}" + ("" if not adv.active else f"+{adv.kind}"),
         unit="step",
     )
     model.train()
     t0 = time.perf_counter()
-    epoch = 0
     while step < total:
         perm = torch.randperm(len(train), generator=g)[rank * per_rank : (rank + 1) * per_rank]
         t_epoch = time.perf_counter()
@@ -227,10 +307,36 @@ def fit(
                 epoch, rec["clean"], adv.eps, rec["robust"], best[0], best[1],
             )  # fmt: skip
         epochs.append(rec)
+        if state_path is not None and rank == 0:
+            save_training_state(
+                state_path,
+                {
+                    "version": STATE_VERSION,
+                    "config": training_fingerprint(args),
+                    "step": step,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generator": g.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "stats": stats,
+                    "epochs": epochs,
+                    "best": None if best is None else {"robust": best[0], "epoch": best[1], "model": best[2]},
+                    "attack_s": attack_s,
+                    "update_s": update_s,
+                    "seconds": seconds_before + time.perf_counter() - t0,
+                    "resumed": resumed,
+                },
+            )
+            log.info("epoch %d done (step %d/%d); state saved to %s", epoch, step, total, state_path)
     bar.close()
+    stats = dict(stats)
     stats["steps"] = step
-    stats["seconds"] = round(time.perf_counter() - t0, 1)
+    stats["seconds"] = round(seconds_before + time.perf_counter() - t0, 1)
     stats["epochs"] = epochs
+    if resumed:
+        stats["resumed_after_epochs"] = resumed
     if adv.active:
         # Time of an adversarial step relative to the clean update it wraps (measured in this run).
         stats["epoch_time_vs_clean"] = round((attack_s + update_s) / max(update_s, 1e-9), 2)
@@ -287,8 +393,16 @@ def run(args: TrainConfig, argv: list[str] | None = None) -> Path | None:
         torch.set_num_threads(args.threads)
     ds_name = Path(args.dataset).stem if Path(args.dataset).exists() else args.dataset.replace("-", "_")
     out = Path(args.out or f"checkpoints/{ds_name}_{args.method}")
+    state_path = out / STATE_FILE
+    resume = None
     if out.exists() and not args.overwrite:
-        raise SystemExit(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+        # An interrupted run's folder (its state only) resumes; an empty folder is free; anything else is kept.
+        if (out / MANIFEST).exists() or not out.is_dir() or (not state_path.exists() and any(out.iterdir())):
+            raise SystemExit(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+        if state_path.exists():
+            resume = load_training_state(state_path, args)
+    elif args.overwrite and rank == 0 and out.is_dir():
+        state_path.unlink(missing_ok=True)  # --overwrite starts afresh
     torch.manual_seed(args.seed)
     full = load_dataset(args.dataset, "train")
     test = load_dataset(args.dataset, "test")
@@ -306,7 +420,9 @@ def run(args: TrainConfig, argv: list[str] | None = None) -> Path | None:
             world,
             device,
         )
-    train_stats = fit(model, train, args, device, rank, world, val=val)
+    if resume is not None and rank == 0:
+        log.info("resuming the run in %s after epoch %d (step %d)", out, resume["epoch"], resume["step"])
+    train_stats = fit(model, train, args, device, rank, world, val=val, state_path=state_path, resume=resume)
     if world > 1:
         dist.barrier()
     if rank != 0:
@@ -334,7 +450,7 @@ def run(args: TrainConfig, argv: list[str] | None = None) -> Path | None:
         metrics=metrics,
         mi_threshold=threshold,
         command=command,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite or not (out / MANIFEST).exists(),  # a folder with only our state is ours
         extra={
             "mi_threshold_calibration": {"quantile": 0.95, "n": len(val), "samples": args.eval_samples},
             "adversarial_training": adversarial_summary(args, model.cfg.img_size, train_stats),
