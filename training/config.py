@@ -21,12 +21,15 @@ from models import METHODS, ModelConfig, list_backbones
 from models.attacks import SUITES
 from models.heads import FixedConfig, MFDVConfig, WCAConfig, get_head
 
-from .adversarial import ADV_KINDS
+from .adversarial import ADV_INNER_LOSSES, ADV_KINDS, ADV_OBJECTIVES, ADV_RADII
 
 Method = Literal[METHODS]  # type: ignore[valid-type]
 Arch = Literal[tuple(list_backbones())]  # type: ignore[valid-type]
 SuiteName = Literal[tuple(sorted(SUITES))]  # type: ignore[valid-type]
 AdvKind = Literal[ADV_KINDS]  # type: ignore[valid-type]
+AdvObjective = Literal[ADV_OBJECTIVES]  # type: ignore[valid-type]
+AdvInnerLoss = Literal[ADV_INNER_LOSSES]  # type: ignore[valid-type]
+AdvRadius = Literal[ADV_RADII]  # type: ignore[valid-type]
 
 
 class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
@@ -75,6 +78,25 @@ class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
     adv_eot: int = Field(1, ge=1, description="noise draws averaged per inner gradient (fresh each step)")
     adv_ramp: float = Field(1.0, ge=0, description="epochs of linear eps ramp (0: none)")
     trades_beta: float = Field(6.0, ge=0, description="weight of the TRADES KL term")
+    adv_objective: AdvObjective = Field(
+        "at",
+        description="outer objective (fgsm, pgd): at = CE on adversarial inputs; ccat = confidence-calibrated AT "
+        "(half clean; adversarial half towards uniform as |delta| nears eps); disagree = half clean, CE on both "
+        "halves plus --disagree-weight x (MI of the draws on clean - on adversarial)",
+    )
+    adv_inner_loss: AdvInnerLoss = Field(
+        "ce",
+        description="what the inner attack maximises: ce = the label's cross-entropy; conf = the most likely "
+        "wrong class's log-probability (CCAT's attack)",
+    )
+    ccat_rho: float = Field(10.0, ge=0, description="CCAT: lambda(delta) = (1 - min(1, |delta|_inf/eps))^rho")
+    disagree_weight: float = Field(1.0, ge=0, description="disagree: weight of the mutual-information term")
+    disagree_draws: int = Field(8, ge=2, description="disagree: noise draws whose mutual information is measured")
+    adv_radius: AdvRadius = Field(
+        "full",
+        description="radius of each adversarial input (fgsm, pgd): full = eps; uniform = its own, uniform in "
+        "[0, eps] (so CCAT's lambda spans [0, 1])",
+    )
     adv_val_n: int = Field(
         1000,
         ge=0,
@@ -103,6 +125,16 @@ class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
             return data
         optional = {name for name, f in cls.model_fields.items() if type(None) in typing.get_args(f.annotation)}
         return {k: None if k in optional and isinstance(v, str) and v.lower() == "none" else v for k, v in data.items()}
+
+    @model_validator(mode="after")
+    def _objective_needs_an_attack(self) -> TrainConfig:
+        chosen = (self.adv_objective, self.adv_inner_loss, self.adv_radius)
+        if chosen != ("at", "ce", "full") and self.adv not in ("fgsm", "pgd"):
+            raise ValueError(
+                f"--adv-objective {self.adv_objective} / --adv-inner-loss {self.adv_inner_loss} / "
+                f"--adv-radius {self.adv_radius} need --adv fgsm or pgd, not {self.adv}"
+            )
+        return self
 
     def head_config(self) -> dict[str, Any]:
         """The settings of this run's head, from the fields its ``Config`` declares."""

@@ -144,6 +144,12 @@ def adv_config(args: TrainConfig, img_size: int) -> AdvConfig:
         eot=args.adv_eot,
         ramp=args.adv_ramp,
         beta=args.trades_beta,
+        objective=args.adv_objective,
+        inner_loss=args.adv_inner_loss,
+        ccat_rho=args.ccat_rho,
+        disagree_weight=args.disagree_weight,
+        disagree_draws=args.disagree_draws,
+        radius=args.adv_radius,
     )
 
 
@@ -159,26 +165,61 @@ def _param_groups(model: StochasticClassifier, args: TrainConfig) -> list[dict[s
     ]
 
 
+FLAG_KEEP = 0.99
+"""Share of clean held-out inputs the held-out check's flag keeps (CCAT's 99% true-positive rate)."""
+FLAG_DRAWS = 8
+"""Noise draws the held-out check's flag is judged on."""
+
+
+def flag_signal(objective: str) -> str:
+    """The uncertainty a split objective trains for: low confidence (ccat) or disagreement of the draws."""
+    return "confidence" if objective == "ccat" else "mutual_information"
+
+
+def selection_metric(adv: AdvConfig) -> str:
+    """The held-out figure that picks the kept epoch: robust accuracy, or robust-or-flagged for ccat/disagree."""
+    return "robust_or_flagged" if adv.split else "robust"
+
+
 def val_robust_accuracy(
     model: StochasticClassifier, val: Dataset, adv: AdvConfig, device: torch.device, seed: int
 ) -> dict[str, float]:
     """Clean and PGD-10 (step eps/4, EOT 4, random start) accuracy on held-out images, one draw each.
 
     The per-epoch check against catastrophic overfitting: cheap, and judged on single draws so
-    a collapse shows at once.
+    a collapse shows at once. With a split objective (ccat, disagree) also ``robust_or_flagged``:
+    the share of inputs right when clean (mean of ``FLAG_DRAWS`` draws) and, after the attack, still
+    right or flagged, the flag (``flag_signal``) at the threshold that keeps ``FLAG_KEEP`` of
+    these clean inputs; ``adv_flagged`` is the share of attacked inputs flagged.
     """
     from models.attacks import predict_draws, run_attack
+    from models.uncertainty import summarize
 
     g = torch.Generator().manual_seed(seed + 777)
+    g_flag = torch.Generator().manual_seed(seed + 778)  # apart, so the single-draw figures do not move
     correct = robust = 0
     eot = 4 if model.stochastic else 1
+    scores: dict[str, list[torch.Tensor]] = {"clean": [], "adv": [], "clean_ok": [], "adv_ok": []}
     for i in range(0, len(val), 500):
         x = as_float(val.x[i : i + 500]).to(device)
         y = val.y[i : i + 500].to(device)
         res = run_attack("pgd", model, x, y, eps=adv.eps, generator=g, steps=10, eot=eot)
         correct += int((predict_draws(model, x, 1, g)[0].argmax(-1) == y).sum())
         robust += int((predict_draws(model, res.x_adv, 1, g)[0].argmax(-1) == y).sum())
-    return {"clean": correct / len(val), "robust": robust / len(val)}
+        if adv.split:
+            for name, xs in (("clean", x), ("adv", res.x_adv)):
+                u = summarize(predict_draws(model, xs, FLAG_DRAWS, g_flag))
+                score = u.mutual_information if adv.objective == "disagree" else -u.mean_probs.amax(-1)
+                scores[name].append(score.cpu())
+                scores[f"{name}_ok"].append((u.label == y).cpu())
+    out = {"clean": correct / len(val), "robust": robust / len(val)}
+    if adv.split:
+        c, a, c_ok, a_ok = (torch.cat(scores[k]) for k in ("clean", "adv", "clean_ok", "adv_ok"))
+        threshold = torch.quantile(c.double(), FLAG_KEEP)
+        flagged = a.double() > threshold
+        out["robust_or_flagged"] = float((c_ok & (a_ok | flagged)).double().mean())
+        out["adv_flagged"] = float(flagged.double().mean())
+    return out
 
 
 def rollback_tolerance(p_best: float, p_last: float, n: int, z: float = 1.959963984540054) -> float:
@@ -223,6 +264,7 @@ def fit(
         net = torch.nn.parallel.DistributedDataParallel(model)
     adv = adv_config(args, model.cfg.img_size)
     check = val.subset(slice(0, args.adv_val_n)) if (adv.active and val is not None and args.adv_val_n > 0) else None
+    metric = selection_metric(adv)
     g = torch.Generator().manual_seed(args.seed)
     per_rank = len(train) // world
     steps_per_epoch = max(1, per_rank // args.batch_size)
@@ -272,9 +314,11 @@ def fit(
             ta = time.perf_counter()
             x_adv = perturb(model, x, y, adv, adv.eps_at(progress), g) if adv.active else x
             tb = time.perf_counter()
-            noise = model.sample_noise(1, g, batch=len(idx))  # (1, B, D): one fresh draw per input
+            # (1, B, D): one fresh draw per input (disagree: more, for the mutual information)
+            noise = model.sample_noise(adv.outer_draws, g, batch=len(idx))
+            parts: dict[str, float] = {}
             if adv.active:
-                task, logits = adversarial_loss(net, x, x_adv, y, noise, adv)
+                task, logits, parts = adversarial_loss(net, x, x_adv, y, noise, adv)
             else:
                 logits = net(x, noise)[0]  # (B, K)
                 task = F.cross_entropy(logits, y)
@@ -289,22 +333,31 @@ def fit(
             acc = float((logits.argmax(-1) == y).float().mean())
             sig = float(model.head.sigma().detach().mean())
             stats = {"loss": float(loss.detach()), "ce": float(task.detach()), "acc": acc, "sigma": sig, "lam": lam}
+            stats.update(parts)
             bar.update(1)
             if step % 20 == 0 or step == total:
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{acc:.3f}", sigma=f"{sig:.3f}")
             if rank == 0 and bar.disable and (step % 200 == 0 or step == total):
-                log.info("step %d/%d loss %.4f acc %.3f sigma %.3f lam %.3g", step, total, stats["loss"], acc, sig, lam)
+                log.info(
+                    "step %d/%d loss %.4f acc %.3f sigma %.3f lam %.3g%s",
+                    step, total, stats["loss"], acc, sig, lam, "".join(f" {k} {v:.3f}" for k, v in parts.items()),
+                )  # fmt: skip
         epoch += 1
         rec: dict[str, float] = {"epoch": epoch, "seconds": round(time.perf_counter() - t_epoch, 1)}
         if check is not None and rank == 0:
             model.eval()
             rec.update(val_robust_accuracy(model, check, adv, device, args.seed))
             model.train()
-            if best is None or rec["robust"] >= best[0]:  # ties go to the later epoch
-                best = (rec["robust"], epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            if best is None or rec[metric] >= best[0]:  # ties go to the later epoch
+                best = (rec[metric], epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            extra = (
+                ""
+                if metric == "robust"
+                else f", robust or flagged {rec[metric]:.4f} (flagged {rec['adv_flagged']:.3f})"
+            )
             log.info(
-                "epoch %d: held-out clean %.4f, PGD-10 eps %.3g %.4f (best %.4f at epoch %d)",
-                epoch, rec["clean"], adv.eps, rec["robust"], best[0], best[1],
+                "epoch %d: held-out clean %.4f, PGD-10 eps %.3g %.4f%s (best %.4f at epoch %d)",
+                epoch, rec["clean"], adv.eps, rec["robust"], extra, best[0], best[1],
             )  # fmt: skip
         epochs.append(rec)
         if state_path is not None and rank == 0:
@@ -341,7 +394,7 @@ def fit(
         # Time of an adversarial step relative to the clean update it wraps (measured in this run).
         stats["epoch_time_vs_clean"] = round((attack_s + update_s) / max(update_s, 1e-9), 2)
     if best is not None:
-        last = epochs[-1]["robust"]
+        last = epochs[-1][metric]
         tol = rollback_tolerance(best[0], last, len(check))
         roll = best[1] != epoch and (args.adv_keep == "best" or last < best[0] - tol)
         stats["kept_epoch"] = best[1] if roll else epoch
@@ -370,7 +423,23 @@ def adversarial_summary(args: TrainConfig, img_size: int, stats: dict[str, Any])
         "rolled_back": stats.get("rolled_back", False),
         "rollback_tolerance": stats.get("rollback_tolerance"),
         "keep": args.adv_keep,
-        "held_out_check": {"n": args.adv_val_n, "attack": "pgd", "steps": 10, "alpha": "eps/4", "eot": 4},
+        "held_out_check": {
+            "n": args.adv_val_n,
+            "attack": "pgd",
+            "steps": 10,
+            "alpha": "eps/4",
+            "eot": 4,
+            **(
+                {
+                    "selects_on": selection_metric(adv),
+                    "flag": flag_signal(adv.objective),
+                    "flag_keeps_clean": FLAG_KEEP,
+                    "flag_draws": FLAG_DRAWS,
+                }
+                if adv.split
+                else {}
+            ),
+        },
         "epochs": stats.get("epochs", []),
     }
 
