@@ -22,6 +22,7 @@ from .base import (
     Attack,
     AttackCost,
     AttackResult,
+    LossFn,
     StopFn,
     eot_loss_grad,
     eval_mode,
@@ -36,6 +37,87 @@ def _oscillation(loss_hist: list[torch.Tensor], k: int, rho: float) -> torch.Ten
     for j in range(1, k + 1):
         rises += (loss_hist[-j] > loss_hist[-j - 1]).float()
     return rises <= k * rho
+
+
+def apgd_loop(
+    model: StochasticClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    draws: int,
+    loss: str | LossFn = "ce",
+    rho: float = 0.75,
+    generator: torch.Generator | None = None,
+    should_stop: StopFn | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The APGD iteration (see ``APGD``) on any loss the attacker maximises.
+
+    Args:
+        draws: noise draws per gradient (0: the noise-free network).
+        loss: a name in ``base.LOSSES`` or a function of (logits [T, B, K], y) -> [T, B] (or [1, B]).
+        should_stop: checked before each step; True ends the loop early.
+
+    Returns:
+        The highest-loss point seen per input, its loss (mean over the draws of that step) and the
+        number of steps taken (the start point is evaluated too: ``taken + 1`` backward passes).
+    """
+    x = x.detach()
+    b = x.shape[0]
+    view = (b, *([1] * (x.dim() - 1)))
+    k = max(int(0.22 * steps), 1)
+    k_min = max(int(0.06 * steps), 1)
+    k_decr = max(int(0.03 * steps), 1)
+
+    # Random start inside the ball (uniform direction, scaled so that |delta|_inf = eps).
+    t = 2 * torch.rand(x.shape, generator=generator).to(x.device) - 1
+    t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)
+    x_adv = torch.clamp(x + eps * t, 0.0, 1.0)
+
+    taken = 0
+    with eval_mode(model):
+        loss_cur, grad = eot_loss_grad(model, x_adv, y, draws, generator, loss)
+        x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss_cur.clone()
+        loss_hist = [loss_cur]  # loss at the start point, then after each step
+        step_size = torch.full(view, 2.0 * eps, device=x.device)
+        x_old = x_adv.clone()
+        since_check = 0
+        best_at_check = loss_best.clone()
+        reduced_at_check = torch.ones(b, dtype=torch.bool, device=x.device)
+
+        for i in range(steps):
+            if should_stop is not None and should_stop():
+                break
+            with torch.no_grad():
+                a = 0.75 if i > 0 else 1.0
+                z = project_linf(x_adv + step_size * grad.sign(), x, eps)
+                x_new = project_linf(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old), x, eps)
+                x_old, x_adv = x_adv, x_new
+
+            loss_cur, grad = eot_loss_grad(model, x_adv, y, draws, generator, loss)
+            taken += 1
+            loss_hist.append(loss_cur)
+            better = loss_cur > loss_best
+            x_best[better] = x_adv[better]
+            grad_best[better] = grad[better]
+            loss_best = torch.where(better, loss_cur, loss_best)
+
+            since_check += 1
+            if since_check == k:
+                stalled = _oscillation(loss_hist, k, rho)
+                no_gain = ~reduced_at_check & (best_at_check >= loss_best)
+                reduce = stalled | no_gain
+                reduced_at_check = reduce
+                best_at_check = loss_best.clone()
+                if reduce.any():
+                    step_size[reduce] /= 2.0
+                    x_adv = x_adv.clone()
+                    x_adv[reduce] = x_best[reduce]
+                    grad[reduce] = grad_best[reduce]
+                since_check = 0
+                k = max(k - k_decr, k_min)
+    return x_best.detach(), loss_best, taken
 
 
 @register_attack
@@ -81,70 +163,26 @@ class APGD(Attack):
         generator: torch.Generator | None = None,
         should_stop: StopFn | None = None,
     ) -> AttackResult:
-        eps, steps, rho, loss = self.budget, self.steps, self.rho, self.loss
         draws = 0 if self.noise_free else self.eot
-        x = x.detach()
-        b = x.shape[0]
-        view = (b, *([1] * (x.dim() - 1)))
-        k = max(int(0.22 * steps), 1)
-        k_min = max(int(0.06 * steps), 1)
-        k_decr = max(int(0.03 * steps), 1)
-
-        # Random start inside the ball (uniform direction, scaled so that |delta|_inf = eps).
-        t = 2 * torch.rand(x.shape, generator=generator).to(x.device) - 1
-        t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)
-        x_adv = torch.clamp(x + eps * t, 0.0, 1.0)
-
-        taken = 0
-        with eval_mode(model):
-            loss_cur, grad = eot_loss_grad(model, x_adv, y, draws, generator, loss)
-            x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss_cur.clone()
-            loss_hist = [loss_cur]  # loss at the start point, then after each step
-            step_size = torch.full(view, 2.0 * eps, device=x.device)
-            x_old = x_adv.clone()
-            since_check = 0
-            best_at_check = loss_best.clone()
-            reduced_at_check = torch.ones(b, dtype=torch.bool, device=x.device)
-
-            for i in range(steps):
-                if should_stop is not None and should_stop():
-                    break
-                with torch.no_grad():
-                    a = 0.75 if i > 0 else 1.0
-                    z = project_linf(x_adv + step_size * grad.sign(), x, eps)
-                    x_new = project_linf(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old), x, eps)
-                    x_old, x_adv = x_adv, x_new
-
-                loss_cur, grad = eot_loss_grad(model, x_adv, y, draws, generator, loss)
-                taken += 1
-                loss_hist.append(loss_cur)
-                better = loss_cur > loss_best
-                x_best[better] = x_adv[better]
-                grad_best[better] = grad[better]
-                loss_best = torch.where(better, loss_cur, loss_best)
-
-                since_check += 1
-                if since_check == k:
-                    stalled = _oscillation(loss_hist, k, rho)
-                    no_gain = ~reduced_at_check & (best_at_check >= loss_best)
-                    reduce = stalled | no_gain
-                    reduced_at_check = reduce
-                    best_at_check = loss_best.clone()
-                    if reduce.any():
-                        step_size[reduce] /= 2.0
-                        x_adv = x_adv.clone()
-                        x_adv[reduce] = x_best[reduce]
-                        grad[reduce] = grad_best[reduce]
-                    since_check = 0
-                    k = max(k - k_decr, k_min)
-
+        x_best, loss_best, taken = apgd_loop(
+            model,
+            x,
+            y,
+            eps=self.budget,
+            steps=self.steps,
+            draws=draws,
+            loss=self.loss,
+            rho=self.rho,
+            generator=generator,
+            should_stop=should_stop,
+        )
         info: dict[str, Any] = {"best_loss": loss_best.tolist()}
-        if loss == "dlr" and model.cfg.num_classes < DLR_MIN_CLASSES:
+        if self.loss == "dlr" and model.cfg.num_classes < DLR_MIN_CLASSES:
             info["note"] = DLR_FALLBACK_NOTE
         return AttackResult(
-            x_best.detach(),
+            x_best,
             grad_evals=taken + 1,
             draws=(taken + 1) * draws,
-            stopped=taken < steps,
+            stopped=taken < self.steps,
             info=info,
         )
