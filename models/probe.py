@@ -4,8 +4,10 @@ Pure torch, no web framework: the service's attack-probe endpoint calls ``probe`
 turns the report into JSON (``ProbeReport.to_dict()`` is JSON-ready).
 
 Attacks are typed specs (``models.attacks.AttackSpec``: validated once, where they come in),
-or a named evaluation suite (``SuiteSpec``: ``standard`` or ``published``), which runs all its
-attacks and reports the per-input worst case as one entry.
+or a named evaluation suite (``SuiteSpec``: ``standard``, ``published`` or ``adaptive``), which
+runs all its attacks and reports the per-input worst case as one entry. ``adaptive`` attacks the
+flag too: by default the service's own (mutual information above ``mi_threshold``), and an input
+counts as a success when it was wrong when clean or some attack made it wrong without a flag.
 
 Each outcome is judged the way the service predicts (``models.prediction.predict_label``:
 the argmax of the mean softmax over ``judge_samples`` fresh noise draws, one backbone pass),
@@ -28,9 +30,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .attacks import ATTACK_SPEC, Attack, AttackCost, AttackResult, StopFn, eval_mode, predict_draws, run_suite
+from .attacks.flag import FlagRule, FlagSignal
 from .attacks.suite import SUITES, derive_seed, get_suite
 from .classifier import StochasticClassifier
 from .prediction import predict_label
@@ -40,15 +43,51 @@ DEFAULT_JUDGE_SAMPLES = 64
 _L0_TOL = 1e-6
 
 
+SuiteName = Literal["standard", "published", "adaptive"]
+"""The suites a probe (and the service's ``attacks`` field) accepts by name."""
+
+
 class SuiteSpec(BaseModel):
     """A named evaluation suite as one probe entry: every attack of it, per-input worst case."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    suite: Literal["standard", "published"] = Field(description="standard (AutoAttack-grade) or published.")
+    suite: SuiteName = Field(
+        description="standard (AutoAttack-grade), published (the papers' protocol) or adaptive (attacks that "
+        "know the flag)."
+    )
     eps: float | None = Field(
         None, ge=0, le=1, description="Budget in pixel units; default 0.1 (up to 28x28) or 8/255 (larger)."
     )
+    flag_signal: FlagSignal | None = Field(
+        None,
+        description="adaptive only: the flag to evade: mutual_information (default: the service's flagged) or "
+        "max_prob (1 - max mean softmax; needs flag_threshold).",
+    )
+    flag_threshold: float | None = Field(
+        None, ge=0, description="adaptive only: the flag threshold (default: the model's mi_threshold)."
+    )
+
+    @model_validator(mode="after")
+    def _flag_settings(self) -> SuiteSpec:
+        if self.suite != "adaptive" and (self.flag_signal is not None or self.flag_threshold is not None):
+            raise ValueError(f"flag_signal and flag_threshold apply to the adaptive suite only, not {self.suite!r}")
+        if self.flag_signal == "max_prob" and self.flag_threshold is None:
+            raise ValueError("flag_signal max_prob needs flag_threshold (mi_threshold is on mutual information)")
+        return self
+
+    def flag_rule(self, mi_threshold: float | None) -> FlagRule | None:
+        """The flag an adaptive suite evades (None for the other suites).
+
+        Raises:
+            ValueError: adaptive without ``flag_threshold`` and without a model threshold.
+        """
+        if self.suite != "adaptive":
+            return None
+        threshold = self.flag_threshold if self.flag_threshold is not None else mi_threshold
+        if threshold is None:
+            raise ValueError("the adaptive suite needs a flag threshold: the model's mi_threshold or flag_threshold")
+        return FlagRule(self.flag_signal or "mutual_information", float(threshold))
 
     @property
     def name(self) -> str:
@@ -69,7 +108,11 @@ class SuiteSpec(BaseModel):
         return get_suite(self.suite).cost(self.radius(), inputs)
 
     def settings(self) -> dict[str, Any]:
-        return get_suite(self.suite).describe(self.radius())
+        out = get_suite(self.suite).describe(self.radius())
+        if self.suite == "adaptive":
+            signal = self.flag_signal or "mutual_information"
+            out["flag"] = {"signal": signal, "threshold": self.flag_threshold, "threshold_default": "mi_threshold"}
+        return out
 
     def draws(self) -> int:
         """The most noise draws one head evaluation of the suite takes."""
@@ -248,16 +291,21 @@ def _run_item(
     y: torch.Tensor,
     seed: int,
     should_stop: StopFn | None,
+    mi_threshold: float | None = None,
 ) -> tuple[AttackResult, torch.Tensor | None]:
     """Run one attack (or suite); returns its result and the suite's per-input verdict (None for
-    an attack: the probe judges it)."""
+    an attack: the probe judges it). A flag-aware suite's verdict: wrong when clean, or an
+    unflagged error under some attack."""
     if isinstance(item, SuiteSpec):
-        res = run_suite(model, x, y, item.suite, eps=item.radius(), seed=seed, should_stop=should_stop)
+        flag = item.flag_rule(mi_threshold)
+        res = run_suite(model, x, y, item.suite, eps=item.radius(), seed=seed, should_stop=should_stop, flag=flag)
         grad = sum(a.grad_evals for a in res.attacks)
         queries = sum(a.queries for a in res.attacks)
-        extras = {"suite": res.summary(), "fooled_by": res.fooled_by.tolist()}
+        extras: dict[str, Any] = {"suite": res.summary(), "fooled_by": res.fooled_by.tolist()}
+        if res.evaded_by is not None:
+            extras["unflagged_by"] = res.evaded_by.tolist()
         result = AttackResult(res.x_adv, grad_evals=grad, queries=queries, stopped=not res.complete, info=extras)
-        return result, ~res.robust
+        return result, ~res.robust_or_flagged
     return item.run(model, x, y, generator=_generator(seed), should_stop=should_stop), None
 
 
@@ -281,11 +329,12 @@ def probe(
         y: true labels [B]; None: each input's clean predicted label (from the same draws
             that judge the clean inputs).
         attacks: typed specs (``models.attacks.AttackSpec``; mappings are validated into
-            them), or a suite: ``"standard"``, ``"published"`` or a ``SuiteSpec``. An unset
-            ``eps`` becomes ``default_eps`` of the model's input size.
+            them), or a suite: ``"standard"``, ``"published"``, ``"adaptive"`` or a ``SuiteSpec``.
+            An unset ``eps`` becomes ``default_eps`` of the model's input size.
         judge_samples: fresh draws per judgement (default 64).
         seed: the request seed; every random stream derives from it (``derive_seed``).
-        mi_threshold: inputs whose mutual information exceeds it are ``flagged``.
+        mi_threshold: inputs whose mutual information exceeds it are ``flagged``; the flag the
+            ``adaptive`` suite evades unless its spec names another.
         after_attack: called after each attack with its report and its adversarial inputs
             [B, C, H, W]; returning True skips the remaining attacks (the report then covers
             the attacks run so far). The service uses it for metrics and images.
@@ -304,6 +353,9 @@ def probe(
     """
     _validate_inputs(model, x, y, judge_samples, seed, mi_threshold)
     items = [item.resolve(model.cfg.input_shape) for item in parse_items(attacks)]
+    for item in items:
+        if isinstance(item, SuiteSpec):
+            item.flag_rule(mi_threshold)  # an adaptive suite without a threshold fails before anything runs
     dev = model.proj.weight.device
     x = x.detach().to(dev, torch.float32)
     y = None if y is None else y.to(dev, torch.long)
@@ -333,7 +385,7 @@ def probe(
     for a, item in enumerate(items):
         attack_seed = derive_seed(seed, a, item.name, "attack")
         start = time.perf_counter()
-        res, verdict = _run_item(item, model, x, y, attack_seed, should_stop)
+        res, verdict = _run_item(item, model, x, y, attack_seed, should_stop, mi_threshold)
         wall = time.perf_counter() - start
         x_adv = res.x_adv.detach().to(dev)
         if x_adv.shape != x.shape:

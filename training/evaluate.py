@@ -1,11 +1,17 @@
 """Evaluation: clean accuracy over T draws, robust accuracy under a named suite, MI calibration.
 
     python -m training.evaluate checkpoints/fashion_mnist_mfdv --suite standard published --attack-n 2000
+    python -m training.evaluate checkpoints/fashion_mnist_mfdv --suite adaptive --attack-n 500
     torchrun --nproc_per_node 2 -m training.evaluate checkpoints/fashion_mnist_mfdv --attack-n 2000
 
-The suites (``models.attacks.suite``) are the protocols a reviewer accepts (``standard``) and
-the one the stochastic-network papers report (``published``). Every robust number is stored
-beside the suite's full settings and a Wilson 95% interval. Under ``torchrun`` the attacked
+The suites (``models.attacks.suite``) are the protocols a reviewer accepts (``standard``), the
+one the stochastic-network papers report (``published``) and the one that attacks the flag too
+(``adaptive``). Every robust number is stored beside the suite's full settings and a Wilson 95%
+interval. ``adaptive`` needs a flag threshold: by default it is calibrated on the checkpoint's
+held-out training images (the split training held out, ``split_train_val`` with the manifest's
+``val_size`` and ``seed``) so that at most ``--flag-rate`` (5%) of the correctly classified ones
+are flagged, with mutual information for a stochastic model and the max-softmax probability for
+a deterministic one; the result's ``flag`` says which signal, threshold and data. Under ``torchrun`` the attacked
 inputs are split into fixed batches dealt round-robin to the ranks; every batch draws its
 randomness from (seed, its position), so the result does not depend on the number of ranks.
 """
@@ -30,7 +36,15 @@ from tqdm import tqdm
 
 from models import StochasticClassifier, noise_to_margin, summarize
 from models.attacks import SUITES, default_eps, predict_draws, run_suite
-from models.attacks.suite import Suite, SuiteResult, get_suite, merge_results
+from models.attacks.flag import (
+    FLAG_SIGNALS,
+    FlagCalibration,
+    FlagRule,
+    FlagSignal,
+    calibrate_flag,
+    default_signal,
+)
+from models.attacks.suite import Suite, SuiteResult, derive_seed, get_suite, merge_results
 
 from .data import Dataset, as_float
 
@@ -88,10 +102,12 @@ def evaluate_suite(
     rank: int = 0,
     world: int = 1,
     progress: bool = False,
+    flag: FlagRule | FlagCalibration | None = None,
 ) -> SuiteResult:
     """Run a suite over ``ds`` in batches; batch ``i`` goes to rank ``i % world``.
 
     Under ``torch.distributed`` (world > 1) every rank returns the merged result of all ranks.
+    ``flag``: the flag rule a flag-aware suite (``adaptive``) evades.
     """
     s = get_suite(suite)
     eps = default_eps(model.cfg.input_shape) if eps is None else eps
@@ -103,7 +119,7 @@ def evaluate_suite(
     for i, sl in bar:
         x = as_float(ds.x[sl]).to(device)
         y = ds.y[sl].to(device)
-        res = run_suite(model, x, y, s, eps=eps, seed=seed, offset=sl.start)
+        res = run_suite(model, x, y, s, eps=eps, seed=seed, offset=sl.start, flag=flag)
         res.x_adv = res.x_adv.cpu()
         parts.append((i, res))
         bar.set_postfix(robust=f"{sum(int(p.robust.sum()) for _, p in parts) / sum(p.n for _, p in parts):.3f}")
@@ -129,6 +145,33 @@ def calibrate_mi_threshold(
     return float(np.quantile(torch.cat(mi).numpy(), quantile))
 
 
+def calibrate_suite_flag(
+    model: StochasticClassifier,
+    ds: Dataset,
+    *,
+    signal: FlagSignal | None = None,
+    rate: float = 0.05,
+    samples: int = 64,
+    seed: int = 0,
+    source: str = "",
+) -> FlagCalibration:
+    """The flag threshold on clean inputs ``ds`` (``models.attacks.flag.calibrate_flag``): at most
+    ``rate`` of the correctly classified ones flagged; ``signal`` defaults to the model's own
+    (mutual information, or max_prob for a deterministic model)."""
+    device = next(model.parameters()).device
+    model.eval()
+    return calibrate_flag(
+        model,
+        as_float(ds.x).to(device),
+        ds.y.to(device),
+        signal=signal,
+        rate=rate,
+        samples=samples,
+        generator=torch.Generator().manual_seed(derive_seed(seed, "flag-calibration")),
+        source=source or ds.name,
+    )
+
+
 def evaluate(
     model: StochasticClassifier,
     test: Dataset,
@@ -143,8 +186,19 @@ def evaluate(
     world: int = 1,
     progress: bool = False,
     log: Callable[[str], Any] | None = None,
+    flag: FlagRule | FlagCalibration | None = None,
+    calibration: Dataset | None = None,
+    calibration_source: str | None = None,
+    flag_signal: FlagSignal | None = None,
+    flag_rate: float = 0.05,
 ) -> dict[str, Any]:
     """Clean metrics on all of ``test`` and each suite at each eps on its first ``attack_n`` inputs.
+
+    A flag-aware suite (``adaptive``) evades ``flag``; without one, the threshold is calibrated
+    (``calibrate_suite_flag``, ``flag_signal`` and ``flag_rate``) on ``calibration`` (held-out
+    clean images), or, without those, on the test inputs past ``attack_n`` (never attacked), or,
+    when every test input is attacked, on the attacked inputs themselves (clean); the suite's
+    summary states which (``flag.calibration.source``).
 
     Returns:
         ``{"clean": {...}, "robust": {"standard_eps0.1": summary, ...}}``: every summary carries
@@ -157,11 +211,41 @@ def evaluate(
         log(f"clean: {metrics['clean']}")
     sub = test if attack_n is None or attack_n >= len(test) else test.subset(slice(0, attack_n))
     metrics["robust"] = {}
+    if flag is None and any(get_suite(suite).flag_aware for suite in suites or []):
+        if calibration is not None and len(calibration):
+            held = calibration
+            source = calibration_source or f"held-out clean images: {calibration.name} ({len(calibration)})"
+        elif len(sub) < len(test):
+            held = test.subset(slice(len(sub), len(test)))
+            source = f"test images {len(sub)}..{len(test) - 1} of {test.name}, not attacked (no held-out data given)"
+        else:
+            held = sub
+            source = (
+                f"the attacked test images of {test.name} themselves, clean (no held-out data given, none left "
+                "over): their clean flag rate is at most the rate by construction"
+            )
+        flag = calibrate_suite_flag(model, held, signal=flag_signal, rate=flag_rate, seed=seed, source=source)
+        if log:
+            d = flag.describe()
+            log(
+                f"flag for the adaptive suite: {d['rule']}, threshold {flag.rule.threshold:.6g}, calibrated on "
+                f"{source}: {flag.flagged_correct:.4f} of {flag.n_correct} correctly classified flagged "
+                f"(at most {flag_rate})"
+            )
     for e in eps or [default_eps(model.cfg.input_shape)]:
         for suite in suites or []:
             s = get_suite(suite)
             res = evaluate_suite(
-                model, sub, s, eps=e, seed=seed, batch=batch, rank=rank, world=world, progress=progress
+                model,
+                sub,
+                s,
+                eps=e,
+                seed=seed,
+                batch=batch,
+                rank=rank,
+                world=world,
+                progress=progress,
+                flag=flag if s.flag_aware else None,
             )
             summary = res.summary()
             metrics["robust"][suite_key(s, e)] = summary
@@ -171,6 +255,14 @@ def evaluate(
                     f"{suite_key(s, e)}: robust {summary['robust_accuracy']:.4f} [{lo:.4f}, {hi:.4f}] "
                     f"(n={summary['n']}, {summary['seconds']} s)"
                 )
+                if s.flag_aware:
+                    ue, (ulo, uhi) = summary["unflagged_error_under_attack"], summary["unflagged_error_ci"] or (0, 0)
+                    rf, (rlo, rhi) = summary["robust_or_flagged_accuracy"], summary["robust_or_flagged_ci"]
+                    log(
+                        f"{suite_key(s, e)}: unflagged error under attack "
+                        + ("n/a" if ue is None else f"{ue:.4f} [{ulo:.4f}, {uhi:.4f}]")
+                        + f", robust-or-flagged accuracy {rf:.4f} [{rlo:.4f}, {rhi:.4f}]"
+                    )
     return metrics
 
 
@@ -180,6 +272,46 @@ def _init_distributed() -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
     return rank, world
+
+
+def fixed_flag(
+    threshold: str | None, signal: FlagSignal | None, model: StochasticClassifier, manifest: dict[str, Any]
+) -> FlagRule | None:
+    """``--flag-threshold``: None (calibrate), ``manifest`` (the checkpoint's mi_threshold) or a number."""
+    if threshold is None:
+        return None
+    signal = signal or default_signal(model)
+    if threshold == "manifest":
+        if signal != "mutual_information":
+            raise SystemExit("--flag-threshold manifest is a mutual-information threshold: use --flag-signal auto")
+        return FlagRule("mutual_information", float(manifest.get("mi_threshold", 0.0)))
+    try:
+        return FlagRule(signal, float(threshold))
+    except ValueError:
+        raise SystemExit(f"--flag-threshold: a number or 'manifest', got {threshold!r}") from None
+
+
+def held_out_images(manifest: dict[str, Any]) -> tuple[Dataset | None, str | None]:
+    """The training images the checkpoint's training held out (``split_train_val`` with its
+    ``val_size`` and ``seed``), and a line saying so; (None, None) where they cannot be rebuilt."""
+    from .data import load_dataset
+    from .train import split_train_val  # here: training.train imports this module
+
+    targs = manifest.get("training", {}).get("args", {})
+    name = targs.get("dataset") or manifest.get("dataset")
+    if not name or targs.get("val_size") is None:
+        log.warning("the manifest names no training dataset or val_size: the flag is calibrated on test images")
+        return None, None
+    val_size, seed = int(targs["val_size"]), int(targs.get("seed", 0))
+    try:
+        full = load_dataset(str(name), "train")
+    except (FileNotFoundError, ValueError) as e:
+        log.warning("cannot load the training images (%s): the flag is calibrated on test images", e)
+        return None, None
+    _, val = split_train_val(full, val_size, seed)
+    if len(val) == 0:
+        return None, None
+    return val, f"held-out training images of {name}: split_train_val(val_size={val_size}, seed={seed}), {len(val)}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,7 +327,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m training.evaluate",
         description="Clean accuracy (all test inputs, T draws) and robust accuracy under named suites "
         "(standard: APGD-CE/DLR + PGD with EOT, noise-free PGD, Square, worst case per input; published: the "
-        "stochastic-network papers' protocol), printed as one JSON line per checkpoint. Runs under torchrun.",
+        "stochastic-network papers' protocol; adaptive: standard plus attacks that know the flag, with the unflagged "
+        "error under attack and the robust-or-flagged accuracy, the flag threshold calibrated on held-out training "
+        "images), printed as one JSON line per checkpoint. Runs under torchrun.",
     )
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--dataset", default=None, help="default: the manifest's dataset")
@@ -204,9 +338,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=32, help="noise draws per clean prediction")
     p.add_argument("--attack-n", type=int, default=1000, help="test inputs to attack (0: all)")
     p.add_argument("--batch", type=int, default=500, help="inputs per attack batch (the unit dealt to ranks)")
-    p.add_argument("--steps", type=int, default=None, help="reduced standard suite: gradient steps (default 100)")
-    p.add_argument("--eot", type=int, default=None, help="reduced standard suite: EOT draws (default 20)")
-    p.add_argument("--queries", type=int, default=None, help="reduced standard suite: Square queries (default 1000)")
+    p.add_argument("--steps", type=int, default=None, help="reduced standard/adaptive suite: gradient steps (100)")
+    p.add_argument("--eot", type=int, default=None, help="reduced standard/adaptive suite: EOT draws (default 20)")
+    p.add_argument("--queries", type=int, default=None, help="reduced standard/adaptive suite: Square queries (1000)")
+    p.add_argument(
+        "--flag-rate",
+        type=float,
+        default=0.05,
+        help="adaptive: the threshold flags at most this share of correctly classified held-out images",
+    )
+    p.add_argument(
+        "--flag-signal",
+        default="auto",
+        choices=["auto", *FLAG_SIGNALS],
+        help="adaptive: the flag signal (auto: mutual_information, or max_prob for a deterministic model)",
+    )
+    p.add_argument(
+        "--flag-threshold",
+        default=None,
+        help="adaptive: a fixed threshold on the signal, or 'manifest' (the checkpoint's mi_threshold); "
+        "default: calibrated on the held-out training images",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
@@ -215,23 +367,31 @@ def main(argv: list[str] | None = None) -> None:
         help="write the metrics and this command into each checkpoint's manifest (a new model id)",
     )
     args = p.parse_args(argv)
+    if not 0 <= args.flag_rate < 1:
+        p.error(f"--flag-rate must be in [0, 1), got {args.flag_rate}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world = _init_distributed()
     suites: list[Suite] = []
     for name in args.suite:
         s = SUITES[name]
-        if name == "standard" and (args.steps or args.eot or args.queries is not None):
+        if name in ("standard", "adaptive") and (args.steps or args.eot or args.queries is not None):
             s = s.reduced(
                 steps=args.steps or s.steps,
                 eot=args.eot or s.eot,
                 queries=s.queries if args.queries is None else args.queries,
             )
         suites.append(s)
+    adaptive = any(s.flag_aware for s in suites)
     for path in args.checkpoints:
         ck = load_checkpoint(path)
         test = load_dataset(args.dataset or ck.manifest["dataset"], "test")
         t0 = time.process_time()
+        signal = None if args.flag_signal == "auto" else args.flag_signal
+        flag = fixed_flag(args.flag_threshold, signal, ck.model, ck.manifest) if adaptive else None
+        held, held_source = (None, None)
+        if adaptive and flag is None:
+            held, held_source = held_out_images(ck.manifest)
         metrics = evaluate(
             ck.model,
             test,
@@ -245,6 +405,11 @@ def main(argv: list[str] | None = None) -> None:
             world=world,
             progress=True,
             log=log.info if rank == 0 else None,
+            flag=flag,
+            calibration=held,
+            calibration_source=held_source,
+            flag_signal=signal,
+            flag_rate=args.flag_rate,
         )
         if rank != 0:
             continue

@@ -42,6 +42,7 @@ AttackSpec = Annotated[Union[tuple(attack_classes())], Field(discriminator="name
 ATTACK_SPEC = TypeAdapter(AttackSpec)
 """Validates a dict into the right spec class: ``ATTACK_SPEC.validate_python({"name": "pgd"})``."""
 
+from .flag import FlagCalibration, FlagRule, calibrate_flag  # noqa: E402
 from .suite import SUITES, Suite, SuiteResult, run_suite  # noqa: E402  (needs the registry filled)
 
 __all__ = [
@@ -51,9 +52,12 @@ __all__ = [
     "AttackCost",
     "AttackResult",
     "AttackSpec",
+    "FlagCalibration",
+    "FlagRule",
     "StopFn",
     "Suite",
     "SuiteResult",
+    "calibrate_flag",
     "default_eps",
     "eot_grad",
     "eot_logits",

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from models import ModelConfig, StochasticClassifier, build_model
 from models.attacks import SUITES, get_attack, list_attacks, run_attack, run_suite
 from models.attacks.base import DLR_FALLBACK_NOTE, dlr_loss, eot_loss_grad, margin_loss
+from models.attacks.flag import FlagRule
 from models.probe import probe
 from tests.unit._attack_models import one_thread
 
@@ -133,7 +134,8 @@ def test_every_suite_runs_on_a_two_class_model_and_notes_substitutions(
     s = SUITES[suite]
     if s.judge == "strict":
         s = s.reduced(steps=3, eot=2, queries=20, judge_samples=8)
-    res = run_suite(model, x, y, s, eps=0.15, seed=0)
+    flag = FlagRule("mutual_information", 0.01) if s.flag_aware else None
+    res = run_suite(model, x, y, s, eps=0.15, seed=0, flag=flag)
     summary = res.summary()
     assert summary["n"] == 16 and 0 <= summary["robust_accuracy"] <= summary["clean_accuracy"]
     if s.judge == "strict":
@@ -142,6 +144,9 @@ def test_every_suite_runs_on_a_two_class_model_and_notes_substitutions(
         assert any("DLR" in n and "margin" in n for n in summary["notes"])
     else:
         assert summary["notes"] == []
+    if s.flag_aware:
+        assert 0 <= summary["robust_or_flagged_accuracy"] <= summary["clean_accuracy"]
+        assert [a["loss"] for a in summary["attacks"] if a["name"] == "flag_apgd"] == ["ce"]
 
 
 def test_the_same_suite_keeps_dlr_and_no_note_with_four_classes() -> None:
