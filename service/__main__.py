@@ -25,7 +25,7 @@ from models import CheckpointError, read_manifest
 
 from .config import Settings
 from .metrics import MULTIPROC_ENV
-from .server import http_protocol
+from .server import ConnectionLimits, http_protocol
 
 logger = logging.getLogger("service")
 
@@ -77,7 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": settings.log_level,
         "access_log": not args.no_access_log,
         "timeout_graceful_shutdown": settings.graceful_seconds,
-        "http": http_protocol(),  # uvicorn's parser; a request it cannot parse gets a JSON 400
+        # asyncio's loop, not uvloop: asyncio accepts every queued connection when the listener is ready, while
+        # uvloop left 1,400 of 2,000 connecting clients in the kernel's accept queue for seconds as it served the
+        # accepted ones (hey, 2,000 clients: 7% of answers over 1 s, the slowest 5 s, vs 2.4 s with asyncio,
+        # at the same req/s at 32 clients; benchmarks/bench_overload.py, docs/service.md).
+        "loop": "asyncio",
+        # uvicorn's parser with the connection guards: JSON 400s, header timeout, connection cap, lingering close
+        "http": http_protocol(
+            ConnectionLimits(header_timeout_s=settings.header_timeout_seconds, max_connections=settings.max_connections)
+        ),
     }
     if settings.workers == 1:
         from .app import create_app

@@ -73,10 +73,20 @@ class Settings(BaseSettings):
         queue_size: requests waiting for the batcher; when full, requests get 503 + Retry-After.
         max_body_bytes: largest request body; larger bodies get 413 before they are read.
         body_timeout_seconds: how long a request body may take to arrive, from the request's
-            arrival; past it, 408 (a client trickling its body cannot hold a place for long).
+            headers; past it, 408 (a client trickling its body cannot hold a place for long).
+        body_min_rate: the least average pace, in bytes per second, at which a body must arrive
+            once ``body_grace_seconds`` have passed (Kestrel's ``MinRequestBodyDataRate``); slower,
+            408. A request holds nothing (no admission place, no probe-pool place) until its whole
+            body is in, so this only frees the connection early. 0: no pace limit.
+        body_grace_seconds: how long a body may take before ``body_min_rate`` applies.
+        header_timeout_seconds: how long a connection may take to deliver a request's line and
+            headers, from when it opens or its previous response was sent (nginx's
+            ``client_header_timeout``); past it the server answers 408 and closes.
+        max_connections: most open connections per process; a connection over it is answered 503
+            (``Retry-After``) on its first request and closed (``python -m service`` only).
         max_inflight: most prediction requests (``/v1/predict``, v2 ``infer``) handled at once,
-            counted from their headers to their response; one more gets 503 + Retry-After before
-            its body is read.
+            counted from when their whole body has arrived to their response; one more gets 503 +
+            Retry-After (before its body is read when the headers already show it).
         max_queue_delay_ms: the longest expected wait a prediction request is admitted with (the
             requests in flight over the rate this process completes them while busy, as Triton's
             max queue delay); over it, 503 + Retry-After before the body is read. 0: no limit.
@@ -146,6 +156,10 @@ class Settings(BaseSettings):
     queue_size: int = Field(1024, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     body_timeout_seconds: float = Field(30, gt=0)
+    body_min_rate: float = Field(1024, ge=0)
+    body_grace_seconds: float = Field(2, ge=0)
+    header_timeout_seconds: float = Field(10, gt=0)
+    max_connections: int = Field(2048, ge=1)
     max_inflight: int = Field(128, ge=1)
     max_queue_delay_ms: float = Field(100, ge=0)
     max_inputs: int = Field(64, ge=1)

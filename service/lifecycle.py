@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -35,6 +38,39 @@ from .errors import error_response
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[int, FrameType | None], Any]
+
+
+ACCEPT_DRAIN_SECONDS = 0.5
+"""After the drain window, how long queued connections are still accepted (and answered) before the listener closes."""
+
+
+def quiet_listeners() -> int:
+    """Shrink the accept queue of this process's listening TCP sockets to nothing (``listen(0)``).
+
+    The kernel then takes no new connections for them (a client's SYN goes unanswered and is retried,
+    by which time the listener is closed and the retry refused), while connections already queued can
+    still be accepted. Linux only (``/proc/self/fd``); returns how many sockets were changed.
+    """
+    fd_dir = Path("/proc/self/fd")
+    if not fd_dir.is_dir():
+        return 0
+    changed = 0
+    for entry in fd_dir.iterdir():
+        try:
+            fd = int(entry.name)
+            if not os.readlink(entry).startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except (OSError, ValueError):
+            continue
+        with sock:
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    sock.listen(0)
+                    changed += 1
+            except OSError:
+                continue
+    return changed
 
 
 class Lifecycle:
@@ -94,7 +130,16 @@ class Lifecycle:
                 return
             self.begin()
             logger.info("SIGTERM: draining for %g s (readiness 503, still serving), then shutting down", self.drain_s)
-            loop.call_soon_threadsafe(loop.call_later, self.drain_s, previous, sig, None)
+
+            def drained() -> None:
+                # Close the door before the listener goes: connections the kernel completed but nobody has
+                # accepted yet would be reset with the listener, their requests lost. With the accept queue
+                # shrunk to nothing, new handshakes wait (the client retries its SYN in a second, and is then
+                # refused cleanly); those already queued are accepted and answered meanwhile.
+                quiet_listeners()
+                loop.call_later(ACCEPT_DRAIN_SECONDS, previous, sig, None)
+
+            loop.call_soon_threadsafe(loop.call_later, self.drain_s, drained)
 
         signal.signal(signal.SIGTERM, on_sigterm)
         self._restore = previous

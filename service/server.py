@@ -1,69 +1,313 @@
-"""What ``python -m service`` gives uvicorn besides the app: an HTTP protocol whose parse errors are JSON.
+"""What ``python -m service`` gives uvicorn besides the app: an HTTP protocol that guards the connection.
 
-uvicorn answers a request it cannot parse (a non-integer ``Content-Length``, a bad request
-line, a header with a control character) itself, before the app sees it, with a plain-text
-400. The protocol classes here answer the same 400 in the service's one error shape,
-``{"error": "..."}``, and close the connection as uvicorn does. ``http_protocol()`` picks the
-one for the parser uvicorn would use (httptools when installed, else h11); both are
-module-level classes, so a config naming them can be sent to worker processes.
+uvicorn's protocols parse HTTP and run the app; the subclasses here add what a server facing
+hostile or careless clients needs before any request reaches the app:
+
+- **JSON parse errors.** A request uvicorn cannot parse (a non-integer ``Content-Length``, a bad
+  request line, a header with a control character) gets the service's one error shape,
+  ``{"error": "..."}``, as a 400, not uvicorn's plain text.
+- **A header timeout** (``MFDV_HEADER_TIMEOUT_SECONDS``, nginx's ``client_header_timeout``,
+  Kestrel's ``RequestHeadersTimeout``): a connection must deliver a complete request line and
+  headers within it, from when it opens or its previous response was sent; past it the server
+  answers a JSON 408 (when part of a request came) and closes. Half a request line held open
+  costs a socket for at most that long.
+- **A cap on open connections** (``MFDV_MAX_CONNECTIONS``): a connection over it is answered a
+  JSON 503 with ``Retry-After`` on its first request and closed, before the app sees it.
+- **Closing without resets** ("lingering close", as nginx's ``lingering_close``): when the server
+  closes a connection it first sends what it has and a FIN, then reads and drops what the client
+  still sends, until the client closes or ``LINGER_SECONDS`` pass. A plain close with unread
+  bytes in the socket (a body the server answered without reading, a request that crossed the
+  close) makes the kernel send a reset, which destroys the answer on its way to the client.
+- **Shutdown answers what comes** (``shutdown``): a connection with no request in progress when
+  uvicorn shuts down is not cut: a request arriving on it within ``SHUTDOWN_IDLE_SECONDS`` gets a
+  JSON 503 with ``Retry-After``, then it closes (lingering).
+
+``http_protocol(settings)`` gives uvicorn the class for the parser it would pick (httptools when
+installed, else h11) with these limits bound; a ``functools.partial`` of a module-level class,
+so a config naming it can be sent to worker processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-import h11
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .errors import error_body
+from .errors import error_body, error_response
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools is not installed: uvicorn uses h11
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
+logger = logging.getLogger(__name__)
+
 PARSE_ERROR = (
     "invalid HTTP request: the request line, a header or the Content-Length could not be parsed; "
     "send HTTP/1.1 with an integer Content-Length (or chunked transfer encoding)"
 )
+LINGER_SECONDS = 2.0
+"""Longest a closing connection waits for the client's FIN (reading and dropping its bytes)."""
+SHUTDOWN_IDLE_SECONDS = 1.0
+"""How long an idle connection stays open after shutdown begins, to answer a request on its way."""
 
 
-def _json_400() -> tuple[list[tuple[bytes, bytes]], bytes]:
-    body = error_body(PARSE_ERROR)
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The connection-level guards of one process (from ``Settings``).
+
+    Attributes:
+        header_timeout_s: seconds a connection has to deliver a request's line and headers.
+        max_connections: most open connections; one more is answered 503 and closed.
+    """
+
+    header_timeout_s: float = 10.0
+    max_connections: int = 2048
+
+
+def _json_response(status: int, reason: str, message: str, extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+    """A complete HTTP/1.1 response with the service's error body and ``Connection: close``."""
+    body = error_body(message)
+    head = [f"HTTP/1.1 {status} {reason}\r\n".encode()]
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
+        *extra,
     ]
-    return headers, body
+    head += [name + b": " + value + b"\r\n" for name, value in headers]
+    return b"".join([*head, b"\r\n", body])
 
 
-class JsonErrorsH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol; an unparseable request gets a JSON 400."""
+def _refusal_app(status: int, message: str, retry_after: int = 1) -> Callable[[Scope, Receive, Send], Any]:
+    """An ASGI app that answers every request with ``status`` and ``message`` (JSON) and closes."""
+    response = error_response(status, message, {"Retry-After": str(retry_after), "Connection": "close"})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await response(scope, receive, send)
+
+    return app
+
+
+OVER_CAP = (
+    "the server has {n} open connections, its limit (MFDV_MAX_CONNECTIONS); "
+    "retry after a second, reuse a connection, or use another replica"
+)
+SHUTTING_DOWN = "the service is shutting down; retry on another replica"
+
+
+class _LingeringTransport:
+    """A transport whose ``close()`` is a lingering close: flush, FIN, drop what comes, then close."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _GuardMixin) -> None:
+        self._t = transport
+        self._protocol = protocol
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._t.is_closing()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        t = self._t
+        if t.is_closing():
+            return
+        try:
+            if not t.can_write_eof():
+                t.close()
+                return
+            t.write_eof()  # the answer, then FIN: the client reads it and closes its side
+            t.resume_reading()  # read (and drop) what the client still sends, so the kernel never resets
+        except (OSError, RuntimeError):
+            t.close()
+            return
+        self._protocol._lingering = True
+        self._timer = self._protocol.loop.call_later(LINGER_SECONDS, t.close)
+
+    def abort(self) -> None:
+        self._closing = True
+        self.cancel_timer()
+        self._t.abort()
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class _GuardMixin:
+    """Header timeout, connection cap, lingering close and shutdown answers for a uvicorn protocol."""
+
+    # Set by uvicorn's protocol classes.
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+    cycle: Any
+    connections: set[Any]
+    app: Any
+
+    def _init_guards(self, limits: ConnectionLimits | None) -> None:
+        self.limits = limits or ConnectionLimits()
+        self._lingering = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._partial_request = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def _idle(self) -> bool:
+        """No request being handled: the connection is between requests (or before its first)."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._partial_request = False
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if not self._idle() or self.transport.is_closing():
+            return
+        if self._partial_request:
+            message = (
+                f"the request line and headers did not arrive within {self.limits.header_timeout_s:g} s "
+                "(MFDV_HEADER_TIMEOUT_SECONDS); send the request at once"
+            )
+            self.transport.write(_json_response(408, "Request Timeout", message))
+        self.transport.close()
+
+    def _guard_connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = _LingeringTransport(transport, self)
+        self._arm_header_timer()
+        if len(self.connections) > self.limits.max_connections:
+            self.app = _refusal_app(503, OVER_CAP.format(n=len(self.connections) - 1))
+
+    def _guard_data_received(self, data: bytes) -> bool:
+        """Whether to parse ``data`` (False: the connection is closing; its bytes are dropped)."""
+        if self._lingering or self.transport.is_closing():
+            return False
+        if self._idle():
+            self._partial_request = True
+        return True
+
+    def _guard_connection_lost(self) -> None:
+        self._cancel_header_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if isinstance(self.transport, _LingeringTransport):
+            self.transport.cancel_timer()
+
+    def _guard_shutdown(self) -> bool:
+        """Shutdown of an idle connection: answer a request on its way, then close. False: not idle."""
+        if not self._idle():
+            return False
+        self.app = _refusal_app(503, SHUTTING_DOWN)
+        if not self.transport.is_closing():
+            self._idle_timer = self.loop.call_later(SHUTDOWN_IDLE_SECONDS, self._close_if_idle)
+        return True
+
+    def _close_if_idle(self) -> None:
+        self._idle_timer = None
+        if self._idle() and not self.transport.is_closing():
+            self.transport.close()
+
+
+class JsonErrorsH11Protocol(_GuardMixin, H11Protocol):
+    """uvicorn's h11 protocol with the guards of this module; an unparseable request gets a JSON 400."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_guards(limits)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._guard_connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard_connection_lost()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._guard_data_received(data):
+            return
+        super().data_received(data)
+        if not self._idle():
+            self._cancel_header_timer()  # a request's headers are in: the body has its own limits
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_timer()
+
+    def shutdown(self) -> None:
+        if not self._guard_shutdown():
+            super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
-        headers, body = _json_400()
-        for event in (h11.Response(status_code=400, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
-            self.transport.write(self.conn.send(event))
+        self.transport.write(_json_response(400, "Bad Request", PARSE_ERROR))
         self.transport.close()
 
 
 if HttpToolsProtocol is not None:
 
-    class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol; an unparseable request gets a JSON 400."""
+    class JsonErrorsHttpToolsProtocol(_GuardMixin, HttpToolsProtocol):
+        """uvicorn's httptools protocol with the guards of this module; an unparseable request gets a JSON 400."""
+
+        def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._init_guards(limits)
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._guard_connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._guard_connection_lost()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._guard_data_received(data):
+                super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._cancel_header_timer()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_header_timer()
+
+        def shutdown(self) -> None:
+            if not self._guard_shutdown():
+                super().shutdown()
 
         def send_400_response(self, msg: str) -> None:
-            headers, body = _json_400()
-            lines = [b"HTTP/1.1 400 Bad Request\r\n"]
-            lines += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
-            lines += [name + b": " + value + b"\r\n" for name, value in headers]
-            self.transport.write(b"".join([*lines, b"\r\n", body]))
+            self.transport.write(_json_response(400, "Bad Request", PARSE_ERROR))
             self.transport.close()
 
 
-def http_protocol() -> type[asyncio.Protocol]:
-    """The protocol class for ``uvicorn.run(http=...)``: httptools when installed (uvicorn's own choice), else h11."""
+def protocol_class() -> type[asyncio.Protocol]:
+    """The protocol class for the parser uvicorn would use: httptools when installed, else h11."""
     if HttpToolsProtocol is not None:
         return JsonErrorsHttpToolsProtocol
     return JsonErrorsH11Protocol
+
+
+def http_protocol(limits: ConnectionLimits | None = None) -> Callable[..., asyncio.Protocol]:
+    """What ``uvicorn.run(http=...)`` takes: ``protocol_class()`` with ``limits`` bound."""
+    return functools.partial(protocol_class(), limits=limits or ConnectionLimits())
