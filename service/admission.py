@@ -1,8 +1,9 @@
-"""Admission of prediction requests before their bodies are read: shed load early and fast.
+"""Admission of prediction requests: shed load early and fast, count only what has fully arrived.
 
 A request that will wait longer than it is worth waiting should hear so at once, not after its
-body has been received, parsed and decoded. ``AdmissionMiddleware`` decides when the request
-line and headers are in, for ``POST /v1/predict`` and the v2 ``infer`` routes:
+body has been parsed and decoded. ``AdmissionMiddleware`` decides for ``POST /v1/predict`` and
+the v2 ``infer`` routes, first from the headers (a refusal then costs no body) and again once the
+whole body has arrived, when an admitted request starts to count:
 
 - at most ``MFDV_MAX_INFLIGHT`` such requests are being handled at once (reading, parsing,
   decoding, queued for the batcher, computing, rendering); one more gets 503 + ``Retry-After``;
@@ -14,7 +15,7 @@ line and headers are in, for ``POST /v1/predict`` and the v2 ``infer`` routes:
 Every refusal costs one header scan and one small JSON response on the event loop, so under
 any load the 503s come back fast and the requests admitted keep the latency they would have
 at the load the server can carry. Attack probes are admitted by their own pool (the route
-reserves a slot after checking the API key, before it reads the body).
+reserves a slot once the body has arrived and the API key is checked).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import math
 import re
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -118,8 +120,13 @@ class Admission:
     def inflight(self) -> int:
         return self.estimator.inflight
 
-    def refusal(self) -> str | None:
-        """Why a request arriving now is refused, or None: admit it (and count it in flight)."""
+    def refusal(self, take: bool = True) -> str | None:
+        """Why a request arriving now is refused, or None: admit it.
+
+        Args:
+            take: count an admitted request in flight (its body has arrived); False only looks
+                (a request whose body is still on its way holds nothing).
+        """
         est = self.estimator
         if est.inflight >= self.max_inflight:
             reason = (
@@ -133,7 +140,8 @@ class Admission:
                 "retry after a second or on another replica"
             )
         else:
-            est.started()
+            if take:
+                est.started()
             return None
         self.refused += 1
         return reason
@@ -147,26 +155,34 @@ class Admission:
 
 
 class AdmissionMiddleware:
-    """Admit or refuse ``POST`` prediction requests (``PREDICT_PATHS``) before their bodies are read.
+    """Admit or refuse ``POST`` prediction requests (``PREDICT_PATHS``), in two places of the stack.
 
-    Place it outside anything that reads the body. A refusal is a 503 with ``Retry-After`` and
-    the reason; an admitted request counts as in flight until the app returns.
+    ``phase="headers"``, outside ``RequestBodyMiddleware``: from the headers alone, refuse a request
+    that would be refused now, before its body is read, and hold nothing (shedding load costs one
+    header scan). ``phase="body"``, inside it: once the whole body has arrived, decide again and
+    count the request in flight until the app returns. A request whose body is on its way is not
+    in flight, so a client that stalls its body cannot take places or slow the throughput estimate.
+    A refusal is a 503 with ``Retry-After`` and the reason.
     """
 
-    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+    def __init__(self, app: ASGIApp, admission: Admission, phase: Literal["headers", "body"] = "body") -> None:
         self.app = app
         self.admission = admission
+        self.take = phase == "body"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not PREDICT_PATHS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         admission = self.admission
-        reason = admission.refusal()
+        reason = admission.refusal(take=self.take)
         if reason is not None:
             scope[ROUTE_LABEL] = route_template(scope["path"])
             response = error_response(503, reason, {"Retry-After": str(admission.retry_after())})
-            await response(scope, receive, send)  # the body is never read
+            await response(scope, receive, send)
+            return
+        if not self.take:
+            await self.app(scope, receive, send)
             return
         try:
             await self.app(scope, receive, send)

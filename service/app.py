@@ -18,7 +18,7 @@ from .engine import InferenceEngine
 from .errors import CatchAllMiddleware, install_error_handlers
 from .lifecycle import Lifecycle, ShutdownMiddleware
 from .metrics import Metrics
-from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
+from .middleware import MetricsMiddleware, RequestBodyMiddleware
 from .openapi import install_openapi
 from .pool import BoundedPool, lower_thread_priority
 from .probe.runner import probe_model
@@ -102,11 +102,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_playground(app)
     install_openapi(app, state)
     # Outermost last: metrics see every response, including 413s, admission's 503s and generic 500s;
-    # admission decides on the headers, before anything reads the body.
+    # admission refuses from the headers before the body is read, and admits once the whole body is in.
+    app.add_middleware(AdmissionMiddleware, admission=state.admission, phase="body")
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_seconds
+        RequestBodyMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_seconds,
+        min_rate=settings.body_min_rate,
+        grace_s=settings.body_grace_seconds,
     )
-    app.add_middleware(AdmissionMiddleware, admission=state.admission)
+    app.add_middleware(AdmissionMiddleware, admission=state.admission, phase="headers")
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(ShutdownMiddleware, lifecycle=lifecycle)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=[r for router in ROUTERS for r in router.routes])

@@ -1,8 +1,9 @@
-"""ASGI middleware: request-body size and time limits, and per-route Prometheus metrics."""
+"""ASGI middleware: the request body read whole within its size and pace limits, and per-route Prometheus metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -11,29 +12,55 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .admission import ROUTE_LABEL
-from .errors import PayloadTooLarge, RequestTimeout, error_response
+from .errors import CLIENT_CLOSED, error_response
 from .metrics import Metrics
 
+logger = logging.getLogger(__name__)
 
-class BodySizeLimitMiddleware:
-    """Bound what reading a request body may cost: its size and how long it may take to arrive.
 
-    A ``Content-Length`` over ``max_bytes`` is refused (413) before any byte of the body is read.
-    Otherwise the app reads the body when it needs it (so a request refused earlier, e.g. by
-    admission or an API key, never costs its body), and the read that passes ``max_bytes``, or
-    that is still waiting ``timeout_s`` after the request arrived, raises ``PayloadTooLarge``
-    (413) or ``RequestTimeout`` (408): a client trickling its body cannot hold a place for long.
+class RequestBodyMiddleware:
+    """Read a request's whole body before the app runs, within bounds on its size and its pace.
+
+    Nothing past this middleware (admission's place and throughput estimate, a probe-pool place,
+    the routes) is held by a request whose body is still on its way: a client that stalls or
+    trickles its body holds only its connection, for a bounded time.
+
+    - a ``Content-Length`` that is not an integer is a 400, and one over ``max_bytes`` a 413,
+      before any byte of the body is read; a chunked body is cut at ``max_bytes`` (413);
+    - the body must arrive at ``min_rate`` bytes per second on average once ``grace_s`` seconds
+      have passed (Kestrel's ``MinRequestBodyDataRate``, nginx's ``client_body_timeout``), and
+      whole within ``timeout_s``: otherwise 408;
+    - a client that leaves mid-body is recorded as 499 (nginx's convention; nobody receives it) and nothing runs.
+
+    The app then receives the body as one message (and the real ``receive`` after it, for
+    disconnect notices). Refusals carry ``Connection: close``: the rest of the body is not read.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, min_rate: float = 0.0, grace_s: float = 0.0):
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.min_rate = min_rate
+        self.grace_s = grace_s
 
     def _too_large(self, got: str) -> str:
         return (
             f"request body is {got}, over the limit of {self.max_bytes} bytes; "
             "send fewer or smaller inputs per request (or raise MFDV_MAX_BODY_BYTES)"
+        )
+
+    def _deadline(self, start: float, received: int) -> tuple[float, str]:
+        """When the wait for more of the body ends, and the message for a 408 then."""
+        total = start + self.timeout_s
+        if self.min_rate > 0:
+            slow = start + max(self.grace_s, received / self.min_rate)
+            if slow < total:
+                return slow, (
+                    f"the request body arrived at under {self.min_rate:g} bytes/s ({received} bytes after "
+                    f"{slow - start:.1f} s; MFDV_BODY_MIN_RATE after MFDV_BODY_GRACE_SECONDS); send it at once"
+                )
+        return total, (
+            f"the request body did not arrive within {self.timeout_s:g} s (MFDV_BODY_TIMEOUT_SECONDS); send it at once"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -45,37 +72,59 @@ class BodySizeLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await error_response(400, "Content-Length is not an integer")(scope, receive, send)
+                    await _refuse(400, "Content-Length is not an integer", scope, receive, send)
                     return
                 if declared > self.max_bytes:
-                    await error_response(413, self._too_large(f"{declared} bytes"))(scope, receive, send)
+                    await _refuse(413, self._too_large(f"{declared} bytes"), scope, receive, send)
                     return
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        chunks: list[bytes] = []
         size = 0
-        complete = False
-
-        async def limited_receive() -> Message:
-            nonlocal size, complete
-            if complete:  # after the body: disconnect notices, unbounded
-                return await receive()
+        while True:
+            deadline, late = self._deadline(start, size)
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                raise RequestTimeout(
-                    f"the request body did not arrive within {self.timeout_s:g} s (MFDV_BODY_TIMEOUT_SECONDS); "
-                    "send it at once"
-                ) from None
-            if message["type"] != "http.request":
-                complete = True  # the client went away
-                return message
-            size += len(message.get("body", b""))
+                await _refuse(408, late, scope, receive, send)
+                return
+            if message["type"] != "http.request":  # the client went away mid-body: nobody receives the answer
+                logger.debug("%s %s: the client left before its body arrived", scope["method"], scope["path"])
+                # recorded under nginx's 499, as the routes record a client gone mid-read (service.errors)
+                await error_response(
+                    CLIENT_CLOSED, "the client closed the connection before its request body was received"
+                )(scope, receive, send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
             if size > self.max_bytes:
-                raise PayloadTooLarge(self._too_large(f"more than {self.max_bytes} bytes"))
-            complete = not message.get("more_body", False)
-            return message
+                await _refuse(413, self._too_large(f"more than {self.max_bytes} bytes"), scope, receive, send)
+                return
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        delivered = False
 
-        await self.app(scope, limited_receive, send)
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: disconnect notices
+
+        scope[BODY_READ] = True
+        await self.app(scope, replay, send)
+
+
+BODY_READ = "mfdv.body_read"
+"""Scope key set once the whole body has arrived (``RequestBodyMiddleware``)."""
+
+
+async def _refuse(status: int, message: str, scope: Scope, receive: Receive, send: Send) -> None:
+    await error_response(status, message, {"Connection": "close"})(scope, receive, send)
 
 
 class MetricsMiddleware:

@@ -32,7 +32,7 @@ from .pool import BoundedPool
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ResultT = TypeVar("ResultT")
 
-JSON_TYPES = ("application/json", "")
+JSON_TYPES = ("application/json",)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 FILE_FIELD = "file"
 INPUTS_FIELD = "inputs"
@@ -209,8 +209,8 @@ class BodyReader(Generic[ModelT]):
 
 
 def media_type(request: Request) -> str:
-    """The request's media type, lower case, without parameters (absent: ``application/json``)."""
-    return request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    """The request's media type, lower case, without parameters (absent: ``""``, which no route reads)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 async def read_body(
@@ -250,6 +250,11 @@ async def read_body(
             except Offload:
                 pass
         return await pool.run(then, body)
+    if not ctype:
+        raise UnsupportedMediaType(
+            "the request has no Content-Type; send `Content-Type: application/json` with a JSON body, "
+            "or multipart/form-data (curl -F)"
+        )
     raise UnsupportedMediaType(f"content type {ctype!r} is not supported; send application/json or multipart/form-data")
 
 

@@ -72,8 +72,8 @@ PROBE_BODY: BodyReader[ProbeOptions] = BodyReader(
             413: "body over MFDV_MAX_BODY_BYTES",
             415: "not JSON or multipart",
             422: "body does not match the schema, or a probe cap exceeded",
-            503: "model not ready, the attack pool is busy (refused before the body is read), or cut at the end "
-            "of the shutdown grace period (Retry-After)",
+            503: "model not ready, the attack pool is busy (a place is taken only once the whole body has "
+            "arrived), or cut at the end of the shutdown grace period (Retry-After)",
         }
     ),
     openapi_extra=request_body(ProbeRequest, ProbeForm, json_fields=("labels", "attacks")),
@@ -92,7 +92,9 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     if model is None or pool is None:
         raise ModelNotReady()
     cancel = threading.Event()  # set when this request is cancelled (client gone, grace period over)
-    with pool.reserve() as slot:  # a busy pool refuses before the body is read
+    # The whole body has arrived (RequestBodyMiddleware) before this route runs: a client that stalls its
+    # body never holds a pool place.
+    with pool.reserve() as slot:
         job = await read_body(request, PROBE_BODY, max_files=s.max_probe_inputs, then=prepare, pool=cpu)
         run = await slot.run(
             run_probe,
