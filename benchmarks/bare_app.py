@@ -5,7 +5,7 @@
 ``POST /v1/predict`` reads the same multipart upload the service reads (``file`` parts and
 text fields), decodes each image with Pillow into float32 pixels, and returns a small JSON
 object. No model, no validation beyond what decoding needs, no middleware, no metrics: what
-this machine's Python HTTP stack (uvicorn with httptools and uvloop, Starlette's multipart
+this machine's Python HTTP stack (uvicorn with httptools on asyncio's loop, Starlette's multipart
 parser, Pillow) costs per request, served the way ``python -m service`` serves (same uvicorn
 options, access log off). The service's requests per second over this app's, at the same
 concurrency and client, is the share of the ceiling it reaches.
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--workers", type=int, default=1)
     args = p.parse_args(argv)
-    options = {"host": args.host, "port": args.port, "log_level": "warning", "access_log": False}
+    options = {"host": args.host, "port": args.port, "log_level": "warning", "access_log": False, "loop": "asyncio"}
     if args.workers == 1:
         uvicorn.run(create_bare_app(), **options)
     else:
