@@ -408,6 +408,106 @@ def test_32_bit_grey_is_reduced_in_its_mode() -> None:
         assert float(x.min()) == pytest.approx(value / scale, abs=1e-6) == pytest.approx(float(x.max()), abs=1e-6)
 
 
+def image_of(mode: str, width: int, height: int, seed: int = 0) -> Image.Image:
+    """Random pixels in ``mode`` (L, LA, RGB, RGBA, P, 1, I;16)."""
+    rng = np.random.default_rng(seed)
+    if mode == "P":
+        im = Image.fromarray(rng.integers(0, 17, (height, width), dtype=np.uint8), "P")
+        im.putpalette(rng.integers(0, 256, 17 * 3, dtype=np.uint8).tobytes())
+        return im
+    if mode == "1":
+        return Image.fromarray(rng.integers(0, 2, (height, width), dtype=np.uint8) * 255).convert("1")
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    bands = len(mode)
+    return Image.frombytes(mode, (width, height), rng.integers(0, 256, (height, width, bands), np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "P", "1"])
+@pytest.mark.parametrize(
+    ("width", "height", "factors"), [(1001, 777, (7, 5)), (300, 2000, (1, 13)), (5000, 3, (11, 1))]
+)
+def test_tiled_reduction_gives_the_pixels_of_image_reduce(
+    monkeypatch: pytest.MonkeyPatch, mode: str, width: int, height: int, factors: tuple[int, int]
+) -> None:
+    """Tile by tile (small tiles here: many, partial ones at the right and bottom edges too), the same
+    pixels as reducing the whole image (converted first where it is a palette or 1-bit one)."""
+    from service import inputs
+
+    monkeypatch.setattr(inputs, "TILE_PIXELS", 5000)
+    im = image_of(mode, width, height)
+    whole = (im if mode in inputs.REDUCIBLE_MODES else im.convert("RGB")).reduce(factors)
+    tiled = inputs._reduce_tiled(im, factors, "RGB")
+    assert (tiled.mode, tiled.size) == (whole.mode, whole.size)
+    assert np.array_equal(np.asarray(tiled), np.asarray(whole))
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "1", "I;16"])
+def test_no_full_size_copy_is_made_while_decoding(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Every image Pillow derives while a 2000 x 1500 image is decoded (crops, conversions, reductions,
+    resizes; Image.reduce's premultiplied copy of LA and RGBA) is at most a tile: the decoded image is
+    the one full-size allocation (docs/service.md: at most 4 bytes per pixel per decode)."""
+    from service import inputs
+
+    data = png_bytes(image_of(mode, 2000, 1500))
+    derived: list[tuple[str, tuple[int, int]]] = []
+    real = Image.Image._new
+
+    def spy(self: Image.Image, core: Any) -> Image.Image:
+        derived.append((core.mode, core.size))
+        return real(self, core)
+
+    monkeypatch.setattr(Image.Image, "_new", spy)
+    x = decode_image(data, BIG3 if mode in ("RGB", "RGBA") else BIG1, "x", resize=True)
+    assert x.dtype == np.float32 and derived
+    assert max(w * h for _, (w, h) in derived) <= inputs.TILE_PIXELS, derived
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_large_image_is_closed_and_its_memory_released_after_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an image of at least ``RELEASE_BYTES`` the memory goes back (``release_memory``), also when
+    its pixels turn out corrupt; a small image is only closed (its release would cost more than it frees)."""
+    from service import inputs
+
+    released: list[int] = []
+    monkeypatch.setattr(inputs, "release_memory", lambda: released.append(1))
+    large = png_bytes(image_of("RGBA", 1100, 1000))  # 4.4 MB decoded
+    assert 1100 * 1000 * 4 >= inputs.RELEASE_BYTES > 900 * 1000 * 4
+    for data, count in ((png_bytes(image_of("RGBA", 900, 1000)), 0), (large, 1)):
+        im = inputs.open_image(data, BIG1, "x", resize=True)
+        assert inputs.decode_opened(im, BIG1, "x").shape == BIG1.shape
+        with pytest.raises(ValueError, match="closed image"):
+            im.getpixel((0, 0))
+        assert len(released) == count
+    truncated = inputs.open_image(large[: len(large) // 2], BIG1, "x", resize=True)
+    with pytest.raises(InvalidInput, match="truncated or corrupt"):
+        inputs.decode_opened(truncated, BIG1, "x")
+    assert len(released) == 2
+    with pytest.raises(ValueError, match="closed image"):
+        truncated.getpixel((0, 0))
+
+
+def test_malloc_is_tuned_unless_the_environment_tunes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import inputs
+
+    if inputs._glibc() is None:
+        pytest.skip("not glibc")
+    for name in (*inputs.MALLOC_ENV, "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    assert inputs.tune_malloc.__wrapped__() is True  # (the thresholds the service sets at its first large decode)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert inputs.tune_malloc.__wrapped__() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")
+    assert inputs.tune_malloc.__wrapped__() is False
+    inputs.release_memory()  # (runs: glibc's malloc_trim, Pillow's cache)
+
+
 def test_the_request_pixel_budget_counts_every_header_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import ImageFile
 
