@@ -401,8 +401,9 @@ def probe(
         adv_labels = adv.label.tolist()
         per_input = {k: v for k, v in res.info.items() if isinstance(v, list) and len(v) == b}
         shared = {k: v for k, v in res.info.items() if k not in per_input}
-        if res.stopped:
-            shared["stopped"] = "the wall-time limit stopped this attack before its budget was spent"
+        if res.stopped:  # the stop function may say why (service.probe.runner.StopCheck.reason)
+            why = getattr(should_stop, "reason", None) or "a stop was requested"
+            shared["stopped"] = f"stopped before its budget was spent: {why}"
         grad_list = per_input.pop("grad_evals_per_input", [res.grad_evals] * b)
         query_list = per_input.pop("queries_per_input", [0] * b)
         inputs = [

@@ -81,7 +81,7 @@ PROBE_BODY: BodyReader[ProbeOptions] = BodyReader(
 async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: ApiKeyDep) -> Response:
     """JSON ``{"inputs": [...], "labels": [...], "attacks": [{"name": "pgd", "eps": 0.1}]}`` or multipart.
 
-    ``attacks`` may also be a suite: ``"standard"`` or ``"published"``. See docs/attack-probe.md
+    ``attacks`` may also be a suite: ``"standard"``, ``"published"`` or ``"adaptive"``. See docs/attack-probe.md
     for every field, the defaults and the caps.
     """
     arrived = time.perf_counter()

@@ -1,7 +1,7 @@
 """``POST /v1/attack-probe``: request and response models.
 
 Attacks are ``models.attacks.AttackSpec`` (one typed spec per attack, told apart by ``name``)
-or a named suite (``models.probe.SuiteSpec``, or just ``"standard"``/``"published"``): the
+or a named suite (``models.probe.SuiteSpec``, or just ``"standard"``/``"published"``/``"adaptive"``): the
 request is validated into typed specs here, once, and everything past the edge trusts them.
 """
 
@@ -12,12 +12,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 
 from models.attacks import AttackSpec
-from models.probe import SuiteSpec
+from models.probe import SuiteName, SuiteSpec
 
 from .common import ImageFile, Seed, form_fields_are_text
 from .predict import INPUT_DESCRIPTION
-
-SuiteName = Literal["standard", "published"]
 
 
 def _item_kind(value: Any) -> str:
@@ -180,7 +178,9 @@ class ProbeResponse(BaseModel):
 
     model: str
     model_id: str
-    partial: bool = Field(description="True when the wall-time limit stopped an attack or skipped some.")
+    partial: bool = Field(
+        description="True when an attack was stopped or some skipped (wall-time limit, shutdown, cancellation)."
+    )
     partial_reason: str | None
     skipped_attacks: list[str]
     request: ProbeRequestOut

@@ -160,7 +160,7 @@ def test_a_running_attack_ends_with_partial_results_and_the_process_exits(hand_c
         if r.status_code == 200:  # stopped before the grace period ended, with what it had
             d = r.json()
             assert d["partial"] is True and "shutting down" in d["partial_reason"], d["partial_reason"]
-            assert "stopped" in d["attacks"][0]["info"]
+            assert "shutting down" in d["attacks"][0]["info"]["stopped"]  # not "wall-time limit": the stop's reason
         else:  # or cut at its end: still a JSON answer
             assert r.status_code == 503 and r.headers["retry-after"] and set(r.json()) == {"error"}, r.text
     finally:

@@ -312,6 +312,16 @@ def test_a_suite_is_one_entry_with_its_worst_case_per_input(client: TestClient) 
     assert d["request"]["attacks"][0]["judge"] == "single_draw"
 
 
+def test_the_adaptive_suite_is_a_suite_name_the_probe_takes(client: TestClient) -> None:
+    r = post(client, {"inputs": arrays([0]), "labels": [0], "attacks": "adaptive", "judge_samples": 8, "seed": 0})
+    # either it ran, or it was refused for its cost: never for its name
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 422:
+        assert "Input should be" not in r.json()["error"] and "gradient" in r.json()["error"], r.text
+    else:
+        assert r.json()["attacks"][0]["name"] == "adaptive"
+
+
 def test_a_suite_counts_against_the_caps(client: TestClient) -> None:
     # standard on one input: 408 gradient units (fits this client's 2000) and 1,000 Square queries (its cap: 400)
     r = post(client, {"inputs": arrays([0]), "attacks": [{"suite": "standard", "eps": 0.05}]})
@@ -339,7 +349,7 @@ def test_a_suite_counts_against_the_caps(client: TestClient) -> None:
         ({"inputs": arrays([0]), "attacks": [{"name": "pgd", "eps": -1}]}, "eps"),
         ({"inputs": arrays([0]), "attacks": []}, "attacks: List should have at least 1 item"),
         ({"inputs": arrays([0]), "attacks": [{"eps": 0.1}]}, "discriminator 'name'"),
-        ({"inputs": arrays([0]), "attacks": "strongest"}, "Input should be 'standard' or 'published'"),
+        ({"inputs": arrays([0]), "attacks": "strongest"}, "Input should be 'standard', 'published' or 'adaptive'"),
         ({"inputs": arrays([0]), "attacks": [{"suite": "aa", "eps": 0.1}]}, "attacks.0.suite: Input should be"),
         ({"inputs": arrays([0]), "attacks": [FGSM], "extra": 1}, "extra"),
     ],
