@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.compare import comparison_table
+from reports.compare import comparison_table
 
 
 def _manifest(name: str, method: str, acc: float, robust: dict[str, float], adv: bool = False) -> dict:

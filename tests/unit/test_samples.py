@@ -1,4 +1,4 @@
-"""The committed ``samples/`` files are exactly what ``python -m training.samples`` writes."""
+"""The committed ``samples/`` files are exactly what ``python -m reports.samples`` writes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from reports.samples import ARRAY_SAMPLE, SAMPLES_DIR, first_of_each_class, sample_name, write_samples
 from training.data import FASHION_CLASSES, Dataset, load_fashion_mnist
-from training.samples import ARRAY_SAMPLE, SAMPLES_DIR, first_of_each_class, sample_name, write_samples
 
 
 def pixels(path: Path) -> np.ndarray:

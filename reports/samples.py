@@ -1,7 +1,7 @@
 """Sample images: the first Fashion-MNIST test image of each class, one PNG per class.
 
-    python -m training.samples            # writes samples/t-shirt_top.png ... samples/ankle_boot.png
-    python -m training.samples --out DIR
+    python -m reports.samples            # writes samples/t-shirt_top.png ... samples/ankle_boot.png
+    python -m reports.samples --out DIR
 
 The committed ``samples/`` folder is this command's output (``tests/unit/test_samples.py``
 checks it), so the README's and docs' examples run right after ``scripts/serve`` without the
@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from .data import Dataset, load_fashion_mnist
+from training.data import Dataset, load_fashion_mnist
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
 ARRAY_SAMPLE = "sneaker"
@@ -86,7 +86,7 @@ def write_samples(out: Path = SAMPLES_DIR, root: Path | None = None) -> list[Pat
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m training.samples", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m reports.samples", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", type=Path, default=SAMPLES_DIR, help="folder to write the PNGs into (default: samples/)")
     args = p.parse_args(argv)

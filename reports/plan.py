@@ -1,22 +1,15 @@
-"""The robustness report: compute every figure into a results file, then render docs from it.
+"""The robustness report's plans and cells: what is measured, computing it, caching it, the results file.
 
-    python -m training.report run --plan core --threads 1                 # resumable; per-cell cache
-    python -m training.report run --plan core --threads 1 --shard 1/2     # a second process, other cells
-    python -m training.report render                                      # docs/robustness.md + figures
-    python -m training.report all --plan tiny --root /tmp/r --docs /tmp/d  # CI: a tiny plan end to end
-
-``run`` trains any checkpoint of the plan that is missing (its training command is in the
-plan and lands in the results), then computes each cell (one checkpoint x one measurement),
-caching each as JSON under ``--cache`` so an interrupted run resumes where it stopped, and
-writes the results file (``docs/results/robustness.json`` by default). ``render`` writes
-``docs/robustness.md`` and PNG figures from that file alone: no number in the report is typed
-by hand. A cell is recomputed when its checkpoint changed (the cache keys on the model id)
-or its parameters did.
+A plan names the checkpoints (with the training command that makes each) and the measurements;
+``run_plan`` trains any checkpoint of the plan that is missing (its training command lands in
+the results), then computes each cell (one checkpoint x one measurement), caching each as JSON
+so an interrupted run resumes where it stopped, and writes the results file. A cell is
+recomputed when its checkpoint changed (the cache keys on the model id) or its parameters did.
+``reports.render`` turns the results file into the docs; ``python -m reports`` runs both.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -35,12 +28,11 @@ from tqdm import tqdm
 from models import load_checkpoint, wilson_interval
 from models.attacks import SUITES, make_attack
 from models.attacks.suite import Suite, derive_seed, judge_correct, run_suite
+from training.data import Dataset, as_float, load_dataset
+from training.detection import detection_report, signals
+from training.evaluate import clean_accuracy, evaluate_suite
 
-from .data import Dataset, as_float, load_dataset
-from .detection import detection_report, signals
-from .evaluate import clean_accuracy, evaluate_suite
-
-log = logging.getLogger("training.report")
+log = logging.getLogger("reports")
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path("docs/results/robustness.json")
@@ -467,47 +459,3 @@ def write_results(
     os.replace(tmp, out)
     log.info("wrote %s (%d cells, %d missing)", out, len(cells), len(missing))
     return results
-
-
-def main(argv: list[str] | None = None) -> None:
-    from .report_render import render
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    p = argparse.ArgumentParser(
-        prog="python -m training.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("command", choices=("run", "render", "all"))
-    p.add_argument("--plan", choices=sorted(PLANS), default="core")
-    p.add_argument(
-        "--out", type=Path, default=None, help=f"results file (default {RESULTS}; tiny: <root>/results.json)"
-    )
-    p.add_argument("--cache", type=Path, default=None, help=f"per-cell cache (default {CACHE}; tiny: <root>/cache)")
-    p.add_argument("--root", type=Path, default=None, help="tiny plan: where its checkpoints go (required for tiny)")
-    p.add_argument("--docs", type=Path, default=Path("docs"), help="where robustness.md and figures/ go")
-    p.add_argument(
-        "--readme",
-        type=Path,
-        default=None,
-        help="also refresh this README's generated block (default: README.md, none for the tiny plan)",
-    )
-    p.add_argument("--shard", default="0/1", help="i/n: compute every n-th cell starting at i (parallel processes)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the plan's)")
-    args = p.parse_args(argv)
-    plan = PLANS[args.plan]
-    if args.threads:
-        plan = dataclasses.replace(plan, threads=args.threads)
-    root = args.root
-    if plan.name == "tiny" and root is None:
-        raise SystemExit("--plan tiny needs --root DIR (where its checkpoints, cache and results go)")
-    out = args.out or (root / "results.json" if root is not None else RESULTS)
-    cache = args.cache or (root / "cache" if root is not None else CACHE)
-    i, n = (int(v) for v in args.shard.split("/"))
-    if args.command in ("run", "all"):
-        run_plan(plan, cache=cache, out=out, root=root, shard=(i, n))
-    if args.command in ("render", "all"):
-        readme = args.readme or (REPO / "README.md" if plan.name != "tiny" else None)
-        render(json.loads(out.read_text()), args.docs, results_path=out, readme=readme)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,69 @@
+"""The robustness report: compute every figure into a results file, then render docs from it.
+
+    python -m reports run --plan core --threads 1                 # resumable; per-cell cache
+    python -m reports run --plan core --threads 1 --shard 1/2     # a second process, other cells
+    python -m reports render                                      # docs/robustness.md + figures
+    python -m reports all --plan tiny --root /tmp/r --docs /tmp/d  # CI: a tiny plan end to end
+
+``run`` trains any checkpoint of the plan that is missing (its training command is in the
+plan and lands in the results), then computes each cell (one checkpoint x one measurement),
+caching each as JSON under ``--cache`` so an interrupted run resumes where it stopped, and
+writes the results file (``docs/results/robustness.json`` by default). ``render`` writes
+``docs/robustness.md`` and PNG figures from that file alone: no number in the report is typed
+by hand. A cell is recomputed when its checkpoint changed (the cache keys on the model id)
+or its parameters did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from .plan import CACHE, PLANS, REPO, RESULTS, run_plan
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .render import render
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    p = argparse.ArgumentParser(
+        prog="python -m reports", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("command", choices=("run", "render", "all"))
+    p.add_argument("--plan", choices=sorted(PLANS), default="core")
+    p.add_argument(
+        "--out", type=Path, default=None, help=f"results file (default {RESULTS}; tiny: <root>/results.json)"
+    )
+    p.add_argument("--cache", type=Path, default=None, help=f"per-cell cache (default {CACHE}; tiny: <root>/cache)")
+    p.add_argument("--root", type=Path, default=None, help="tiny plan: where its checkpoints go (required for tiny)")
+    p.add_argument("--docs", type=Path, default=Path("docs"), help="where robustness.md and figures/ go")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also refresh this README's generated block (default: README.md, none for the tiny plan)",
+    )
+    p.add_argument("--shard", default="0/1", help="i/n: compute every n-th cell starting at i (parallel processes)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the plan's)")
+    args = p.parse_args(argv)
+    plan = PLANS[args.plan]
+    if args.threads:
+        plan = dataclasses.replace(plan, threads=args.threads)
+    root = args.root
+    if plan.name == "tiny" and root is None:
+        raise SystemExit("--plan tiny needs --root DIR (where its checkpoints, cache and results go)")
+    out = args.out or (root / "results.json" if root is not None else RESULTS)
+    cache = args.cache or (root / "cache" if root is not None else CACHE)
+    i, n = (int(v) for v in args.shard.split("/"))
+    if args.command in ("run", "all"):
+        run_plan(plan, cache=cache, out=out, root=root, shard=(i, n))
+    if args.command in ("render", "all"):
+        readme = args.readme or (REPO / "README.md" if plan.name != "tiny" else None)
+        render(json.loads(out.read_text()), args.docs, results_path=out, readme=readme)
+
+
+if __name__ == "__main__":
+    main()
