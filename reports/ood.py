@@ -175,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--samples", type=int, default=32, help="noise draws per input")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--dataset", help="in-distribution data (default: each checkpoint's manifest dataset)")
-    r.add_argument("--dataset", help="in-distribution data (default: each checkpoint's manifest dataset)")
     r.add_argument("--out", type=Path, default=RESULTS)
     d = sub.add_parser("render", help="write the markdown page from the results file")
     d.add_argument("--results", type=Path, default=RESULTS)

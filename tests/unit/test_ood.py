@@ -33,5 +33,8 @@ def test_a_noise_free_model_gets_no_signal_from_mutual_information(
         for sig in ood.SIGNALS:
             lo, hi = s["auroc_ci"][sig]
             assert 0.0 <= lo <= s["auroc"][sig] <= hi <= 1.0
-    page = ood.render(json.loads(out.read_text()))
+    page_path = tmp_path / "ood.md"
+    assert ood.main(["render", "--results", str(out), "--out", str(page_path)]) == 0
+    page = page_path.read_text()
+    assert page == ood.render(json.loads(out.read_text())) + "\n"
     assert "| inverted |" in page and "tiny_mfdv" in page and results["command"] in page
