@@ -45,9 +45,9 @@ from .base import (
     AttackCost,
     AttackResult,
     LossFn,
+    Rng,
     StopFn,
     eot_logits,
-    eval_mode,
     register_attack,
 )
 from .flag import FlagRule, FlagSignal
@@ -118,18 +118,10 @@ class _FlagAware(Attack):
         """The loss (logits [T, B, K], y) -> [T, B] or [1, B] that APGD maximises, and info to report."""
         raise NotImplementedError
 
-    def run(
-        self,
-        model: StochasticClassifier,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        should_stop: StopFn | None = None,
+    def attack(
+        self, model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, generator: Rng, should_stop: StopFn | None
     ) -> AttackResult:
-        x = x.detach()
-        with eval_mode(model):
-            loss, extra = self.objective(model, x, y, generator)
+        loss, extra = self.objective(model, x, y, generator)
         x_best, loss_best, taken = apgd_loop(
             model,
             x,

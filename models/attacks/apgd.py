@@ -23,6 +23,7 @@ from .base import (
     AttackCost,
     AttackResult,
     LossFn,
+    Rng,
     StopFn,
     eot_loss_grad,
     eval_mode,
@@ -154,14 +155,8 @@ class APGD(Attack):
     def cost(self, inputs: int) -> AttackCost:
         return AttackCost(gradient=(self.steps + 1) * inputs)
 
-    def run(
-        self,
-        model: StochasticClassifier,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        should_stop: StopFn | None = None,
+    def attack(
+        self, model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, generator: Rng, should_stop: StopFn | None
     ) -> AttackResult:
         draws = 0 if self.noise_free else self.eot
         x_best, loss_best, taken = apgd_loop(

@@ -24,6 +24,9 @@ from ..classifier import StochasticClassifier
 StopFn = Callable[[], bool]
 """Called between steps (queries, bisection rounds); True stops the attack with what it has."""
 
+Rng = torch.Generator | None
+"""An attack's random stream (None: torch's global one)."""
+
 
 def default_eps(input_shape: Sequence[int]) -> float:
     """The default L-inf budget in pixel space: 0.1 for images up to 28x28 (MNIST-like), 8/255 above.
@@ -130,7 +133,18 @@ class Attack(BaseModel):
         generator: torch.Generator | None = None,
         should_stop: StopFn | None = None,
     ) -> AttackResult:
-        """Attack inputs ``x`` [B, C, H, W] in [0, 1] with true labels ``y`` [B]."""
+        """Attack inputs ``x`` [B, C, H, W] in [0, 1] with true labels ``y`` [B].
+
+        The model runs in eval mode (BatchNorm statistics frozen; the noise stays as the attack
+        asks), restored afterwards; ``x`` is detached. Each attack implements ``attack``.
+        """
+        with eval_mode(model):
+            return self.attack(model, x.detach(), y, generator, should_stop)
+
+    def attack(
+        self, model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, generator: Rng, should_stop: StopFn | None
+    ) -> AttackResult:
+        """The attack itself (``run`` calls it in eval mode with ``x`` detached)."""
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
@@ -272,7 +286,19 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(z_y - other) / (srt[..., -1] - srt[..., -3] + 1e-12)
 
 
-LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss, "margin": margin_loss}
+def wrong_confidence_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The log-probability of the most likely wrong class, per draw and input [T, B]: CCAT's attack
+    objective (Stutz, Hein & Schiele, ICML 2020), which seeks confident mistakes."""
+    logp = F.log_softmax(logits, dim=-1)
+    own = F.one_hot(y, logits.shape[-1]).bool().expand_as(logp)
+    return logp.masked_fill(own, float("-inf")).amax(-1)
+
+
+LOSSES: dict[str, LossFn] = {"ce": ce_loss, "dlr": dlr_loss, "margin": margin_loss, "conf": wrong_confidence_loss}
+
+Forward = Callable[[StochasticClassifier, torch.Tensor, int, Rng], torch.Tensor]
+"""(model, x, draws, generator) -> what a step's loss reads; ``eot_logits`` (logits [T, B, K]) unless an
+attack compares more (TRADES: the logits of x and of a reference under the same draws)."""
 
 
 def eot_loss_grad(
@@ -282,16 +308,18 @@ def eot_loss_grad(
     eot: int,
     generator: torch.Generator | None = None,
     loss: str | LossFn = "ce",
+    forward: Forward = eot_logits,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-input loss [B] averaged over ``eot`` draws (0: noise off) and its gradient w.r.t. x.
 
     One backward pass whatever ``eot`` is (all noise is after the backbone); ``eot_grad``
-    is its gradient alone. ``loss`` is a name in ``LOSSES`` or a function of (logits, y).
+    is its gradient alone. ``loss`` is a name in ``LOSSES`` or a function of (logits, y);
+    ``forward`` computes what it reads (default: ``eot_logits``).
     """
     fn = LOSSES[loss] if isinstance(loss, str) else loss
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = eot_logits(model, x, eot, generator)  # (T, B, K)
+        logits = forward(model, x, eot, generator)  # (T, B, K)
         per_input = fn(logits, y).mean(0)  # (B,)
         (grad,) = torch.autograd.grad(per_input.sum(), x)
     return per_input.detach(), grad
@@ -304,6 +332,7 @@ def eot_grad(
     eot: int,
     generator: torch.Generator | None = None,
     loss: str | LossFn = "ce",
+    forward: Forward = eot_logits,
 ) -> torch.Tensor:
     """Gradient w.r.t. x of the loss averaged over ``eot`` noise draws (0: noise off).
 
@@ -312,7 +341,7 @@ def eot_grad(
     Each input's loss is summed over the batch, so its gradient does not depend
     on the batch size.
     """
-    return eot_loss_grad(model, x, y, eot, generator, loss)[1]
+    return eot_loss_grad(model, x, y, eot, generator, loss, forward)[1]
 
 
 @torch.no_grad()

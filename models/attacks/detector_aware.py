@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ..classifier import StochasticClassifier
 from ..uncertainty import entropy
-from .base import Attack, AttackCost, AttackResult, StopFn, ce_loss, register_attack
+from .base import Attack, AttackCost, AttackResult, Rng, StopFn, ce_loss, register_attack
 from .pgd import pgd_loop
 
 
@@ -50,14 +50,8 @@ class EvadeMI(Attack):
     def cost(self, inputs: int) -> AttackCost:
         return AttackCost(gradient=self.steps * inputs)
 
-    def run(
-        self,
-        model: StochasticClassifier,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        should_stop: StopFn | None = None,
+    def attack(
+        self, model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, generator: Rng, should_stop: StopFn | None
     ) -> AttackResult:
         aim, weight = self.margin * self.threshold, self.weight
 

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from ..classifier import StochasticClassifier
-from .base import Attack, AttackCost, AttackResult, StopFn, eot_grad, eval_mode, register_attack
+from .base import Attack, AttackCost, AttackResult, Rng, StopFn, eot_grad, register_attack
 
 
 @register_attack
@@ -25,17 +25,10 @@ class FGSM(Attack):
     def cost(self, inputs: int) -> AttackCost:
         return AttackCost(gradient=inputs)
 
-    def run(
-        self,
-        model: StochasticClassifier,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        should_stop: StopFn | None = None,
+    def attack(
+        self, model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, generator: Rng, should_stop: StopFn | None
     ) -> AttackResult:
         draws = 0 if self.noise_free else self.eot
-        with eval_mode(model):
-            grad = eot_grad(model, x, y, draws, generator)
+        grad = eot_grad(model, x, y, draws, generator)
         x_adv = torch.clamp(x + self.budget * grad.sign(), 0.0, 1.0).detach()
         return AttackResult(x_adv, grad_evals=1, draws=draws)

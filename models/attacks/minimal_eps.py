@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from ..classifier import StochasticClassifier
 from ..prediction import predict_label
-from .base import Attack, AttackCost, AttackResult, StopFn, eval_mode, predict_draws, register_attack
+from .base import Attack, AttackCost, AttackResult, Rng, StopFn, predict_draws, register_attack
 from .pgd import pgd_loop
 
 
@@ -68,17 +68,10 @@ class MinEps(Attack):
         rounds = self.iters + 1  # EOT-PGD at hi, then one per bisection; each try judged by one forward pass
         return AttackCost(gradient=(self.steps * rounds + rounds + 1) * inputs)
 
-    def run(
-        self,
-        model: StochasticClassifier,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        should_stop: StopFn | None = None,
+    def attack(
+        self, model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, generator: Rng, should_stop: StopFn | None
     ) -> AttackResult:
         steps, eot, samples = self.steps, self.eot, self.samples
-        x = x.detach()
         b = x.shape[0]
         dev = x.device
         lo_t = torch.full((b,), float(self.lo), device=dev)
@@ -89,7 +82,7 @@ class MinEps(Attack):
         grad_evals = 0
         stopped = False
 
-        def attack(idx: torch.Tensor, radius: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def try_at(idx: torch.Tensor, radius: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal grad_evals, stopped
             adv, taken = pgd_loop(
                 model,
@@ -108,34 +101,33 @@ class MinEps(Attack):
             stopped = stopped or taken < steps
             return adv, _fooled(model, adv, y[idx], samples, generator)
 
-        with eval_mode(model):
-            clean_fooled = _fooled(model, x, y, samples, generator)
-            lo_t[clean_fooled] = 0.0
-            hi_t[clean_fooled] = 0.0
-            if self.lo == 0.0:
-                lo_tested |= ~clean_fooled
+        clean_fooled = _fooled(model, x, y, samples, generator)
+        lo_t[clean_fooled] = 0.0
+        hi_t[clean_fooled] = 0.0
+        if self.lo == 0.0:
+            lo_tested |= ~clean_fooled
 
-            idx = (~clean_fooled).nonzero().squeeze(1)
-            found = clean_fooled.clone()
-            if idx.numel():
-                adv, ok = attack(idx, hi_t[idx])
-                found[idx[ok]] = True
-                x_best[idx[ok]] = adv[ok]
-                if not stopped:  # an interrupted try proves nothing about hi
-                    lo_t[idx[~ok]] = hi_t[idx[~ok]]
-                    lo_tested[idx[~ok]] = True
-                idx = idx[ok]
+        idx = (~clean_fooled).nonzero().squeeze(1)
+        found = clean_fooled.clone()
+        if idx.numel():
+            adv, ok = try_at(idx, hi_t[idx])
+            found[idx[ok]] = True
+            x_best[idx[ok]] = adv[ok]
+            if not stopped:  # an interrupted try proves nothing about hi
+                lo_t[idx[~ok]] = hi_t[idx[~ok]]
+                lo_tested[idx[~ok]] = True
+            idx = idx[ok]
 
-            for _ in range(self.iters):
-                if idx.numel() == 0 or stopped:
-                    break
-                mid = (lo_t[idx] + hi_t[idx]) / 2
-                adv, ok = attack(idx, mid)
-                hi_t[idx[ok]] = mid[ok]
-                x_best[idx[ok]] = adv[ok]
-                if not stopped:
-                    lo_t[idx[~ok]] = mid[~ok]
-                    lo_tested[idx[~ok]] = True
+        for _ in range(self.iters):
+            if idx.numel() == 0 or stopped:
+                break
+            mid = (lo_t[idx] + hi_t[idx]) / 2
+            adv, ok = try_at(idx, mid)
+            hi_t[idx[ok]] = mid[ok]
+            x_best[idx[ok]] = adv[ok]
+            if not stopped:
+                lo_t[idx[~ok]] = mid[~ok]
+                lo_tested[idx[~ok]] = True
 
         hi_list: list[float | None] = [h if f else None for h, f in zip(hi_t.tolist(), found.tolist(), strict=True)]
         return AttackResult(

@@ -18,9 +18,12 @@ from .base import (
     Attack,
     AttackCost,
     AttackResult,
+    Forward,
     LossFn,
+    Rng,
     StopFn,
     eot_grad,
+    eot_logits,
     eval_mode,
     project_l2,
     project_linf,
@@ -39,31 +42,36 @@ def pgd_loop(
     steps: int,
     draws: int,
     norm: str = "linf",
-    start: bool = True,
+    start: bool | torch.Tensor = True,
     loss: str | LossFn = "ce",
+    forward: Forward = eot_logits,
     generator: torch.Generator | None = None,
     should_stop: StopFn | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """The PGD iteration shared by every PGD-style attack.
+    """The PGD iteration shared by every PGD-style attack (and adversarial training's inner attack).
 
     Args:
         eps, alpha: radius and step size, each a float or one value per input [B].
         draws: noise draws per gradient (0: the noise-free network).
-        start: begin at a random point of the ball (else at x).
+        start: True begins at a random point of the ball, False at x, a tensor at that point.
+        loss, forward: what each step's gradient is of (``base.eot_loss_grad``).
         should_stop: checked before each step; True ends the loop early.
 
     Returns:
         The adversarial inputs and the number of steps taken.
     """
     x = x.detach()
-    x_adv = random_start(x, eps, norm, generator) if start else x.clone()
+    if isinstance(start, torch.Tensor):
+        x_adv = start.detach()
+    else:
+        x_adv = random_start(x, eps, norm, generator) if start else x.clone()
     a = alpha.view(-1, *([1] * (x.dim() - 1))) if isinstance(alpha, torch.Tensor) else alpha
     taken = 0
     with eval_mode(model):
         for _ in range(steps):
             if should_stop is not None and should_stop():
                 break
-            grad = eot_grad(model, x_adv, y, draws, generator, loss=loss)
+            grad = eot_grad(model, x_adv, y, draws, generator, loss=loss, forward=forward)
             if norm == "linf":
                 x_adv = project_linf(x_adv + a * grad.sign(), x, eps)
             else:
@@ -88,31 +96,59 @@ class _PGDBase(Attack):
     def cost(self, inputs: int) -> AttackCost:
         return AttackCost(gradient=self.steps * inputs)
 
-    def run(
+    def attack(
+        self, model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, generator: Rng, should_stop: StopFn | None
+    ) -> AttackResult:
+        x_adv, taken = self.perturb(model, x, y, generator=generator, should_stop=should_stop)
+        draws = self.noise_draws()
+        return AttackResult(x_adv, grad_evals=taken, draws=taken * draws, stopped=taken < self.steps)
+
+    def perturb(
         self,
         model: StochasticClassifier,
         x: torch.Tensor,
         y: torch.Tensor,
         *,
-        generator: torch.Generator | None = None,
+        radius: float | torch.Tensor | None = None,
+        loss: str | LossFn = "ce",
+        forward: Forward = eot_logits,
+        start: torch.Tensor | None = None,
+        generator: Rng = None,
         should_stop: StopFn | None = None,
-    ) -> AttackResult:
-        eps = self.budget
-        draws = self.noise_draws()
-        x_adv, taken = pgd_loop(
+    ) -> tuple[torch.Tensor, int]:
+        """``pgd_loop`` with this spec's settings: what ``run`` does, for callers that change what is
+        maximised or the radius (adversarial training's inner attack).
+
+        Args:
+            radius: a float, or one per input [B] (default: eps); the step scales with it
+                (alpha x radius / eps), keeping the ratio of step to radius.
+            loss, forward: what each step's gradient is of (default: the cross-entropy of the logits of
+                ``noise_draws()`` draws).
+            start: the starting point (default: a random point of the ball if ``random_start``, else x).
+
+        Returns:
+            The adversarial inputs and the number of steps taken.
+        """
+        eps: float | torch.Tensor = self.budget
+        alpha: float | torch.Tensor = self.alpha if self.alpha is not None else eps / 4
+        begin: bool | torch.Tensor = self.random_start and self.budget > 0 if start is None else start
+        if radius is not None:
+            alpha, eps = alpha * radius / eps, radius
+        return pgd_loop(
             model,
             x,
             y,
             eps=eps,
-            alpha=self.alpha if self.alpha is not None else eps / 4,
+            alpha=alpha,
             steps=self.steps,
-            draws=draws,
+            draws=self.noise_draws(),
             norm=self.norm,
-            start=self.random_start and eps > 0,
+            start=begin,
+            loss=loss,
+            forward=forward,
             generator=generator,
             should_stop=should_stop,
         )
-        return AttackResult(x_adv, grad_evals=taken, draws=taken * draws, stopped=taken < self.steps)
 
 
 class _EOTPGD(_PGDBase):

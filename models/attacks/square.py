@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from ..classifier import StochasticClassifier
-from .base import Attack, AttackCost, AttackResult, StopFn, eval_mode, predict_draws, register_attack
+from .base import Attack, AttackCost, AttackResult, Rng, StopFn, predict_draws, register_attack
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -194,24 +194,17 @@ class Square(Attack):
     def cost(self, inputs: int) -> AttackCost:
         return AttackCost(queries=self.queries * inputs)
 
-    def run(
-        self,
-        model: StochasticClassifier,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        should_stop: StopFn | None = None,
+    def attack(
+        self, model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, generator: Rng, should_stop: StopFn | None
     ) -> AttackResult:
         score_fn = model_score_fn(model, self.samples, generator)
-        with eval_mode(model):
-            return square_linf(
-                score_fn,
-                x,
-                y,
-                eps=self.budget,
-                queries=self.queries,
-                p_init=self.p_init,
-                generator=generator,
-                should_stop=should_stop,
-            )
+        return square_linf(
+            score_fn,
+            x,
+            y,
+            eps=self.budget,
+            queries=self.queries,
+            p_init=self.p_init,
+            generator=generator,
+            should_stop=should_stop,
+        )
