@@ -1,0 +1,254 @@
+"""Two (or more) checkpoints on the same inputs: paired statistics for clean, robust and robust-or-flagged accuracy.
+
+    python -m reports.paired run checkpoints/fashion_mnist_mfdv checkpoints/fashion_mnist_vanilla \\
+        --suite adaptive --n 1000 --steps 20 --eot 8 --queries 100
+    python -m reports.paired render      # docs/results/paired.json -> docs/paired.md
+
+Every checkpoint is judged on the same inputs with the same seed: clean accuracy on the first
+``--clean-n`` test images (T = ``--samples`` draws), and the suite (``adaptive`` by default, with
+its flag calibrated per checkpoint on its held-out training images so that at most
+``--flag-rate`` of the correctly classified ones are flagged; a deterministic model uses its
+max-softmax probability) on the first ``--n``. The per-input outcomes are kept in the results
+file, so every pair is compared with the exact McNemar test and a paired bootstrap interval of
+the difference (``reports.stats``); the first checkpoint is compared with each of the others.
+A checkpoint's result is cached in ``--cache`` as soon as it is done, keyed on its model id and
+the settings, so an interrupted run goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import load_checkpoint, summarize
+from models.attacks import predict_draws
+from models.attacks.suite import get_suite
+from models.uncertainty import wilson_interval
+from training.data import Dataset, as_float, load_dataset
+from training.evaluate import calibrate_suite_flag, evaluate_suite, held_out_images
+
+from .stats import compare_paired
+
+log = logging.getLogger("reports.paired")
+
+RESULTS = Path("docs/results/paired.json")
+PAGE = Path("docs/paired.md")
+CACHE = Path("runs/paired-cache")
+MEASURES = ("clean", "robust", "robust_or_flagged")
+
+
+def _bits(mask: Any) -> str:
+    return "".join("1" if v else "0" for v in np.asarray(mask, dtype=bool))
+
+
+def _unbits(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+
+
+@torch.no_grad()
+def clean_correct(model: Any, ds: Dataset, samples: int, seed: int, batch: int = 1000) -> np.ndarray:
+    """[N] the prediction (mean softmax over ``samples`` draws) is right, per input."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(ds), batch):
+        u = summarize(predict_draws(model, as_float(ds.x[i : i + batch]), samples, g))
+        out.append((u.label == ds.y[i : i + batch]).numpy())
+    return np.concatenate(out)
+
+
+def evaluate_one(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One checkpoint's per-input outcomes (bit strings) and its summary."""
+    ckpt = load_checkpoint(path)
+    manifest = ckpt.manifest
+    model = ckpt.model
+    test = load_dataset(args.dataset or str(manifest["dataset"]), "test")
+    clean_ds = Dataset(test.x[: args.clean_n], test.y[: args.clean_n], test.class_names, test.name)
+    attacked = Dataset(test.x[: args.n], test.y[: args.n], test.class_names, test.name)
+    suite = get_suite(args.suite)
+    if args.steps:
+        suite = suite.reduced(steps=args.steps, eot=args.eot, queries=args.queries)
+    flag = None
+    if suite.flag_aware:
+        held, source = held_out_images(manifest)
+        if held is None:
+            raise SystemExit(
+                f"{path}: its held-out training images cannot be rebuilt, so its flag cannot be calibrated"
+            )
+        flag = calibrate_suite_flag(model, held, rate=args.flag_rate, seed=args.seed, source=source)
+    clean = clean_correct(model, clean_ds, args.samples, args.seed)
+    res = evaluate_suite(model, attacked, suite, eps=args.eps, seed=args.seed, flag=flag, progress=True)
+    summary = res.summary()
+    return {
+        "checkpoint": path.name,
+        "model_id": ckpt.model_id,
+        "method": str(manifest["method"]),
+        "flag": flag.describe() if flag is not None else None,
+        "suite": summary.get("settings", {}).get("suite", suite.name),
+        "clean_accuracy": float(clean.mean()),
+        "summary": {k: v for k, v in summary.items() if k != "per_attack"},
+        "outcomes": {
+            "clean": _bits(clean),
+            "suite_clean": _bits(res.clean_correct.cpu()),
+            "robust": _bits(res.robust.cpu()),
+            "robust_or_flagged": _bits(res.robust_or_flagged.cpu()),
+            "evaded": _bits(res.evaded.cpu()) if res.evaded is not None else None,
+        },
+    }
+
+
+def compare(results: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """The first checkpoint against each of the others, on each measure."""
+    first, rows = results[0], []
+    for other in results[1:]:
+        row: dict[str, Any] = {"a": first["checkpoint"], "b": other["checkpoint"]}
+        for m in MEASURES:
+            row[m] = compare_paired(_unbits(first["outcomes"][m]), _unbits(other["outcomes"][m]), seed=seed).to_dict()
+        rows.append(row)
+    return rows
+
+
+def unflagged_error(r: dict[str, Any]) -> tuple[float, tuple[float, float], int] | None:
+    """Share of the correctly classified (suite's judge) inputs that an attack turned into an unflagged error."""
+    if r["outcomes"]["evaded"] is None:
+        return None
+    ok, evaded = _unbits(r["outcomes"]["suite_clean"]), _unbits(r["outcomes"]["evaded"])
+    k, n = int((evaded & ok).sum()), int(ok.sum())
+    return k / n, wilson_interval(k, n), k
+
+
+def command_line(paths: Sequence[Path], args: argparse.Namespace) -> str:
+    """The command that gives these results (written into the results file and the page)."""
+    parts = ["python -m reports.paired run", *map(str, paths), f"--suite {args.suite} --n {args.n}"]
+    parts.append(f"--clean-n {args.clean_n} --samples {args.samples} --eps {args.eps} --flag-rate {args.flag_rate}")
+    if args.steps:
+        parts.append(f"--steps {args.steps} --eot {args.eot} --queries {args.queries}")
+    if args.dataset:
+        parts.append(f"--dataset {args.dataset}")
+    return " ".join(parts)
+
+
+def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
+    settings = {
+        k: getattr(args, k) for k in ("suite", "n", "clean_n", "samples", "steps", "eot", "queries", "eps", "dataset")
+    }
+    settings.update(flag_rate=args.flag_rate, seed=args.seed)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in paths:
+        key = json.dumps({"path": str(path.resolve()), **settings}, sort_keys=True)
+        cached = args.cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{path.name}.json"
+        ckpt_id = load_checkpoint(path, verify=False).model_id
+        if cached.exists() and json.loads(cached.read_text()).get("model_id") == ckpt_id:
+            log.info("%s: cached (%s)", path, cached)
+            results.append(json.loads(cached.read_text()))
+            continue
+        log.info("%s: evaluating", path)
+        r = evaluate_one(path, args)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps(r))
+        tmp.replace(cached)
+        results.append(r)
+    out = {
+        "settings": settings,
+        "command": command_line(paths, args),
+        "checkpoints": results,
+        "pairs": compare(results, args.seed),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.replace(args.out)
+    return out
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def render(results: dict[str, Any]) -> str:
+    st = results["settings"]
+    lines = [
+        "# Paired comparison on the same inputs",
+        "",
+        "<!-- generated by `python -m reports.paired render` from docs/results/paired.json; do not edit -->",
+        "",
+        f"Clean accuracy on the first {st['clean_n']} test images (T = {st['samples']}); suite `{st['suite']}`"
+        + (f" reduced to {st['steps']} steps, EOT {st['eot']}, {st['queries']} queries" if st["steps"] else "")
+        + f" at eps {st['eps']} on the first {st['n']}; flags calibrated per checkpoint on its held-out training "
+        f"images so that at most {st['flag_rate']:.0%} of the correctly classified ones are flagged. Intervals: "
+        "Wilson 95% for one model, paired bootstrap 95% for a difference; p: exact McNemar.",
+        "",
+    ]
+    if results.get("command"):
+        lines += [f"Command: `{results['command']}`", ""]
+    lines += [
+        "| checkpoint | flag | clean % | robust % | robust-or-flagged % | unflagged error % (of correct) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results["checkpoints"]:
+        flag = r["flag"]["rule"] if r["flag"] else "-"
+        ue = unflagged_error(r)
+        ue_txt = f"{_pct(ue[0])} [{_pct(ue[1][0])}, {_pct(ue[1][1])}] ({ue[2]})" if ue else "-"
+        rob = _unbits(r["outcomes"]["robust"])
+        rof = _unbits(r["outcomes"]["robust_or_flagged"])
+        rci, fci = wilson_interval(int(rob.sum()), rob.size), wilson_interval(int(rof.sum()), rof.size)
+        lines.append(
+            f"| {r['checkpoint']} ({r['method']}) | {flag} | {_pct(r['clean_accuracy'])} | "
+            f"{_pct(rob.mean())} [{_pct(rci[0])}, {_pct(rci[1])}] | {_pct(rof.mean())} [{_pct(fci[0])}, {_pct(fci[1])}] "
+            f"| {ue_txt} |"
+        )
+    lines += ["", "| A - B | measure | n | difference (points) | paired 95% interval | A only | B only | McNemar p |"]
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for p in results["pairs"]:
+        for m in MEASURES:
+            c = p[m]
+            lines.append(
+                f"| {p['a']} - {p['b']} | {m} | {c['n']} | {100 * c['difference']:+.2f} | "
+                f"[{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}] | {c['a_only']} | {c['b_only']} | {c['p_value']:.3g} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reports.paired", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="evaluate the checkpoints on the same inputs and write the results file")
+    r.add_argument("checkpoints", type=Path, nargs="+", help="the first is compared with each of the others")
+    r.add_argument("--suite", default="adaptive")
+    r.add_argument("--n", type=int, default=1000, help="attacked test inputs")
+    r.add_argument("--clean-n", type=int, default=10000, help="test inputs for clean accuracy")
+    r.add_argument("--samples", type=int, default=32)
+    r.add_argument("--steps", type=int, default=0, help="reduce the suite to this many steps (0: the full suite)")
+    r.add_argument("--eot", type=int, default=20)
+    r.add_argument("--queries", type=int, default=1000)
+    r.add_argument("--eps", type=float, default=0.1)
+    r.add_argument("--flag-rate", type=float, default=0.05)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--dataset", help="test data (default: each checkpoint's manifest dataset)")
+    r.add_argument("--cache", type=Path, default=CACHE)
+    r.add_argument("--out", type=Path, default=RESULTS)
+    d = sub.add_parser("render", help="write the markdown page from the results file")
+    d.add_argument("--results", type=Path, default=RESULTS)
+    d.add_argument("--out", type=Path, default=PAGE)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd == "run":
+        if len(args.checkpoints) < 2:
+            p.error("name at least two checkpoints: the first is compared with each of the others")
+        run(args.checkpoints, args)
+        return 0
+    args.out.write_text(render(json.loads(args.results.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""``python -m reports.paired``: checkpoints judged on the same inputs, compared with paired statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from reports import paired
+
+
+def test_a_model_compared_with_itself_differs_by_nothing_and_a_worse_one_by_its_errors(
+    hand_checkpoint: Path, hand_vanilla_checkpoint: Path, tmp_path: Path
+) -> None:
+    out, page = tmp_path / "paired.json", tmp_path / "paired.md"
+    argv = ["run", str(hand_checkpoint), str(hand_checkpoint), str(hand_vanilla_checkpoint)]
+    argv += ["--suite", "standard", "--n", "40", "--clean-n", "80", "--samples", "8", "--steps", "3", "--eot", "2"]
+    argv += ["--queries", "10", "--dataset", "bars", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    assert paired.main(argv) == 0
+    results = json.loads(out.read_text())
+    same, other = results["pairs"]
+    for m in paired.MEASURES:
+        assert same[m]["difference"] == 0.0 and same[m]["a_only"] == same[m]["b_only"] == 0 and same[m]["p_value"] == 1
+        c = other[m]
+        a = paired._unbits(results["checkpoints"][0]["outcomes"][m])
+        b = paired._unbits(results["checkpoints"][2]["outcomes"][m])
+        assert c["n"] == a.size == b.size
+        assert (c["a_only"], c["b_only"]) == (int((a & ~b).sum()), int((~a & b).sum()))
+        assert c["difference"] == np.float64(a.mean() - b.mean())
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # the same checkpoint twice is one cache entry
+    assert paired.main(["render", "--results", str(out), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert results["command"] in text and "| robust_or_flagged |" in text
