@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from reports import ood
@@ -38,3 +39,16 @@ def test_a_noise_free_model_gets_no_signal_from_mutual_information(
     page = page_path.read_text()
     assert page == ood.render(json.loads(out.read_text())) + "\n"
     assert "| inverted |" in page and "tiny_mfdv" in page and results["command"] in page
+
+
+def test_the_readme_block_is_rewritten_between_its_markers_only(tmp_path: Path) -> None:
+    from reports.readme import markers, replace_block
+
+    begin, end = markers("ood", "cmd")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{begin}\nold table\n{end}\noutro\n")
+    replace_block(readme, "ood", "cmd", "new table")
+    assert readme.read_text() == f"intro\n{begin}\nnew table\n{end}\noutro\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no generated block named 'ood'"):
+        replace_block(readme, "ood", "cmd", "x")
