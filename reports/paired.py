@@ -12,7 +12,9 @@ max-softmax probability) on the first ``--n``. The per-input outcomes are kept i
 file, so every pair is compared with the exact McNemar test and a paired bootstrap interval of
 the difference (``reports.stats``); the first checkpoint is compared with each of the others.
 A checkpoint's result is cached in ``--cache`` as soon as it is done, keyed on its model id and
-the settings, so an interrupted run goes on where it stopped.
+the settings, and each batch of ``--batch`` attacked inputs as soon as it is done, so an
+interrupted run goes on where it stopped (the suite's streams derive from each input's position,
+so batching does not change a result).
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ import numpy as np
 import torch
 
 from models import load_checkpoint, summarize
-from models.attacks import predict_draws
-from models.attacks.suite import get_suite
+from models.attacks import predict_draws, run_suite
+from models.attacks.suite import get_suite, merge_results
 from models.uncertainty import wilson_interval
 from training.data import Dataset, as_float, load_dataset
-from training.evaluate import calibrate_suite_flag, evaluate_suite, held_out_images
+from training.evaluate import calibrate_suite_flag, held_out_images
 
 from .stats import compare_paired
 
@@ -65,8 +67,8 @@ def clean_correct(model: Any, ds: Dataset, samples: int, seed: int, batch: int =
     return np.concatenate(out)
 
 
-def evaluate_one(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One checkpoint's per-input outcomes (bit strings) and its summary."""
+def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
+    """One checkpoint's per-input outcomes (bit strings) and its summary; suite batches cached in ``cache_dir``."""
     ckpt = load_checkpoint(path)
     manifest = ckpt.manifest
     model = ckpt.model
@@ -85,7 +87,25 @@ def evaluate_one(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             )
         flag = calibrate_suite_flag(model, held, rate=args.flag_rate, seed=args.seed, source=source)
     clean = clean_correct(model, clean_ds, args.samples, args.seed)
-    res = evaluate_suite(model, attacked, suite, eps=args.eps, seed=args.seed, flag=flag, progress=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for start in range(0, len(attacked), args.batch):  # one cache entry per batch: a killed run resumes
+        sl = slice(start, min(start + args.batch, len(attacked)))
+        part_file = cache_dir / f"batch{start:06d}.pt"
+        if part_file.exists():
+            parts.append(torch.load(part_file, weights_only=False))
+            continue
+        x, y = as_float(attacked.x[sl]), attacked.y[sl]
+        part = run_suite(model, x, y, suite, eps=args.eps, seed=args.seed, offset=start, flag=flag)
+        part.x_adv = part.x_adv[:0]  # the images are not needed here
+        tmp = part_file.with_suffix(".tmp")
+        torch.save(part, tmp)
+        tmp.replace(part_file)
+        log.info(
+            "%s: inputs %d-%d done (robust %d of %d)", path.name, sl.start, sl.stop, int(part.robust.sum()), part.n
+        )
+        parts.append(part)
+    res = merge_results(parts)
     summary = res.summary()
     return {
         "checkpoint": path.name,
@@ -144,15 +164,15 @@ def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
     args.cache.mkdir(parents=True, exist_ok=True)
     results = []
     for path in paths:
-        key = json.dumps({"path": str(path.resolve()), **settings}, sort_keys=True)
-        cached = args.cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{path.name}.json"
         ckpt_id = load_checkpoint(path, verify=False).model_id
+        key = json.dumps({"model_id": ckpt_id, **settings}, sort_keys=True)
+        cached = args.cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{path.name}.json"
         if cached.exists() and json.loads(cached.read_text()).get("model_id") == ckpt_id:
             log.info("%s: cached (%s)", path, cached)
             results.append(json.loads(cached.read_text()))
             continue
         log.info("%s: evaluating", path)
-        r = evaluate_one(path, args)
+        r = evaluate_one(path, args, cached.with_suffix(""))
         tmp = cached.with_suffix(".tmp")
         tmp.write_text(json.dumps(r))
         tmp.replace(cached)
@@ -233,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eps", type=float, default=0.1)
     r.add_argument("--flag-rate", type=float, default=0.05)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--batch", type=int, default=100, help="attacked inputs per cached batch")
     r.add_argument("--dataset", help="test data (default: each checkpoint's manifest dataset)")
     r.add_argument("--cache", type=Path, default=CACHE)
     r.add_argument("--out", type=Path, default=RESULTS)

@@ -32,3 +32,20 @@ def test_a_model_compared_with_itself_differs_by_nothing_and_a_worse_one_by_its_
     assert paired.main(["render", "--results", str(out), "--out", str(page)]) == 0
     text = page.read_text()
     assert results["command"] in text and "| robust_or_flagged |" in text
+
+
+def test_batches_cached_by_a_killed_run_give_the_same_result(hand_checkpoint: Path, tmp_path: Path) -> None:
+    base = ["--suite", "standard", "--n", "30", "--clean-n", "30", "--samples", "8", "--steps", "3", "--eot", "2"]
+    base += ["--queries", "10", "--dataset", "bars", "--batch", "10"]
+    whole, split = tmp_path / "whole.json", tmp_path / "split.json"
+    ckpts = [str(hand_checkpoint), str(hand_checkpoint)]
+    assert paired.main(["run", *ckpts, *base, "--cache", str(tmp_path / "c1"), "--out", str(whole)]) == 0
+    # another cache, with only its middle batch left from an earlier (killed) run: the rest is computed
+    (cache,) = (tmp_path / "c1").glob("*-tiny_mfdv")
+    kept = tmp_path / "c2" / cache.name
+    kept.mkdir(parents=True)
+    (cache / "batch000010.pt").rename(kept / "batch000010.pt")
+    assert paired.main(["run", *ckpts, *base, "--cache", str(tmp_path / "c2"), "--out", str(split)]) == 0
+    a, b = json.loads(whole.read_text()), json.loads(split.read_text())
+    assert a["checkpoints"][0]["outcomes"] == b["checkpoints"][0]["outcomes"]
+    assert sorted(p.name for p in kept.glob("*.pt")) == ["batch000000.pt", "batch000010.pt", "batch000020.pt"]
