@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
 
 from models import StochasticClassifier
 
@@ -19,6 +20,10 @@ from .inputs import InputSpec
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .pool import BoundedPool
+from .schemas.limits import bind_settings
+from .transport import BodyReader
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class AppState:
     probe_model: StochasticClassifier | None = None
     decode_pool: BoundedPool | None = None
     load_error: str | None = None
+    _readers: dict[int, BodyReader[Any]] = field(default_factory=dict, repr=False)
 
     def ready_engine(self) -> InferenceEngine:
         """The engine if it serves now.
@@ -82,6 +88,18 @@ class AppState:
         if self.decode_pool is None:
             raise ModelNotReady()
         return self.decode_pool
+
+    def body_reader(self, reader: BodyReader[ModelT]) -> BodyReader[ModelT]:
+        """``reader`` whose request models validate with this app's settings (``service.schemas.limits``),
+        built on first use."""
+        bound = self._readers.get(id(reader))
+        if bound is None:
+            s = self.settings
+            bound = replace(
+                reader, json_model=bind_settings(reader.json_model, s), form_model=bind_settings(reader.form_model, s)
+            )
+            self._readers[id(reader)] = bound
+        return bound
 
     def input_spec(self, engine: InferenceEngine) -> InputSpec:
         s = self.settings

@@ -14,6 +14,7 @@ from models.probe import ProbeItem
 
 from ..config import Settings
 from ..errors import ValidationFailed
+from ..schemas.limits import SAMPLES, env_name
 
 
 def check_caps(items: Sequence[ProbeItem], inputs: int, settings: Settings) -> AttackCost:
@@ -22,7 +23,7 @@ def check_caps(items: Sequence[ProbeItem], inputs: int, settings: Settings) -> A
     Args:
         items: the resolved attack and suite specs, in order.
         inputs: how many inputs the request attacks.
-        settings: the caps (``max_probe_*``, ``max_samples``).
+        settings: the caps (``max_probe_*``; the noise draws of one head evaluation: ``SAMPLES``'s maximum).
 
     Returns:
         The request's cost, summed over its items.
@@ -31,6 +32,7 @@ def check_caps(items: Sequence[ProbeItem], inputs: int, settings: Settings) -> A
         ValidationFailed: a cap is exceeded (422); the message names the setting.
     """
     s = settings
+    max_draws = SAMPLES.maximum(s)
     if inputs > s.max_probe_inputs:
         raise ValidationFailed(
             f"{inputs} inputs in one probe; at most {s.max_probe_inputs} are allowed (MFDV_MAX_PROBE_INPUTS), "
@@ -39,11 +41,11 @@ def check_caps(items: Sequence[ProbeItem], inputs: int, settings: Settings) -> A
     for i, item in enumerate(items):
         where = f"attacks[{i}] ({item.name})"
         draws = item.draws()  # the most draws one head evaluation takes: eot, samples, a suite's judging draws
-        if draws > s.max_samples:
+        if draws > max_draws:
             named = ", ".join(f"{k}={getattr(item, k)}" for k in ("eot", "samples") if getattr(item, k, 0) == draws)
             raise ValidationFailed(
-                f"{where}: {named or f'{draws} draws'} is over the limit of {s.max_samples} noise draws "
-                "(MFDV_MAX_SAMPLES); ask for fewer"
+                f"{where}: {named or f'{draws} draws'} is over the limit of {max_draws} noise draws "
+                f"({env_name(SAMPLES.setting)}); ask for fewer"
             )
         eps, radius = item.eps, item.radius()
         if eps is not None and eps > s.max_probe_eps:

@@ -1,4 +1,4 @@
-"""A validated probe request -> a ``ProbeJob``: defaults filled, specs resolved, caps checked, inputs decoded."""
+"""A validated probe request -> a ``ProbeJob``: specs resolved, caps checked, labels and inputs decoded."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from models.attacks import make_attack
-from models.probe import DEFAULT_JUDGE_SAMPLES, ProbeItem, SuiteSpec
+from models.probe import ProbeItem, SuiteSpec
 
 from ..config import Settings
 from ..engine import random_seed
@@ -33,16 +33,6 @@ def resolve_items(attacks: Any, input_shape: tuple[int, int, int]) -> list[Probe
     return [item.resolve(input_shape) for item in items]
 
 
-def judge_samples(value: int | None, settings: Settings) -> int:
-    """The request's judging draws, or the default (capped by ``MFDV_MAX_SAMPLES``)."""
-    limit = settings.max_samples
-    if value is None:
-        return min(DEFAULT_JUDGE_SAMPLES, limit)
-    if not 1 <= value <= limit:
-        raise InvalidInput(f"judge_samples must be between 1 and {limit} (MFDV_MAX_SAMPLES); got {value}")
-    return value
-
-
 def true_labels(labels: list[int] | None, n: int, num_classes: int) -> torch.Tensor | None:
     """The given labels as a tensor [n] (None: the clean prediction); one per input, each a class."""
     if labels is None:
@@ -61,12 +51,12 @@ def prepare_probe(body: Body[ProbeOptions], settings: Settings, spec: InputSpec,
     Caps come before decoding, so an over-budget request costs no image decoding.
 
     Raises:
-        InvalidInput: bad inputs, labels or judge_samples (400).
+        InvalidInput: bad inputs or labels (400).
         ValidationFailed: a cap exceeded (422).
     """
     req = body.options
     n = len(body.inputs)
-    draws = judge_samples(req.judge_samples, settings)
+    assert req.judge_samples is not None  # filled in by validation (service.schemas.limits.JudgeSamples)
     items = resolve_items(req.attacks, spec.shape)
     cost = check_caps(items, max(n, 1), settings)
     if req.return_adversarial and spec.shape[0] not in (1, 3):
@@ -74,4 +64,4 @@ def prepare_probe(body: Body[ProbeOptions], settings: Settings, spec: InputSpec,
     images = decode_inputs(body.inputs, spec, max_inputs=settings.max_probe_inputs, resize=req.resize, name=body.source)
     labels = true_labels(req.labels, n, num_classes)
     seed = req.seed if req.seed is not None else random_seed()
-    return ProbeJob(images, labels, items, draws, seed, req.return_adversarial, cost)
+    return ProbeJob(images, labels, items, req.judge_samples, seed, req.return_adversarial, cost)

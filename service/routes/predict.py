@@ -11,7 +11,6 @@ from fastapi import APIRouter, Request, Response
 from ..config import Settings
 from ..deps import EngineDep, StateDep, app_state
 from ..engine import InferenceEngine, PredictJob, PredictOutput, random_seed
-from ..errors import InvalidInput
 from ..inputs import InputSpec, decode_inputs
 from ..openapi import request_body
 from ..schemas import (
@@ -32,34 +31,26 @@ PREDICT_BODY: BodyReader[PredictOptions] = BodyReader(
 )
 
 
-def check_samples(samples: int | None, settings: Settings) -> int:
-    """The request's T, or the default; out of range is an ``InvalidInput``."""
-    limit = settings.max_samples
-    if samples is None:
-        return settings.default_samples
-    if not 1 <= samples <= limit:
-        raise InvalidInput(f"samples must be between 1 and {limit} (MFDV_MAX_SAMPLES); got {samples}")
-    return samples
-
-
 def prepare_job(
     body: Body[PredictOptions], settings: Settings, spec: InputSpec, engine: InferenceEngine, on_loop: bool = False
 ) -> PredictJob:
-    """Check the options and decode the inputs (on the event loop only while that is cheap: ``on_loop``).
+    """Decode the inputs of validated options (on the event loop only while that is cheap: ``on_loop``).
 
     The job renders its own response in the compute thread (``render_prediction``).
 
     Raises:
-        InvalidInput: bad options or inputs.
+        InvalidInput: bad inputs.
         service.inputs.Offload: ``on_loop`` and too much to decode there.
     """
     req = body.options
-    samples = check_samples(req.samples, settings)
+    assert req.samples is not None  # filled in by validation (service.schemas.limits.Samples)
     images = decode_inputs(
         body.inputs, spec, max_inputs=settings.max_inputs, resize=req.resize, name=body.source, on_loop=on_loop
     )
     seed = req.seed if req.seed is not None else random_seed()
-    return PredictJob(images, samples, seed, keep_draws=req.return_samples, render=partial(render_prediction, engine))
+    return PredictJob(
+        images, req.samples, seed, keep_draws=req.return_samples, render=partial(render_prediction, engine)
+    )
 
 
 def render_prediction(engine: InferenceEngine, job: PredictJob, output: PredictOutput) -> bytes:
@@ -136,7 +127,7 @@ async def predict(request: Request) -> Response:
     prepare = partial(prepare_job, settings=s, spec=state.input_spec(engine), engine=engine)
     job = await read_body(
         request,
-        PREDICT_BODY,
+        state.body_reader(PREDICT_BODY),
         max_files=s.max_inputs,
         then=prepare,
         pool=state.cpu_pool(),

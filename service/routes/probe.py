@@ -95,7 +95,9 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     # The whole body has arrived (RequestBodyMiddleware) before this route runs: a client that stalls its
     # body never holds a pool place.
     with pool.reserve() as slot:
-        job = await read_body(request, PROBE_BODY, max_files=s.max_probe_inputs, then=prepare, pool=cpu)
+        job = await read_body(
+            request, state.body_reader(PROBE_BODY), max_files=s.max_probe_inputs, then=prepare, pool=cpu
+        )
         run = await slot.run(
             run_probe,
             model,

@@ -26,19 +26,24 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
 
+from ..config import Settings
 from ..deps import AppState, EngineDep, StateDep, app_state
 from ..engine import MAX_SEED, InferenceEngine, PredictJob, PredictOutput, random_seed
 from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..inputs import check_batch
 from ..openapi import request_body
 from ..schemas import error_responses, json_bytes
+from ..schemas.limits import SAMPLES, OutOfRange, env_name, validation_context
 from ..schemas.v2 import (
     MAX_NDIM,
+    OUTPUTS,
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
     ModelReady,
+    RequestParameters,
     ServerLive,
     ServerMetadata,
     ServerReady,
@@ -59,18 +64,6 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 # integer datatypes: the inclusive range their JSON values must lie in
 INT_RANGES: dict[str, tuple[int, int]] = {"UINT8": (0, 255)}
-# name -> (datatype, per class: shape [B, K] rather than [B])
-OUTPUTS: dict[str, tuple[str, bool]] = {
-    "probs": ("FP32", True),
-    "label": ("INT64", False),
-    "class_name": ("BYTES", False),
-    "predictive_entropy": ("FP32", False),
-    "expected_entropy": ("FP32", False),
-    "mutual_information": ("FP32", False),
-    "vote_agreement": ("FP32", False),
-    "top_prob_stderr": ("FP32", False),
-    "flagged": ("BOOL", False),
-}
 _NOT_READY = {503: "model not ready, or shutting down (Retry-After)"}
 _UNKNOWN = {404: "unknown model or version"}
 _INFER_ERRORS = {
@@ -182,15 +175,25 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def _int_param(params: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"parameter {key!r} must be an integer in [{lo}, {hi}]; got {value!r}")
-    if not lo <= value <= hi:
-        raise InvalidInput(f"parameter {key!r} must be in [{lo}, {hi}]; got {value}")
-    return value
+def _parameters(params: Any, settings: Settings) -> RequestParameters:
+    """The request's ``parameters`` (others than ours are allowed and ignored), validated with the
+    app's settings; mistakes in the protocol's words (``parameter 'samples' must be in [1, 256]``)."""
+    if not isinstance(params, dict):
+        raise InvalidInput("`parameters` must be a JSON object")
+    try:
+        return RequestParameters.model_validate(params, strict=True, context=validation_context(settings))
+    except OutOfRange as e:
+        raise InvalidInput(
+            f"parameter {e.limit.name!r} must be in [{e.limit.minimum}, {e.maximum}] "
+            f"({env_name(e.limit.setting)}); got {e.value}"
+        ) from None
+    except ValidationError as e:
+        key = str(e.errors()[0]["loc"][0])
+        value = params.get(key)
+        if key == "binary_data_output":
+            raise InvalidInput(f"parameter {key!r} must be a JSON boolean (true or false); got {value!r}") from None
+        lo, hi = (0, MAX_SEED) if key == "seed" else (SAMPLES.minimum, SAMPLES.maximum(settings))
+        raise InvalidInput(f"parameter {key!r} must be an integer in [{lo}, {hi}]; got {value!r}") from None
 
 
 def _json_values(data: Any, dtype_name: str, dtype: np.dtype[Any]) -> np.ndarray:
@@ -317,12 +320,8 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
     if used != len(binary):
         raise InvalidInput(f"{len(binary) - used} binary bytes follow the header but no input declares them")
     images = check_batch(arr, state.input_spec(engine), f"input {INPUT_NAME!r}", state.settings.max_inputs)
-    params = req.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInput("`parameters` must be a JSON object")
-    samples = _int_param(params, "samples", 1, state.settings.max_samples)
-    seed = _int_param(params, "seed", 0, MAX_SEED)
-    binary_default = _bool_param(params, "binary_data_output", False, "parameter")
+    params = _parameters(req.get("parameters") or {}, state.settings)
+    binary_default = bool(params.binary_data_output)
     requested = req.get("outputs")
     if requested is None:
         outputs = [(name, binary_default) for name in OUTPUTS]
@@ -343,10 +342,11 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
     request_id = req.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"`id` must be a string; got {request_id!r}")
+    assert params.samples is not None  # filled in by validation (service.schemas.limits.Samples)
     return InferRequest(
         images=images,
-        samples=samples if samples is not None else state.settings.default_samples,
-        seed=seed if seed is not None else random_seed(),
+        samples=params.samples,
+        seed=params.seed if params.seed is not None else random_seed(),
         outputs=outputs,
         request_id=request_id,
     )

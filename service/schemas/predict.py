@@ -1,17 +1,19 @@
 """``/v1/predict``, ``/v1/models`` and the health routes: request and response models.
 
-The request models validate (strictly for JSON, from text for multipart forms) and are the
-OpenAPI document's request bodies (``service.openapi``); the response models are what the
-routes return, so FastAPI validates and serializes them.
+The request models validate (strictly for JSON, from text for multipart forms) with the app's
+settings (``service.schemas.limits``: ``samples`` comes out filled in and within
+``MFDV_MAX_SAMPLES``) and are the OpenAPI document's request bodies (``service.openapi``);
+the response models describe what the routes write.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .common import ImageFile, Seed, form_fields_are_text
+from .limits import FILES, INPUTS, Samples
 
 INPUT_DESCRIPTION = (
     "One image: a nested array [C,H,W] (or [H,W] for one channel) of pixels in [0, 1], "
@@ -24,7 +26,7 @@ class PredictOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    samples: int | None = Field(None, description="Noise draws T (1..MFDV_MAX_SAMPLES); default MFDV_DEFAULT_SAMPLES.")
+    samples: Samples = None
     seed: Seed = None
     return_samples: bool = Field(False, description="Also return each draw's probabilities (`draws`, [T][K]).")
     resize: bool = Field(False, description="Resize images of another size to the model's (else they are rejected).")
@@ -33,7 +35,7 @@ class PredictOptions(BaseModel):
 class PredictRequest(PredictOptions):
     """``POST /v1/predict`` as JSON (``application/json``)."""
 
-    inputs: list[Any] = Field(description=f"Images, 1..MFDV_MAX_INPUTS. {INPUT_DESCRIPTION}")
+    inputs: Annotated[list[Any], INPUTS] = Field(description=f"Images, 1..MFDV_MAX_INPUTS. {INPUT_DESCRIPTION}")
 
 
 class PredictForm(PredictOptions):
@@ -41,7 +43,9 @@ class PredictForm(PredictOptions):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=form_fields_are_text)
 
-    file: list[ImageFile] = Field(description="PNG or JPEG images, one part each (1..MFDV_MAX_INPUTS).")
+    file: Annotated[list[ImageFile], FILES] = Field(
+        description="PNG or JPEG images, one part each (1..MFDV_MAX_INPUTS)."
+    )
 
 
 class UncertaintyOut(BaseModel):

@@ -15,6 +15,7 @@ from models.attacks import AttackSpec
 from models.probe import SuiteName, SuiteSpec
 
 from .common import ImageFile, Seed, form_fields_are_text
+from .limits import LABELS, PROBE_FILES, PROBE_INPUTS, JudgeSamples
 from .predict import INPUT_DESCRIPTION
 
 
@@ -49,7 +50,7 @@ class ProbeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    labels: list[StrictInt] | None = Field(
+    labels: Annotated[list[StrictInt] | None, LABELS] = Field(
         None, description="True labels, one per input; default: the model's clean prediction."
     )
     attacks: ProbeAttacks | None = Field(
@@ -57,9 +58,7 @@ class ProbeOptions(BaseModel):
         description='Attacks to run, in order (each a spec named by `name`, or a suite `{"suite": ...}`), or a '
         "suite name; default: fgsm, pgd and surrogate with their defaults.",
     )
-    judge_samples: int | None = Field(
-        None, description="Fresh noise draws judging each input (1..MFDV_MAX_SAMPLES); default 64."
-    )
+    judge_samples: JudgeSamples = None
     seed: Seed = None
     return_adversarial: bool = Field(False, description="Add each adversarial image as a base64 8-bit PNG.")
     resize: bool = Field(False, description="Resize images of another size to the model's (else they are rejected).")
@@ -68,7 +67,9 @@ class ProbeOptions(BaseModel):
 class ProbeRequest(ProbeOptions):
     """``POST /v1/attack-probe`` as JSON (``application/json``)."""
 
-    inputs: list[Any] = Field(description=f"Images, 1..MFDV_MAX_PROBE_INPUTS. {INPUT_DESCRIPTION}")
+    inputs: Annotated[list[Any], PROBE_INPUTS] = Field(
+        description=f"Images, 1..MFDV_MAX_PROBE_INPUTS. {INPUT_DESCRIPTION}"
+    )
 
 
 class ProbeForm(ProbeOptions):
@@ -77,7 +78,9 @@ class ProbeForm(ProbeOptions):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=form_fields_are_text)
 
-    file: list[ImageFile] = Field(description="PNG or JPEG images, one part each (1..MFDV_MAX_PROBE_INPUTS).")
+    file: Annotated[list[ImageFile], PROBE_FILES] = Field(
+        description="PNG or JPEG images, one part each (1..MFDV_MAX_PROBE_INPUTS)."
+    )
 
 
 # -- the response -------------------------------------------------------------------------------

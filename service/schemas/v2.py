@@ -14,21 +14,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeAliasType
 
 from ..engine import MAX_SEED
+from .limits import Deployment, Samples, Shown
 
 MAX_NDIM = 8
 """Most dimensions a tensor may declare (the model wants 3 or 4)."""
 
-OutputName = Literal[
-    "probs",
-    "label",
-    "class_name",
-    "predictive_entropy",
-    "expected_entropy",
-    "mutual_information",
-    "vote_agreement",
-    "top_prob_stderr",
-    "flagged",
-]
+OUTPUTS: dict[str, tuple[str, bool]] = {
+    "probs": ("FP32", True),
+    "label": ("INT64", False),
+    "class_name": ("BYTES", False),
+    "predictive_entropy": ("FP32", False),
+    "expected_entropy": ("FP32", False),
+    "mutual_information": ("FP32", False),
+    "vote_agreement": ("FP32", False),
+    "top_prob_stderr": ("FP32", False),
+    "flagged": ("BOOL", False),
+}
+"""The model's outputs, in response order: name -> (datatype, per class: shape [B, K] rather than [B])."""
+
+OutputName = Literal[tuple(OUTPUTS)]  # type: ignore[valid-type]
 
 TensorData = TypeAliasType("TensorData", "list[float | TensorData]")  # type: ignore[misc]
 """A tensor's values: flat in row-major order, or nested lists."""
@@ -78,11 +82,28 @@ class InputParameters(BaseModel):
     )
 
 
+def _shape(d: Deployment) -> dict[str, Any]:
+    """The shapes the served model takes: [B, C, H, W] (or [B, H, W] for one channel), B 1..MFDV_MAX_INPUTS."""
+    if d.input_shape is None:
+        return {}
+    c, h, w = d.input_shape
+    batch = {"type": "integer", "minimum": 1, "maximum": d.settings.max_inputs}
+    shapes = [[batch, {"const": c}, {"const": h}, {"const": w}]]
+    if c == 1:
+        shapes.append([batch, {"const": h}, {"const": w}])
+    return {
+        "anyOf": [
+            {"type": "array", "prefixItems": dims, "items": False, "minItems": len(dims), "maxItems": len(dims)}
+            for dims in shapes
+        ]
+    }
+
+
 class InferInput(BaseModel):
     """The one input, ``image``, its values in ``data`` (the binary extension sends them after the header)."""
 
     name: Literal["image"]
-    shape: list[Annotated[int, Field(ge=0)]] = Field(
+    shape: Annotated[list[Annotated[int, Field(ge=0)]], Shown(_shape, replace=True)] = Field(
         max_length=MAX_NDIM, description="[B, C, H, W], or [B, H, W] for one channel."
     )
     datatype: Literal["FP32", "FP64", "FP16", "UINT8"] = Field(description="FP* pixels in [0, 1]; UINT8 pixels 0..255.")
@@ -91,7 +112,7 @@ class InferInput(BaseModel):
 
 
 class RequestParameters(BaseModel):
-    samples: int | None = Field(None, description="Noise draws T (1..MFDV_MAX_SAMPLES).")
+    samples: Samples = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     binary_data_output: bool | None = Field(None, description="Return every output as binary data.")
 

@@ -29,6 +29,7 @@ from service.config import Settings
 from service.errors import ServiceError
 from service.probe.caps import check_caps
 from service.probe.prepare import resolve_items
+from service.schemas.limits import validation_context
 from service.schemas.probe import ProbeOptions
 
 IMAGE = (1, 14, 14)
@@ -92,7 +93,8 @@ def filter_case(context: Any, case: Any) -> bool:
     body = case.body
     inputs = body.get("inputs", body.get("file")) or []
     try:
-        options = ProbeOptions.model_validate({k: v for k, v in body.items() if k in ProbeOptions.model_fields})
+        fields = {k: v for k, v in body.items() if k in ProbeOptions.model_fields}
+        options = ProbeOptions.model_validate(fields, context=validation_context(_caps()))
         check_caps(resolve_items(options.attacks, IMAGE), max(len(inputs), 1), _caps())
     except (ServiceError, ValueError):
         return False

@@ -163,6 +163,26 @@ def test_openapi_states_this_deployments_limits(client: TestClient) -> None:
     assert prop("Square", "samples")["maximum"] == 256
 
 
+def test_a_limit_is_one_type_validated_with_the_apps_settings() -> None:
+    """``samples`` is ``Samples`` in /v1 and v2 alike: the default filled in, the range from the settings
+    given as validation context (a 400 naming the setting), and no silent pass without them."""
+    from pydantic import BaseModel
+
+    from service.schemas.limits import OutOfRange, validation_context
+    from service.schemas.predict import PredictOptions
+    from service.schemas.v2 import RequestParameters
+
+    s = Settings(default_samples=4, max_samples=8)
+    models: tuple[type[BaseModel], ...] = (PredictOptions, RequestParameters)
+    for model in models:
+        assert model.model_validate({}, context=validation_context(s)).samples == 4  # type: ignore[attr-defined]
+        assert model.model_validate({"samples": 8}, context=validation_context(s)).samples == 8  # type: ignore[attr-defined]
+        with pytest.raises(OutOfRange, match=r"between 1 and 8 \(MFDV_MAX_SAMPLES\); got 9"):
+            model.model_validate({"samples": 9}, context=validation_context(s))
+        with pytest.raises(RuntimeError, match="without the app's settings"):
+            model.model_validate({"samples": 2})
+
+
 # -- /v1/predict ------------------------------------------------------------------------------
 
 
