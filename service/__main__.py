@@ -1,6 +1,7 @@
 """``python -m service``: serve a checkpoint with uvicorn.
 
-Settings come from ``MFDV_*`` environment variables; flags override them::
+Settings come from ``MFDV_*`` environment variables; flags override them (one per setting,
+``--max-batch 32`` for ``MFDV_MAX_BATCH``; ``--help`` lists them with their defaults)::
 
     python -m service --host 0.0.0.0 --port 8000 --model-dir checkpoints/fashion_mnist_mfdv
 """
@@ -11,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,52 +22,85 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import CliSettingsSource
 
 from models import CheckpointError, read_manifest
 
-from .config import Settings
+from .app import configure_logging
+from .config import Settings, default_workers
+from .lifecycle import WorkerSupervisor
 from .metrics import MULTIPROC_ENV
 from .server import ConnectionLimits, http_protocol
 
 logger = logging.getLogger("service")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
-    p.add_argument("--host", help="interface to bind (MFDV_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to bind (MFDV_PORT, default 8000)")
-    p.add_argument("--model-dir", help="checkpoint directory (MFDV_MODEL_DIR)")
-    p.add_argument("--workers", type=int, help="uvicorn worker processes (MFDV_WORKERS)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="MFDV_DEVICE")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"], help="MFDV_BACKEND")
-    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="MFDV_LOG_LEVEL")
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
-    return p.parse_args(argv)
+def attribute_docs(doc: str) -> dict[str, str]:
+    """The ``Attributes:`` section of a Google-style docstring: each name's text, on one line."""
+    docs: dict[str, str] = {}
+    section = doc.split("Attributes:", 1)[-1]
+    name = None
+    for line in section.splitlines():
+        entry = re.match(r"^ {8}(\w+): (.*)$", line)
+        if entry:
+            name = entry.group(1)
+            docs[name] = entry.group(2)
+        elif name and line.startswith(" " * 12):
+            docs[name] += " " + line.strip()
+        elif line.strip():
+            name = None
+    return {k: v.replace("``", "") for k, v in docs.items()}
+
+
+def _documented(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> Any:
+    """``add_argument`` with each flag's help from ``Settings``' docstring and its ``MFDV_*`` variable."""
+    field = kwargs.get("dest", "")
+    if field in Settings.model_fields:
+        default = kwargs.get("help", "")
+        if field == "workers":
+            default = f"(default: {default_workers()} here)"
+        elif field == "access_log":
+            default = "(default: on)"
+        kwargs["help"] = f"{SETTING_DOCS.get(field, '')} [MFDV_{field.upper()}] {default}".replace("%", "%%")
+    return parser.add_argument(*names, **kwargs)
+
+
+SETTING_DOCS = attribute_docs(Settings.__doc__ or "")
+
+
+def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
+    """The settings given on the command line (unparsed text, as in the environment); other settings come from
+    ``MFDV_*`` variables or the defaults. One flag per ``Settings`` field (``--max-batch``, ``--no-ui``...),
+    generated from the model as ``training.train``'s; ``--help`` lists them with their defaults.
+    """
+    source = CliSettingsSource(
+        Settings,
+        cli_prog_name="python -m service",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_avoid_json=True,
+        cli_hide_none_type=True,
+        cli_exit_on_error=True,
+        add_argument_method=_documented,
+    )
+    source.root_parser.description = (
+        "Serve a checkpoint with uvicorn. Every setting is an MFDV_* environment variable; a flag overrides it."
+    )
+    given = source(args=sys.argv[1:] if argv is None else argv)
+    assert isinstance(given, CliSettingsSource)
+    return dict(given())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Start uvicorn; returns the exit status (2 for bad settings or a missing checkpoint)."""
-    args = parse_args(argv)
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "model_dir": args.model_dir,
-            "workers": args.workers,
-            "device": args.device,
-            "backend": args.backend,
-            "log_level": args.log_level,
-        }.items()
-        if v is not None
-    }
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = parse_args(argv)
+    configure_logging("info")
     try:
         settings = Settings(**overrides)
     except ValidationError as e:
         logger.error("invalid settings:\n%s", e)
         return 2
-    logging.getLogger().setLevel(settings.log_level.upper())
+    configure_logging(settings.log_level)
     try:
         read_manifest(settings.model_dir, verify=False)  # fail fast; full sha256 check at load
     except CheckpointError as e:
@@ -75,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "access_log": not args.no_access_log,
+        "access_log": settings.access_log,
         "timeout_graceful_shutdown": settings.graceful_seconds,
         # asyncio's loop, not uvloop: asyncio accepts every queued connection when the listener is ready, while
         # uvloop left 1,400 of 2,000 connecting clients in the kernel's accept queue for seconds as it served the
@@ -92,11 +127,14 @@ def main(argv: list[str] | None = None) -> int:
 
         uvicorn.run(create_app(settings), **common)
     else:
-        # Worker processes build their own app from the environment: pass the flags on.
-        for key, value in overrides.items():
+        # Worker processes build their own app from the environment: pass the flags on, and the worker
+        # count (each worker's default threads are its share of the cores).
+        for key, value in {**overrides, "workers": settings.workers}.items():
             os.environ[f"MFDV_{key.upper()}"] = str(value)
+        logger.info("%d worker processes (MFDV_WORKERS), each loading the model", settings.workers)
         with multiprocess_metrics_dir():
-            uvicorn.run("service.app:app_from_env", factory=True, workers=settings.workers, **common)
+            config = uvicorn.Config("service.app:app_from_env", factory=True, workers=settings.workers, **common)
+            WorkerSupervisor(config, sockets=[config.bind_socket()]).run()  # each SIGTERM reaches every worker
     return 0
 
 

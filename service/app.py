@@ -61,7 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         initializer=partial(lower_thread_priority, settings.attack_nice),  # attacks get what predictions leave
     )
     # Every admitted request may wait for a decode thread; the threads bound decode memory and CPU.
-    state.decode_pool = BoundedPool(settings.decode_workers, settings.queue_size, name="decode")
+    state.decode_pool = BoundedPool(settings.decode_threads(), settings.queue_size, name="decode")
     state.probe_model = probe_model(engine.checkpoint.model)
     engine.start()
     state.engine = engine
@@ -118,6 +118,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """The service's log lines (``service.*`` loggers) to stderr at ``level``; uvicorn configures its own."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    logging.getLogger().setLevel(level.upper())
+
+
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory service.app:app_from_env`` (one app per worker process)."""
-    return create_app(Settings())
+    """Factory for ``uvicorn --factory service.app:app_from_env`` (one app per worker process).
+
+    A worker process starts afresh (multiprocessing's spawn): its logging is set up here, as
+    ``python -m service`` sets up its own.
+    """
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

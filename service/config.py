@@ -35,6 +35,27 @@ def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return max(1, cores)
 
 
+MAX_DEFAULT_WORKERS = 8
+"""The most worker processes chosen by default: each loads its own model (torch and onnxruntime, about
+400 MB resident), so a many-core host gets ``MFDV_WORKERS`` set on purpose, not 64 copies by default."""
+
+
+def default_workers(device: str = "auto", cores: int | None = None) -> int:
+    """Worker processes by default: one per core (each worker's event loop saturates a core before its
+    compute does; ``docs/service.md#workers-scaling-across-cores``), at most ``MAX_DEFAULT_WORKERS``;
+    one where the predictions run on a GPU (``device`` ``cuda``, or ``auto`` with CUDA present): N
+    processes would each hold the model on the one device (the GPU plan in docs/service.md)."""
+    if device == "cuda" or (device == "auto" and _cuda_available()):
+        return 1
+    return max(1, min(cores or available_cores(), MAX_DEFAULT_WORKERS))
+
+
+def _cuda_available() -> bool:
+    import torch  # the service loads torch anyway; imported here only when a default is needed
+
+    return torch.cuda.is_available()
+
+
 def threads_per_worker(cores: int, workers: int) -> int:
     """Default intra-op threads of one worker's prediction compute: its share of ``cores``, less one
     core for its event loop (which parses, decodes and answers every request), at least one.
@@ -53,8 +74,10 @@ class Settings(BaseSettings):
         model_dir: checkpoint directory (``weights.safetensors``, ``model.onnx``, ``manifest.json``).
         host: interface uvicorn binds (``python -m service`` only).
         port: TCP port uvicorn binds (``python -m service`` only).
-        workers: uvicorn worker processes; each loads its own model and batches on its own.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (fails when CUDA is missing).
+        workers: uvicorn worker processes; each loads its own model, batches on its own and has its
+            own decode and attack pools. Unset: one per core (cgroup CPU limit respected), at most
+            8; one on a GPU (``default_workers``).
         backend: the predict backend: ``auto`` (the fastest measured for the device: onnxruntime on
             CPU, torch on CUDA; see ``service.backends.choose_backend``), ``torch`` or ``onnx``
             (onnxruntime, CUDA provider when available and allowed). Attack probes use the torch
@@ -95,9 +118,10 @@ class Settings(BaseSettings):
         max_request_pixels: most pixels the images of one request may claim together, checked on every
             header before any pixel is decoded: the bound on one request's decode work (time grows with
             pixels) and memory (about one decoded image at a time, at most 4 bytes per pixel).
-        decode_workers: threads that parse and decode request bodies and render responses (the
-            request's CPU work besides the model); at most this many decode at once, the rest wait,
-            so decode memory is at most ``decode_workers`` x one request's.
+        decode_workers: threads per worker that parse and decode the request bodies too large for the
+            event loop and render probe responses; at most this many decode at once, the rest wait, so
+            a worker's decode memory is at most ``decode_workers`` x one request's. Unset: the worker's
+            share of the cores, ``max(1, cores // workers)`` (``decode_threads``).
         backbone_chunk: rows per backbone call; a batch runs as consecutive chunks of this size.
             Unset: ``max_batch`` on CUDA (padding is nearly free there), ``min(max_batch, 4)`` on
             CPU, where padded rows cost compute: a lone request pays for 4 rows, not 64.
@@ -136,6 +160,7 @@ class Settings(BaseSettings):
             ``timeout_graceful_shutdown``); a request cut then gets a JSON 503, and a running
             probe stops early enough to answer with its partial results.
         log_level: logging level of the service and uvicorn.
+        access_log: log every request (uvicorn's access log; ``--no-access-log`` turns it off).
         ui: serve the playground page (``/`` redirects to ``/ui/``): static HTML, CSS and JavaScript
             that call only the public API; off: both paths answer 404.
     """
@@ -145,8 +170,8 @@ class Settings(BaseSettings):
     model_dir: Path = DEFAULT_MODEL_DIR
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = Field(default_factory=lambda data: default_workers(data.get("device", "auto")), ge=1)
     backend: Literal["auto", "torch", "onnx"] = "auto"
     predict_threads: int | None = Field(None, ge=1)
     default_samples: int = Field(32, ge=1)
@@ -165,7 +190,7 @@ class Settings(BaseSettings):
     max_inputs: int = Field(64, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     max_request_pixels: int = Field(4096 * 4096, ge=1)
-    decode_workers: int = Field(2, ge=1)
+    decode_workers: int | None = Field(None, ge=1)
     backbone_chunk: int | None = Field(None, ge=1)
     batch_invariant: bool = True
     api_key: SecretStr | None = None
@@ -181,11 +206,16 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(5, ge=0)
     graceful_seconds: float = Field(20, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = True
     ui: bool = True
 
     def compute_threads(self) -> int:
         """The prediction compute's intra-op threads: ``predict_threads``, or ``threads_per_worker``."""
         return self.predict_threads or threads_per_worker(available_cores(), self.workers)
+
+    def decode_threads(self) -> int:
+        """One worker's decode-pool threads: ``decode_workers``, or its share of the cores."""
+        return self.decode_workers or max(1, available_cores() // self.workers)
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -14,12 +14,16 @@ cancelled. This module puts three things around that:
   503 with ``Retry-After`` (``ShutdownMiddleware``), not uvicorn's plain-text 500;
 - **a deadline for attacks**: a running probe stops between steps early enough to answer
   with its partial results before the grace period ends (``Lifecycle.answers_due``), and one
-  that is cancelled anyway stops at its next step (``service.pool.Slot.run``'s ``cancel``).
+  that is cancelled anyway stops at its next step (``service.pool.Slot.run``'s ``cancel``);
+- **the same across workers**: with ``MFDV_WORKERS`` > 1 the parent process passes every SIGTERM
+  on to each worker and waits for them (``WorkerSupervisor``), so each worker drains, answers
+  and stops as a single process does, and a second SIGTERM ends every drain window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -32,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from .errors import error_response
 
@@ -190,3 +195,40 @@ class ShutdownMiddleware:
                 {"Retry-After": "1", "Connection": "close"},
             )
             await response(scope, receive, send)  # the answer is out: the cancelled task ends here
+
+
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's worker supervisor (``Multiprocess``), with shutdown left to the workers.
+
+    uvicorn's sends each worker one SIGTERM at the first signal and then waits for them, deaf to
+    any further signal, so a worker's drain window could not be cut short. This one passes every
+    SIGTERM (and SIGINT) on to the live workers: the first starts each worker's drain
+    (``Lifecycle.install_sigterm``: readiness 503, still serving, then uvicorn's graceful shutdown),
+    a second ends the windows early, as for a single process. It stops supervising (restarting
+    dead workers) from the first signal on and returns once every worker has exited.
+    """
+
+    def run(self) -> None:
+        logger.info("supervising %d worker processes (pid %d)", self.processes_num, os.getpid())
+        self.init_processes()
+        while not self.should_exit.wait(0.5):
+            self.handle_signals()
+            self.keep_subprocess_alive()
+        self.signal_queue.clear()  # the signal that set should_exit: passed on now
+        self._pass_on(signal.SIGTERM)
+        while any(p.process.is_alive() for p in self.processes):
+            time.sleep(0.1)
+            while self.signal_queue:
+                sig = self.signal_queue.pop(0)
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    self._pass_on(signal.SIGTERM)
+        for p in self.processes:
+            p.process.join()
+        logger.info("every worker has exited")
+
+    def _pass_on(self, sig: int) -> None:
+        for p in self.processes:
+            pid = p.process.pid
+            if pid is not None and p.process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)

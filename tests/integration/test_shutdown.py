@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.support.server import ServerProcess
 
@@ -55,8 +56,9 @@ def start(hand_checkpoint: Path, env: dict[str, str]) -> ServerProcess:
     return ServerProcess(hand_checkpoint, env=env, args=["--device", "cpu", "--no-access-log"]).start()
 
 
-def test_sigterm_drains_with_readiness_503_while_still_serving(hand_checkpoint: Path) -> None:
-    server = start(hand_checkpoint, {"MFDV_DRAIN_SECONDS": "600"})
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_drains_with_readiness_503_while_still_serving(hand_checkpoint: Path, workers: str) -> None:
+    server = start(hand_checkpoint, {"MFDV_DRAIN_SECONDS": "600", "MFDV_WORKERS": workers})
     try:
         assert server.proc is not None
         server.proc.send_signal(signal.SIGTERM)
@@ -72,7 +74,8 @@ def test_sigterm_drains_with_readiness_503_while_still_serving(hand_checkpoint: 
         server.proc.send_signal(signal.SIGTERM)  # a second SIGTERM ends the window
         exited(server)
         log = server.log_tail(100_000)
-        assert "draining for 600 s" in log and "Application shutdown complete" in log
+        assert log.count("draining for 600 s") == int(workers), log  # every worker drained
+        assert log.count("Application shutdown complete") == int(workers), log
     finally:
         server.stop()
         server.close()
@@ -106,8 +109,15 @@ def answer(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
     return int(lines[0].split()[1]), headers, json.loads(body)
 
 
-def test_a_request_cut_at_the_grace_deadline_gets_a_json_503(hand_checkpoint: Path) -> None:
-    env = {"MFDV_DRAIN_SECONDS": "0", "MFDV_GRACEFUL_SECONDS": "1", "MFDV_BODY_TIMEOUT_SECONDS": "600"}
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_request_cut_at_the_grace_deadline_gets_a_json_503(hand_checkpoint: Path, workers: str) -> None:
+    env = {
+        "MFDV_DRAIN_SECONDS": "0",
+        "MFDV_GRACEFUL_SECONDS": "1",
+        "MFDV_BODY_TIMEOUT_SECONDS": "600",
+        "MFDV_BODY_MIN_RATE": "0",  # the body never comes: only the grace period ends its wait
+        "MFDV_WORKERS": workers,
+    }
     server = start(hand_checkpoint, env)
     try:
         assert server.proc is not None

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from service import Settings
 from service.__main__ import main, parse_args
-from service.config import available_cores, threads_per_worker
+from service.config import MAX_DEFAULT_WORKERS, available_cores, default_workers, threads_per_worker
 
 ENV = {
     "MFDV_MODEL_DIR": "/models/x",
@@ -33,9 +33,10 @@ ENV = {
 def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ENV:
         monkeypatch.delenv(key, raising=False)
-    s = Settings()
+    s = Settings(device="cpu")
     assert s.model_dir == Path("checkpoints/fashion_mnist_mfdv")
-    assert (s.host, s.port, s.workers, s.device, s.backend) == ("127.0.0.1", 8000, 1, "auto", "auto")
+    assert (s.host, s.port, s.device, s.backend) == ("127.0.0.1", 8000, "cpu", "auto")
+    assert s.workers == min(available_cores(), MAX_DEFAULT_WORKERS)  # one per core
     assert (s.default_samples, s.max_samples, s.max_batch, s.max_wait_ms) == (32, 256, 64, 0)
     assert (s.queue_size, s.max_body_bytes, s.api_key, s.batch_invariant) == (1024, 8 * 1024 * 1024, None, True)
 
@@ -77,8 +78,36 @@ def test_bad_settings_fail_at_once_naming_what_is_valid(kwargs: dict, fragment: 
 
 def test_command_line_flags() -> None:
     args = parse_args(["--host", "0.0.0.0", "--port", "8123", "--model-dir", "ck/x", "--backend", "onnx"])
-    assert (args.host, args.port, args.model_dir, args.backend) == ("0.0.0.0", 8123, "ck/x", "onnx")
-    assert parse_args([]).host is None  # unset flags leave the environment's value
+    assert args == {"host": "0.0.0.0", "port": "8123", "model_dir": "ck/x", "backend": "onnx"}
+    assert parse_args([]) == {}  # unset flags leave the environment's value
+    args = parse_args(["--max-batch", "8", "--no-access-log", "--no-batch-invariant", "--workers", "3"])
+    assert args == {"max_batch": "8", "access_log": False, "batch_invariant": False, "workers": "3"}
+    s = Settings(**args)
+    assert (s.max_batch, s.access_log, s.batch_invariant, s.workers) == (8, False, False, 3)
+
+
+def test_every_setting_has_a_flag_with_its_variable_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in Settings.model_fields:
+        flag = name.replace("_", "-")
+        assert f"--{flag}" in text and f"[MFDV_{name.upper()}]" in text, name
+    assert "--no-access-log" in text and "--no-ui" in text
+    assert "[MFDV_MAX_BATCH] (default: 64)" in text
+    assert f"[MFDV_WORKERS] (default: {default_workers()} here)" in text
+
+
+def test_workers_default_to_one_per_core_but_one_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MFDV_WORKERS", raising=False)
+    assert [default_workers("cpu", cores) for cores in (1, 2, 4, 64)] == [1, 2, 4, MAX_DEFAULT_WORKERS]
+    assert default_workers("cuda", 16) == 1
+    assert Settings(device="cpu").workers == min(available_cores(), MAX_DEFAULT_WORKERS)
+    assert Settings(device="cuda").workers == 1
+    monkeypatch.setenv("MFDV_WORKERS", "3")
+    assert Settings(device="cpu").workers == 3  # MFDV_WORKERS explicit wins
+    assert Settings(device="cpu", workers=1).workers == 1
 
 
 def test_main_exits_2_on_a_missing_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -117,3 +146,5 @@ def test_predict_threads_default_to_a_workers_share_of_the_cores_less_its_event_
     monkeypatch.delenv("MFDV_PREDICT_THREADS")
     s = Settings(workers=2)
     assert s.predict_threads is None and s.compute_threads() == threads_per_worker(available_cores(), 2)
+    assert s.decode_workers is None and s.decode_threads() == max(1, available_cores() // 2)
+    assert Settings(workers=2, decode_workers=3).decode_threads() == 3
