@@ -2,6 +2,7 @@
 
     python benchmarks/bench_service.py                       # default checkpoint, about 8 minutes
     python benchmarks/bench_service.py --duration 10 --rounds 2 --clients 32 --checkpoint DIR
+    python benchmarks/bench_service.py --skip-compute --anchor-only --duration 8   # vs the naive app, ~2 minutes
 
 Prints, as markdown:
 
@@ -16,13 +17,17 @@ Prints, as markdown:
    T head draws, with and without the uncertainty summary) and T naive full passes.
 4. **HTTP** (Debian's ``hey``, a compiled client; a Python client saturates two cores before the
    server does): ``--clients`` concurrent clients, each posting one 28x28 PNG as multipart with
-   ``samples=32``, ``--duration`` seconds per run, ``--rounds`` interleaved rounds, against: the bare
-   app (``benchmarks/bare_app.py``: the same multipart read and Pillow decode, a small JSON answer:
-   this machine's HTTP-stack ceiling), the service with its defaults, with the torch backend, with
-   micro-batching off (``MFDV_MAX_BATCH=1``), and the bare app and the service with 2 workers. Per
-   configuration: req/s of each round, p50/p99, p99/p50, mean images per batch, errors, and the
-   share of the bare app's req/s at the same worker count. Then the goals: service >= 60% of the
-   ceiling with p99 <= 2x p50; micro-batching on vs off (>= 4x on a GPU); 2 workers vs 1.
+   ``samples=32``, ``--duration`` seconds per run, ``--rounds`` interleaved rounds, against: the
+   naive app (``benchmarks/naive_app.py``: the 20-line FastAPI + onnxruntime app a user would write
+   instead, the anchor) and the service, each at 1 worker and at the service's default worker count
+   (one per core); the bare app (``benchmarks/bare_app.py``: the same multipart read and Pillow
+   decode, a small JSON answer: this machine's HTTP-stack ceiling) at both; the service at 1 worker
+   with the other backend and with micro-batching off (``MFDV_MAX_BATCH=1``). Per configuration:
+   req/s of each round, p50/p99, p99/p50, mean images per batch, errors, and the share of the bare
+   app's req/s at the same worker count. Then the service against the naive app (goals: >= 1.2x
+   req/s at equal workers, >= 1.5x at each one's default, p99 no higher), and the older goals:
+   service >= 60% of the ceiling with p99 <= 2x p50; micro-batching on vs off (>= 4x on a GPU);
+   N workers vs 1. ``--anchor-only`` runs the naive app and the service alone (4 configurations).
 
 Admission's queue-delay limit is off in every service run (``MFDV_MAX_QUEUE_DELAY_MS=0``): this
 measures throughput at a fixed concurrency, not shedding (``bench_overload.py`` does that). Client and
@@ -262,29 +267,32 @@ def multipart_body(path: Path, shape: tuple[int, int, int]) -> str:
     return f"multipart/form-data; boundary={BOUNDARY}"
 
 
-class BareProcess:
-    """``python -m benchmarks.bare_app`` on a free port, ready when entered."""
+class AppProcess:
+    """``python -m benchmarks.<module>`` (the bare or the naive app) on a free port, ready when entered."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, module: str, workers: int, args: list[str] | None = None) -> None:
+        self.module = module
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
+        self.args = list(args or [])
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> BareProcess:
-        cmd = [sys.executable, "-m", "benchmarks.bare_app", "--port", str(self.port), "--workers", str(self.workers)]
+    def __enter__(self) -> AppProcess:
+        cmd = [sys.executable, "-m", f"benchmarks.{self.module}", "--port", str(self.port)]
+        cmd += ["--workers", str(self.workers), *self.args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the bare app exited with {self.proc.returncode}")
+                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("the bare app did not start within 60 s")
+        raise RuntimeError(f"{self.module} did not start within 60 s")
 
     def __exit__(self, *_: object) -> None:
         assert self.proc is not None
@@ -299,7 +307,7 @@ class BareProcess:
 @dataclass
 class Config:
     name: str
-    kind: str  # "bare" or "service"
+    kind: str  # "bare", "naive" or "service"
     workers: int = 1
     env: dict[str, str] = field(default_factory=dict)
     runs: list[Run] = field(default_factory=list)
@@ -337,10 +345,13 @@ def hey(args: argparse.Namespace, url: str, body: Path, ctype: str, seconds: flo
 
 
 def measure(args: argparse.Namespace, cfg: Config, checkpoint: Path, body: Path, ctype: str) -> Run:
+    server: AppProcess | ServerProcess
     if cfg.kind == "bare":
-        server: BareProcess | ServerProcess = BareProcess(cfg.workers)
+        server = AppProcess("bare_app", cfg.workers)
+    elif cfg.kind == "naive":
+        server = AppProcess("naive_app", cfg.workers, ["--model-dir", str(checkpoint)])
     else:
-        env = {"MFDV_LOG_LEVEL": "warning", "MFDV_MAX_QUEUE_DELAY_MS": "0", "MFDV_WORKERS": str(cfg.workers), **cfg.env}
+        env = {"MFDV_LOG_LEVEL": "warning", "MFDV_MAX_QUEUE_DELAY_MS": "0", **cfg.env}
         server = ServerProcess(checkpoint, env=env, args=["--no-access-log"])
     with server:
         hey(args, server.url, body, ctype, args.warmup)
@@ -353,25 +364,45 @@ def measure(args: argparse.Namespace, cfg: Config, checkpoint: Path, body: Path,
     return Run(n / args.duration, lat, errors, batch)
 
 
-def http_configs(device: str) -> list[Config]:
+NAIVE = "naive app (FastAPI + onnxruntime, 20 lines), 1 worker"
+SERVICE_1 = "service, 1 worker (MFDV_WORKERS=1)"
+SERVICE = "service, defaults"
+BARE = "bare app (HTTP-stack ceiling), 1 worker"
+
+
+def http_configs(device: str, workers: int, anchor_only: bool = False) -> list[Config]:
+    """The HTTP runs: the naive app and the service at 1 and at the default ``workers``, then (unless
+    ``anchor_only``) the bare app at both and the service's 1-worker variants."""
+    one = {"MFDV_WORKERS": "1"}
+    configs = [Config(NAIVE, "naive"), Config(SERVICE_1, "service", env=one)]
+    if workers > 1:
+        configs.append(Config(f"naive app, {workers} workers", "naive", workers=workers))
+        configs.append(Config(f"{SERVICE} ({workers} workers)", "service", workers=workers))
+    if anchor_only:
+        return configs
     other = "torch" if choose_backend("auto", device) != "torch" else "onnx"
-    return [
-        Config("bare app (HTTP-stack ceiling)", "bare"),
-        Config("service, defaults", "service"),
-        Config(f"service, MFDV_BACKEND={other}", "service", env={"MFDV_BACKEND": other}),
-        Config("service, micro-batching off (MFDV_MAX_BATCH=1)", "service", env={"MFDV_MAX_BATCH": "1"}),
-        Config("bare app, 2 workers", "bare", workers=2),
-        Config("service, defaults, 2 workers", "service", workers=2),
+    configs.append(Config(BARE, "bare"))
+    if workers > 1:
+        configs.append(Config(f"bare app, {workers} workers", "bare", workers=workers))
+    configs += [
+        Config(f"service, 1 worker, MFDV_BACKEND={other}", "service", env={**one, "MFDV_BACKEND": other}),
+        Config(
+            "service, 1 worker, micro-batching off (MFDV_MAX_BATCH=1)", "service", env={**one, "MFDV_MAX_BATCH": "1"}
+        ),
     ]
+    return configs
 
 
 def pct(lat: np.ndarray, q: float) -> float:
     return float(np.percentile(lat, q) * 1e3) if lat.size else float("nan")
 
 
-def http_report(args: argparse.Namespace, configs: list[Config], device: str) -> str:
+def http_report(args: argparse.Namespace, configs: list[Config], device: str, workers: int) -> str:
     def rps(c: Config) -> float:
         return float(np.mean([r.rps for r in c.runs]))
+
+    def latencies(c: Config) -> np.ndarray:
+        return np.concatenate([r.latencies for r in c.runs])
 
     ceiling = {c.workers: rps(c) for c in configs if c.kind == "bare"}
     rounds = " | ".join(f"round {i + 1}" for i in range(args.rounds))
@@ -381,7 +412,7 @@ def http_report(args: argparse.Namespace, configs: list[Config], device: str) ->
         "|---|" + "---:|" * (args.rounds + 7),
     ]
     for c in configs:
-        lat = np.concatenate([r.latencies for r in c.runs])
+        lat = latencies(c)
         p50, p99 = pct(lat, 50), pct(lat, 99)
         share = f"{rps(c) / ceiling[c.workers]:.0%}" if c.kind == "service" and c.workers in ceiling else "-"
         batches = [r.batch for r in c.runs if r.batch is not None]
@@ -391,36 +422,69 @@ def http_report(args: argparse.Namespace, configs: list[Config], device: str) ->
             f"| {c.name} | {per_round} | {rps(c):,.0f} | {p50:.1f} | {p99:.1f} | {p99 / p50:.2f} | {share} | {batch} | "
             f"{sum(r.errors for r in c.runs)} |"
         )
-    by_name = {c.name: c for c in configs}
-    service, bare = by_name["service, defaults"], by_name["bare app (HTTP-stack ceiling)"]
-    lat = np.concatenate([r.latencies for r in service.runs])
+    rows += ["", anchor_table(configs, workers)]
+    by_kind = {(c.kind, c.workers, bool(c.env.keys() - {"MFDV_WORKERS"})): c for c in configs}
+    service, bare = by_kind[("service", 1, False)], by_kind.get(("bare", 1, False))
+    if bare is None:  # --anchor-only
+        return "\n".join(rows)
+    lat = latencies(service)
     share = rps(service) / rps(bare)
     p50, p99 = pct(lat, 50), pct(lat, 99)
-    off = by_name["service, micro-batching off (MFDV_MAX_BATCH=1)"]
-    service2, bare2 = by_name["service, defaults, 2 workers"], by_name["bare app, 2 workers"]
+    off = next(c for c in configs if "MFDV_MAX_BATCH" in c.env)
     goal_batching = 4.0 if device == "cuda" else None
     lines = [
         "",
         f"- service vs the HTTP-stack ceiling at {args.clients} clients, 1 worker: {rps(service):,.0f} / "
-        f"{rps(bare):,.0f} req/s = {share:.0%} (goal >= 60%: {'met' if share >= 0.6 else 'NOT met'}); "
-        f"2 workers: {rps(service2) / rps(bare2):.0%}",
-        f"- service p99 / p50: {p99:.1f} / {p50:.1f} ms = {p99 / p50:.2f} (goal <= 2: {'met' if p99 <= 2 * p50 else 'NOT met'})",
-        f"- micro-batching on vs off: {rps(service) / rps(off):.2f}x"
+        f"{rps(bare):,.0f} req/s = {share:.0%} (goal >= 60%: {'met' if share >= 0.6 else 'NOT met'})",
+        f"- service p99 / p50, 1 worker: {p99:.1f} / {p50:.1f} ms = {p99 / p50:.2f} "
+        f"(goal <= 2: {'met' if p99 <= 2 * p50 else 'NOT met'})",
+        f"- micro-batching on vs off (1 worker): {rps(service) / rps(off):.2f}x"
         + (
             f" (goal on a GPU >= {goal_batching:g}x)"
             if goal_batching
             else " (a CPU's cost per image barely changes with batch size)"
         ),
-        f"- 2 workers vs 1: service {rps(service2) / rps(service):.2f}x, bare app {rps(bare2) / rps(bare):.2f}x",
     ]
+    if workers > 1:
+        service_n, bare_n = by_kind[("service", workers, False)], by_kind[("bare", workers, False)]
+        lines += [
+            f"- service vs the HTTP-stack ceiling, {workers} workers: {rps(service_n) / rps(bare_n):.0%}",
+            f"- {workers} workers vs 1: service {rps(service_n) / rps(service):.2f}x, bare app "
+            f"{rps(bare_n) / rps(bare):.2f}x",
+        ]
     return "\n".join(rows + lines)
+
+
+def anchor_table(configs: list[Config], workers: int) -> str:
+    """The service against the naive app (issue 19's goals): at equal workers, and at each one's default."""
+
+    def stats(c: Config) -> tuple[float, float]:
+        return float(np.mean([r.rps for r in c.runs])), pct(np.concatenate([r.latencies for r in c.runs]), 99)
+
+    naive = {c.workers: c for c in configs if c.kind == "naive"}
+    service = {c.workers: c for c in configs if c.kind == "service" and not c.env.keys() - {"MFDV_WORKERS"}}
+    pairs = [(f"{n} worker{'s' if n > 1 else ''} each", naive[n], service[n], 1.2) for n in sorted(naive)]
+    pairs.append((f"each at its default (naive 1, service {workers})", naive[1], service[workers], 1.5))
+    rows = [
+        "| against the naive app | naive req/s | service req/s | ratio | naive p99 ms | service p99 ms | goal |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, nc, sc, goal in pairs:
+        (nr, np99), (sr, sp99) = stats(nc), stats(sc)
+        met = sr >= goal * nr and sp99 <= np99
+        rows.append(
+            f"| {label} | {nr:,.0f} | {sr:,.0f} | {sr / nr:.2f}x | {np99:.1f} | {sp99:.1f} | >= {goal:g}x req/s "
+            f"and p99 no higher: {'met' if met else 'NOT met'} |"
+        )
+    return "\n".join(rows)
 
 
 def http_part(args: argparse.Namespace, checkpoint: Path, device: str) -> str:
     shape = tuple(load_checkpoint(checkpoint, verify=False).manifest["input_shape"])
     body = Path(tempfile.mkdtemp(prefix="bench-service-")) / "body.multipart"
     ctype = multipart_body(body, shape)  # type: ignore[arg-type]
-    configs = http_configs(device)
+    workers = Settings(device=device).workers  # what python -m service runs here by default
+    configs = http_configs(device, workers, args.anchor_only)
     for r in range(args.rounds):
         for cfg in configs:
             run = measure(args, cfg, checkpoint, body, ctype)
@@ -433,7 +497,7 @@ def http_part(args: argparse.Namespace, checkpoint: Path, device: str) -> str:
                 pct(run.latencies, 50),
                 run.errors,
             )
-    return http_report(args, configs, device)
+    return http_report(args, configs, device, workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the HTTP runs")
     p.add_argument("--skip-http", action="store_true", help="only the in-process tables")
     p.add_argument("--skip-compute", action="store_true", help="only the HTTP runs")
+    p.add_argument(
+        "--anchor-only",
+        action="store_true",
+        help="HTTP: only the naive app and the service, at 1 and at the default workers (with --skip-compute: "
+        "the issue-19 comparison alone)",
+    )
     p.add_argument("--hey", default=shutil.which("hey") or "hey")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -465,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the start, torch {torch.__version__}, onnxruntime "
         f"{onnxruntime.__version__}, CUDA {torch.cuda.get_device_name() if device == 'cuda' else 'no'}; "
         f"MFDV_BACKEND=auto picks {AUTO_BACKENDS.get(device)} here, default predict threads "
-        f"{threads_per_worker(cores, 1)} (1 worker), {threads_per_worker(cores, 2)} (2 workers)"
+        f"{threads_per_worker(cores, 1)} (1 worker), {threads_per_worker(cores, Settings(device=device).workers)} "
+        f"(the default {Settings(device=device).workers} workers)"
     )
     if not args.skip_compute:
         print(f"\n## 1. Compute ceiling (in-process, one-image requests, best of interleaved runs, {device})\n")
