@@ -43,7 +43,7 @@ ATTACK_SPEC = TypeAdapter(AttackSpec)
 """Validates a dict into the right spec class: ``ATTACK_SPEC.validate_python({"name": "pgd"})``."""
 
 from .flag import FlagCalibration, FlagRule, calibrate_flag  # noqa: E402
-from .suite import SUITES, Suite, SuiteResult, run_suite  # noqa: E402  (needs the registry filled)
+from .suite import SUITES, Suite, SuiteName, SuiteResult, run_suite  # noqa: E402  (needs the registry filled)
 
 __all__ = [
     "ATTACK_SPEC",
@@ -56,6 +56,7 @@ __all__ = [
     "FlagRule",
     "StopFn",
     "Suite",
+    "SuiteName",
     "SuiteResult",
     "calibrate_flag",
     "default_eps",

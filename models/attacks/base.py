@@ -326,22 +326,16 @@ def eot_loss_grad(
 
 
 def eot_grad(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eot: int,
-    generator: torch.Generator | None = None,
-    loss: str | LossFn = "ce",
-    forward: Forward = eot_logits,
+    model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, eot: int, generator: Rng = None, **how: Any
 ) -> torch.Tensor:
     """Gradient w.r.t. x of the loss averaged over ``eot`` noise draws (0: noise off).
 
     All noise is after the backbone, so the mean over T draws of the per-draw
     gradients is one backward pass: d/dx mean_t L(head(f(x), eps_t)).
     Each input's loss is summed over the batch, so its gradient does not depend
-    on the batch size.
+    on the batch size. ``how``: ``loss`` and ``forward``, as ``eot_loss_grad`` takes them.
     """
-    return eot_loss_grad(model, x, y, eot, generator, loss, forward)[1]
+    return eot_loss_grad(model, x, y, eot, generator, **how)[1]
 
 
 @torch.no_grad()

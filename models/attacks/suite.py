@@ -53,6 +53,7 @@ from .base import (
     DLR_MIN_CLASSES,
     Attack,
     AttackCost,
+    Rng,
     StopFn,
     default_eps,
     eval_mode,
@@ -216,6 +217,10 @@ SUITES: dict[str, Suite] = {
 }
 
 
+SuiteName = Literal[tuple(SUITES)]  # type: ignore[valid-type]
+"""A named suite (``standard``, ``published``, ``adaptive``): the type every caller validates with."""
+
+
 def get_suite(suite: str | Suite) -> Suite:
     """A suite by name (or the suite itself).
 
@@ -253,12 +258,7 @@ def judge_inputs(
 
 
 def judge_correct(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    judge: Judge,
-    samples: int,
-    generator: torch.Generator | None,
+    model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor, judge: Judge, samples: int, generator: Rng
 ) -> torch.Tensor:
     """Which inputs the model gets right [B] under a judging rule, with fresh draws."""
     return judge_inputs(model, x, y, judge, samples, generator)[0]
