@@ -4,9 +4,10 @@
     pgd     PGD with a random start (Madry et al., ICLR 2018)
     trades  TRADES: CE(f(x), y) + beta KL(f(x) || f(x')) (Zhang et al., ICML 2019)
 
-The inner attack runs with BatchNorm frozen (eval mode) and the noise **on**: each step
-draws ``eot`` fresh noise draws and averages their gradients, in one backward pass
-(all noise is after the backbone). The outer step then trains on one fresh draw per input.
+The inner attack is the ``pgd`` spec of ``models.attacks`` and its loop (``pgd_loop``), the ones
+evaluation and the probe run: it runs with BatchNorm frozen (eval mode) and the noise **on**: each
+step draws ``eot`` fresh noise draws and averages their gradients, in one backward pass (all
+noise is after the backbone). The outer step then trains on one fresh draw per input.
 
 The outer objective (``objective``; fgsm and pgd) decides what an adversarial input is trained
 towards:
@@ -23,84 +24,87 @@ towards:
               information flag measures.
 
 ``inner_loss`` picks what the inner attack maximises: ``ce`` (the label's cross-entropy, as
-always) or ``conf`` (the log-probability of the most likely wrong class, per draw: CCAT's attack).
+always) or ``conf`` (the log-probability of the most likely wrong class, per draw: CCAT's attack;
+``models.attacks.base.wrong_confidence_loss``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models import StochasticClassifier
-from models.attacks import eot_grad, eval_mode
-from models.attacks.base import project_linf
-from models.uncertainty import entropy
+from models.attacks import eval_mode, make_attack
+from models.attacks.base import Forward, Rng
+from models.attacks.detector_aware import mutual_information
+from models.attacks.pgd import PGD
 
-ADV_KINDS = ("none", "fgsm", "pgd", "trades")
-ADV_OBJECTIVES = ("at", "ccat", "disagree")
-ADV_INNER_LOSSES = ("ce", "conf")
-ADV_RADII = ("full", "uniform")
+AdvKind = Literal["none", "fgsm", "pgd", "trades"]
+AdvObjective = Literal["at", "ccat", "disagree"]
+AdvInnerLoss = Literal["ce", "conf"]
+"""Names in ``models.attacks.base.LOSSES``: the label's cross-entropy, or CCAT's wrong-class confidence."""
+AdvRadius = Literal["full", "uniform"]
 
 
-@dataclass(frozen=True)
-class AdvConfig:
-    """Settings of adversarial training.
+def check_objective(kind: str, objective: str, inner_loss: str, radius: str) -> None:
+    """The one rule tying the outer objective to the inner attack: ccat, disagree, the conf inner loss and
+    uniform radii need fgsm or pgd (TRADES has its own inner loss and a whole adversarial batch).
 
-    Attributes:
-        kind: one of ``ADV_KINDS``.
-        eps: L-inf radius in pixel space (reached after ``ramp`` epochs).
-        steps: inner steps (pgd, trades; fgsm takes one).
-        alpha: inner step size.
-        eot: noise draws averaged per inner gradient (fresh each step).
-        ramp: epochs over which eps rises linearly from 0 (0: full eps from the start).
-        beta: TRADES weight of the KL term.
-        objective: the outer objective, one of ``ADV_OBJECTIVES`` (module docstring).
-        inner_loss: what the inner attack maximises, one of ``ADV_INNER_LOSSES``.
-        ccat_rho: CCAT's power rho in lambda(delta) = (1 - min(1, |delta|_inf / eps))^rho.
-        disagree_weight: weight of the mutual-information term of ``disagree``.
-        disagree_draws: noise draws per input whose mutual information ``disagree`` measures.
-        radius: ``full``: every adversarial input at the (ramped) eps; ``uniform``: each at its own
-            radius drawn uniformly from [0, eps] (fgsm, pgd), so that CCAT's lambda(delta) spans [0, 1]
-            rather than sitting at 0 (a one-step attack with a random start ends at |delta|_inf = eps).
+    Raises:
+        ValueError: another kind with a setting other than at / ce / full.
+    """
+    if (objective, inner_loss, radius) != ("at", "ce", "full") and kind not in ("fgsm", "pgd"):
+        raise ValueError(
+            f"--adv-objective {objective} / --adv-inner-loss {inner_loss} / --adv-radius {radius} "
+            f"need --adv fgsm or pgd, not {kind}"
+        )
+
+
+class AdvConfig(BaseModel):
+    """Settings of adversarial training: the inner attack (a ``models.attacks`` PGD spec at the full
+    radius) and the outer objective.
+
+    ``eps``, ``steps``, ``alpha`` and ``eot`` are the spec's; fgsm is PGD with one step of 1.25 eps
+    from a random start (Wong et al. 2020), pgd 10 steps of 2.5 eps / steps, trades the same steps
+    from a point near x (``perturb``). ``radius``: ``full``: every adversarial input at the (ramped)
+    eps; ``uniform``: each at its own radius drawn uniformly from [0, eps] (fgsm, pgd), so that
+    CCAT's lambda(delta) spans [0, 1] rather than sitting at 0 (a one-step attack with a random
+    start ends at |delta|_inf = eps).
     """
 
-    kind: str = "none"
-    eps: float = 0.1
-    steps: int = 1
-    alpha: float = 0.125
-    eot: int = 1
-    ramp: float = 0.0
-    beta: float = 6.0
-    objective: str = "at"
-    inner_loss: str = "ce"
-    ccat_rho: float = 10.0
-    disagree_weight: float = 1.0
-    disagree_draws: int = 8
-    radius: str = "full"
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        if self.kind not in ADV_KINDS:
-            raise ValueError(f"unknown adversarial training {self.kind!r}; choose one of {list(ADV_KINDS)}")
-        if self.objective not in ADV_OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {list(ADV_OBJECTIVES)}")
-        if self.inner_loss not in ADV_INNER_LOSSES:
-            raise ValueError(f"unknown inner loss {self.inner_loss!r}; choose one of {list(ADV_INNER_LOSSES)}")
-        if self.eps < 0 or self.alpha <= 0 or self.steps < 1 or self.eot < 1 or self.ramp < 0 or self.beta < 0:
-            raise ValueError(
-                "adversarial training needs eps >= 0, alpha > 0, steps >= 1, eot >= 1, ramp >= 0, beta >= 0"
-            )
-        if self.radius not in ADV_RADII:
-            raise ValueError(f"unknown radius {self.radius!r}; choose one of {list(ADV_RADII)}")
-        if self.ccat_rho < 0 or self.disagree_weight < 0 or self.disagree_draws < 2:
-            raise ValueError("adversarial training needs ccat_rho >= 0, disagree_weight >= 0, disagree_draws >= 2")
-        if (self.objective, self.inner_loss, self.radius) != ("at", "ce", "full") and self.kind not in ("fgsm", "pgd"):
-            raise ValueError(
-                f"objective {self.objective!r}, inner loss {self.inner_loss!r}, radius {self.radius!r} "
-                f"need fgsm or pgd, not {self.kind!r}"
-            )
+    kind: AdvKind = Field("none", description="adversarial training")
+    attack: PGD = Field(PGD(eps=0.1, steps=1, alpha=0.125, eot=1), description="the inner attack at the full radius")
+    ramp: float = Field(1.0, ge=0, description="epochs of linear eps ramp (0: none)")
+    beta: float = Field(6.0, ge=0, description="weight of the TRADES KL term")
+    objective: AdvObjective = Field(
+        "at",
+        description="outer objective (fgsm, pgd): at = CE on adversarial inputs; ccat = confidence-calibrated AT "
+        "(half clean; adversarial half towards uniform as |delta| nears eps); disagree = half clean, CE on both "
+        "halves plus --disagree-weight x (MI of the draws on clean - on adversarial)",
+    )
+    inner_loss: AdvInnerLoss = Field(
+        "ce",
+        description="what the inner attack maximises: ce = the label's cross-entropy; conf = the most likely "
+        "wrong class's log-probability (CCAT's attack)",
+    )
+    ccat_rho: float = Field(10.0, ge=0, description="CCAT: lambda(delta) = (1 - min(1, |delta|_inf/eps))^rho")
+    disagree_weight: float = Field(1.0, ge=0, description="disagree: weight of the mutual-information term")
+    disagree_draws: int = Field(8, ge=2, description="disagree: noise draws whose mutual information is measured")
+    radius: AdvRadius = Field(
+        "full",
+        description="radius of each adversarial input (fgsm, pgd): full = eps; uniform = its own, uniform in "
+        "[0, eps] (so CCAT's lambda spans [0, 1])",
+    )
+
+    @model_validator(mode="after")
+    def _objective_needs_an_attack(self) -> AdvConfig:
+        check_objective(self.kind, self.objective, self.inner_loss, self.radius)
+        return self
 
     @classmethod
     def build(
@@ -111,13 +115,11 @@ class AdvConfig:
         steps: int | None = None,
         alpha: float | None = None,
         eot: int = 1,
-        ramp: float = 0.0,
-        beta: float = 6.0,
-        **objective: Any,
+        **settings: Any,
     ) -> AdvConfig:
         """Fill the usual defaults: fgsm alpha 1.25 eps (one step); pgd/trades 10 steps of 2.5 eps / steps.
 
-        ``objective`` holds the outer objective's settings (``objective``, ``inner_loss``,
+        ``settings`` are the other fields (``ramp``, ``beta``, ``objective``, ``inner_loss``,
         ``ccat_rho``, ``disagree_weight``, ``disagree_draws``, ``radius``).
         """
         if kind == "fgsm":
@@ -126,7 +128,26 @@ class AdvConfig:
         else:
             steps = 10 if steps is None else steps
             alpha = 2.5 * eps / steps if alpha is None else alpha
-        return cls(kind=kind, eps=eps, steps=steps, alpha=max(alpha, 1e-12), eot=eot, ramp=ramp, beta=beta, **objective)
+        attack = make_attack(
+            "pgd", eps=eps, steps=steps, alpha=max(alpha, 1e-12), eot=eot, random_start=kind != "trades"
+        )
+        return cls(kind=kind, attack=attack, **settings)
+
+    @property
+    def eps(self) -> float:
+        return self.attack.budget
+
+    @property
+    def steps(self) -> int:
+        return self.attack.steps
+
+    @property
+    def alpha(self) -> float:
+        return float(self.attack.alpha)  # type: ignore[arg-type]  # build() always sets it
+
+    @property
+    def eot(self) -> int:
+        return self.attack.eot
 
     @property
     def active(self) -> bool:
@@ -149,8 +170,9 @@ class AdvConfig:
         return self.eps * min(1.0, epoch_progress / self.ramp)
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings, less those of objectives this run does not use."""
-        d = asdict(self)
+        """The settings (the manifest's record), less those of objectives this run does not use."""
+        d = {"kind": self.kind, "eps": self.eps, "steps": self.steps, "alpha": self.alpha, "eot": self.eot}
+        d.update(self.model_dump(exclude={"kind", "attack"}))
         if self.objective != "ccat":
             del d["ccat_rho"]
         if self.objective != "disagree":
@@ -165,25 +187,12 @@ def clean_count(batch: int) -> int:
     return batch // 2
 
 
-def wrong_confidence_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """CCAT's attack objective per draw and input [T, B]: the log-probability of the most likely wrong class."""
-    logp = F.log_softmax(logits, dim=-1)
-    own = F.one_hot(y, logits.shape[-1]).bool().expand_as(logp)
-    return logp.masked_fill(own, float("-inf")).amax(-1)
-
-
 def ccat_lambda(delta: torch.Tensor, eps: float, rho: float) -> torch.Tensor:
     """CCAT's weight of the label per input [B]: (1 - min(1, |delta|_inf / eps))^rho (1 when eps is 0)."""
     if eps <= 0:
         return delta.new_ones(delta.shape[0])
     size = delta.detach().flatten(1).abs().amax(1) / eps
     return (1 - size.clamp(max=1.0)) ** rho
-
-
-def mutual_information(logits: torch.Tensor) -> torch.Tensor:
-    """Mutual information [B] (nats) between the draws of logits [T, B, K] and the label; differentiable."""
-    probs = F.softmax(logits, dim=-1)
-    return entropy(probs.mean(0)) - entropy(probs).mean(0)
 
 
 def _kl_per_draw(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -193,25 +202,20 @@ def _kl_per_draw(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.
     return (p_log.exp() * (p_log - q_log)).sum(-1)
 
 
-def _trades_inner(
-    model: StochasticClassifier,
-    x: torch.Tensor,
-    eps: float,
-    cfg: AdvConfig,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """Maximise KL(f(x) || f(x')) over the eps ball; each step's draws are shared by x and x'."""
-    x_adv = (x + 0.001 * torch.randn(x.shape, generator=generator).to(x.device)).clamp(0.0, 1.0)
-    with torch.no_grad():
-        mu_clean = model.features(x)  # (B, D): the clean pass, reused by every step
-    alpha = cfg.alpha * eps / cfg.eps if cfg.eps > 0 else cfg.alpha
-    for _ in range(cfg.steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        noise = model.sample_noise(cfg.eot, generator)  # (T, D)
-        kl = _kl_per_draw(model.head(mu_clean, noise), model.head(model.features(x_adv), noise))  # (T, B)
-        (grad,) = torch.autograd.grad(kl.mean(0).sum(), x_adv)
-        x_adv = project_linf(x_adv.detach() + alpha * grad.sign(), x, eps)
-    return x_adv.detach()
+def beside_reference(mu_ref: torch.Tensor) -> Forward:
+    """TRADES's forward pass: the logits of the reference features ``mu_ref`` [B, D] and of x under the
+    same draws, [2, T, B, K] (reference first)."""
+
+    def forward(model: StochasticClassifier, x: torch.Tensor, draws: int, generator: Rng) -> torch.Tensor:
+        noise = model.sample_noise(draws, generator)  # (T, D)
+        return torch.stack([model.head(mu_ref, noise), model.head(model.features(x), noise)])
+
+    return forward
+
+
+def kl_from_reference(pair: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """TRADES's inner loss per draw and input [T, B]: KL(f(x) || f(x')) from ``beside_reference``'s pair."""
+    return _kl_per_draw(pair[0], pair[1])
 
 
 def perturb(
@@ -222,34 +226,43 @@ def perturb(
     eps: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Adversarial inputs for one training batch at radius ``eps`` (the ramped value).
+    """Adversarial inputs for one training batch at radius ``eps`` (the ramped value), from the inner
+    attack's spec (``cfg.attack.perturb``: ``models.attacks.pgd.pgd_loop``, as evaluation and the probe).
 
     The step size scales with the ramp (``alpha * eps / cfg.eps``), so a ramped run keeps
     the ratio of step to radius; with ``cfg.radius == "uniform"`` each input gets its own radius,
-    uniform in [0, eps]. With a split objective (``cfg.split``) only the second half of the batch
-    is attacked; the first ``clean_count`` inputs come back unchanged.
+    uniform in [0, eps]. fgsm and pgd maximise ``cfg.inner_loss`` (a name in ``LOSSES``) from a
+    random start; trades maximises KL(f(x) || f(x')) from x + 0.001 N(0, 1), each step's draws shared
+    by x and x'. With a split objective (``cfg.split``) only the second half of the batch is
+    attacked; the first ``clean_count`` inputs come back unchanged.
     """
     if eps <= 0:
         return x
     if cfg.split:
         h = clean_count(x.shape[0])
-        return torch.cat([x[:h], perturb(model, x[h:], y[h:], replace(cfg, objective="at"), eps, generator)])
-    loss = "ce" if cfg.inner_loss == "ce" else wrong_confidence_loss
+        rest = perturb(model, x[h:], y[h:], cfg.model_copy(update={"objective": "at"}), eps, generator)
+        return torch.cat([x[:h], rest])
     with eval_mode(model):
         if cfg.kind == "trades":
-            return _trades_inner(model, x, eps, cfg, generator)
-        r: float | torch.Tensor = eps  # the radius, or one per input [B]
-        scale: float | torch.Tensor = eps  # the same, shaped to broadcast over [B, C, H, W]
+            start = (x + 0.001 * torch.randn(x.shape, generator=generator).to(x.device)).clamp(0.0, 1.0)
+            with torch.no_grad():
+                mu_clean = model.features(x)  # (B, D): the clean pass, reused by every step
+            x_adv, _ = cfg.attack.perturb(
+                model,
+                x,
+                y,
+                radius=eps,
+                loss=kl_from_reference,
+                forward=beside_reference(mu_clean),
+                start=start,
+                generator=generator,
+            )
+            return x_adv
+        radius: float | torch.Tensor = eps  # the radius, or one per input [B]
         if cfg.radius == "uniform":
-            r = eps * torch.rand(x.shape[0], generator=generator).to(x.device)
-            scale = r.view(-1, *([1] * (x.dim() - 1)))
-        alpha = cfg.alpha * scale / cfg.eps
-        u = torch.rand(x.shape, generator=generator).to(x.device)
-        x_adv = project_linf(x + (2 * u - 1) * scale, x, r)  # random start, uniform in the ball
-        for _ in range(cfg.steps):
-            grad = eot_grad(model, x_adv, y, cfg.eot, generator, loss=loss)
-            x_adv = project_linf(x_adv + alpha * grad.sign(), x, r)
-    return x_adv.detach()
+            radius = eps * torch.rand(x.shape[0], generator=generator).to(x.device)
+        x_adv, _ = cfg.attack.perturb(model, x, y, radius=radius, loss=cfg.inner_loss, generator=generator)
+    return x_adv
 
 
 def adversarial_loss(

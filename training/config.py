@@ -3,46 +3,48 @@ and the model's config all come from it.
 
 Each head's settings are declared once, by the head (``models.heads``: ``FixedConfig``,
 ``MFDVConfig``, ``WCAConfig``); ``TrainConfig`` inherits them, so ``--sigma-max`` is the
-field ``MFDVConfig.sigma_max`` with its default, bound and help. ``parse_args`` builds the
-command line from the fields (pydantic-settings' CLI), so a new field is a new flag.
+field ``MFDVConfig.sigma_max`` with its default, bound and help. The model's own fields
+(``arch``, ``method``, ``feature_dim``, ``mu_bound``) are ``ModelConfig``'s, and adversarial
+training's are ``AdvConfig``'s. ``parse_args`` builds the command line from the fields
+(``parse_command_line``: pydantic-settings' CLI, which ``training.evaluate`` uses too), so a new
+field is a new flag, listed by ``--help`` with its default and bounds.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import typing
-from typing import Any, Literal
+from argparse import ArgumentParser
+from typing import Any, Literal, TypeVar
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, CliApp, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from models import METHODS, ModelConfig, list_backbones
-from models.attacks import SUITES
+from models.attacks import SuiteName
 from models.heads import FixedConfig, MFDVConfig, WCAConfig, get_head
 
-from .adversarial import ADV_INNER_LOSSES, ADV_KINDS, ADV_OBJECTIVES, ADV_RADII
+from .adversarial import AdvConfig, AdvInnerLoss, AdvKind, AdvObjective, AdvRadius, check_objective
 
 Method = Literal[METHODS]  # type: ignore[valid-type]
 Arch = Literal[tuple(list_backbones())]  # type: ignore[valid-type]
-SuiteName = Literal[tuple(sorted(SUITES))]  # type: ignore[valid-type]
-AdvKind = Literal[ADV_KINDS]  # type: ignore[valid-type]
-AdvObjective = Literal[ADV_OBJECTIVES]  # type: ignore[valid-type]
-AdvInnerLoss = Literal[ADV_INNER_LOSSES]  # type: ignore[valid-type]
-AdvRadius = Literal[ADV_RADII]  # type: ignore[valid-type]
 
 
 class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
     """Train an MFDV-SNN (or a baseline), evaluate it, and export a checkpoint directory.
 
-    The defaults are the default checkpoint's recipe except for adversarial training, which is
-    off unless ``--adv`` is given.
+    The defaults are a short run without adversarial training (6 epochs, lambda 1.0). The default
+    checkpoints' recipe adds to them: --adv fgsm --adv-eot 8 --epochs 10 --lam 0.1 (each manifest's
+    training.command says exactly).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Method = Field("mfdv", description="stochastic head")
-    arch: Arch = Field("small_cnn", description="backbone")
+    method: Method = ModelConfig.model_fields["method"]
+    arch: Arch = ModelConfig.model_fields["arch"]
     dataset: str = Field(
         "fashion_mnist",
         description="fashion_mnist | mnist | path/to.npz | path/to/image_folder (one subfolder per class)",
@@ -51,7 +53,7 @@ class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0, description="peak learning rate (AdamW, cosine decay, 3% warm-up)")
     weight_decay: float = Field(5e-4, ge=0)
-    feature_dim: int = Field(64, ge=1, description="feature dimension D")
+    feature_dim: int = ModelConfig.model_fields["feature_dim"]
     lam: float = Field(1.0, ge=0, description="weight lambda of the variance term")
     lam_warmup: float = Field(1.0, ge=0, description="epochs of linear lambda warm-up (0: none)")
     mu_bound: float | None = ModelConfig.model_fields["mu_bound"]
@@ -69,34 +71,22 @@ class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
     )
     attacks: bool = Field(True, description="run the evaluation suites after training (--no-attacks: skip them)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs)")
-    adv: AdvKind = Field("none", description="adversarial training")
+    adv: AdvKind = AdvConfig.model_fields["kind"]
     adv_eps: float | None = Field(None, ge=0, le=1, description="L-inf radius (default 0.1 for 28x28, 8/255 larger)")
     adv_steps: int | None = Field(None, ge=1, description="inner steps for pgd/trades (default 10)")
     adv_alpha: float | None = Field(
         None, gt=0, description="inner step size (default fgsm 1.25 eps, else 2.5 eps/steps)"
     )
     adv_eot: int = Field(1, ge=1, description="noise draws averaged per inner gradient (fresh each step)")
-    adv_ramp: float = Field(1.0, ge=0, description="epochs of linear eps ramp (0: none)")
-    trades_beta: float = Field(6.0, ge=0, description="weight of the TRADES KL term")
-    adv_objective: AdvObjective = Field(
-        "at",
-        description="outer objective (fgsm, pgd): at = CE on adversarial inputs; ccat = confidence-calibrated AT "
-        "(half clean; adversarial half towards uniform as |delta| nears eps); disagree = half clean, CE on both "
-        "halves plus --disagree-weight x (MI of the draws on clean - on adversarial)",
-    )
-    adv_inner_loss: AdvInnerLoss = Field(
-        "ce",
-        description="what the inner attack maximises: ce = the label's cross-entropy; conf = the most likely "
-        "wrong class's log-probability (CCAT's attack)",
-    )
-    ccat_rho: float = Field(10.0, ge=0, description="CCAT: lambda(delta) = (1 - min(1, |delta|_inf/eps))^rho")
-    disagree_weight: float = Field(1.0, ge=0, description="disagree: weight of the mutual-information term")
-    disagree_draws: int = Field(8, ge=2, description="disagree: noise draws whose mutual information is measured")
-    adv_radius: AdvRadius = Field(
-        "full",
-        description="radius of each adversarial input (fgsm, pgd): full = eps; uniform = its own, uniform in "
-        "[0, eps] (so CCAT's lambda spans [0, 1])",
-    )
+    # The outer objective's settings are AdvConfig's fields (one declaration; the flags keep their names).
+    adv_ramp: float = AdvConfig.model_fields["ramp"]
+    trades_beta: float = AdvConfig.model_fields["beta"]
+    adv_objective: AdvObjective = AdvConfig.model_fields["objective"]
+    adv_inner_loss: AdvInnerLoss = AdvConfig.model_fields["inner_loss"]
+    ccat_rho: float = AdvConfig.model_fields["ccat_rho"]
+    disagree_weight: float = AdvConfig.model_fields["disagree_weight"]
+    disagree_draws: int = AdvConfig.model_fields["disagree_draws"]
+    adv_radius: AdvRadius = AdvConfig.model_fields["radius"]
     adv_val_n: int = Field(
         1000,
         ge=0,
@@ -128,50 +118,84 @@ class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
 
     @model_validator(mode="after")
     def _objective_needs_an_attack(self) -> TrainConfig:
-        chosen = (self.adv_objective, self.adv_inner_loss, self.adv_radius)
-        if chosen != ("at", "ce", "full") and self.adv not in ("fgsm", "pgd"):
-            raise ValueError(
-                f"--adv-objective {self.adv_objective} / --adv-inner-loss {self.adv_inner_loss} / "
-                f"--adv-radius {self.adv_radius} need --adv fgsm or pgd, not {self.adv}"
-            )
+        check_objective(self.adv, self.adv_objective, self.adv_inner_loss, self.adv_radius)
         return self
 
     def head_config(self) -> dict[str, Any]:
         """The settings of this run's head, from the fields its ``Config`` declares."""
         return self.model_dump(include=set(get_head(self.method).Config.model_fields))
 
-
-class _TrainCLI(TrainConfig, BaseSettings):
-    __doc__ = TrainConfig.__doc__
-
-    model_config = SettingsConfigDict(
-        extra="forbid",
-        frozen=True,
-        cli_prog_name="python -m training.train",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        cli_parse_none_str="none",
-        cli_avoid_json=True,
-        cli_hide_none_type=True,
-        cli_exit_on_error=True,
-    )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)  # the command line only: no environment variables leak in
+    def model_settings(self) -> dict[str, Any]:
+        """The ``ModelConfig`` fields this run sets (arch, method, feature_dim, mu_bound) and its ``head``;
+        the rest (input shape, classes, normalisation) come from the data."""
+        return {**self.model_dump(include=set(ModelConfig.model_fields)), "head": self.head_config()}
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """``TrainConfig`` from command-line arguments; a bad value exits with status 2 and says why."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def _bounds(field: FieldInfo) -> str:
+    """A field's bounds as help text, e.g. ``>= 0, < 1`` (empty without any)."""
+    marks = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return ", ".join(f"{sym} {getattr(m, k)}" for m in field.metadata for k, sym in marks.items() if hasattr(m, k))
+
+
+def _add_argument(parser: ArgumentParser, *names: str, **kwargs: Any) -> Any:
+    """argparse's ``add_argument``, with list options taking several values after one flag
+    (``--suite standard published``) as well as one per flag (``--suite standard --suite published``)."""
+    if kwargs.get("action") == "append" and names[0].startswith("-"):
+        kwargs.update(action="extend", nargs="+")
+        metavar = kwargs.get("metavar")
+        if isinstance(metavar, str) and metavar.startswith("list[") and metavar.endswith("]"):
+            kwargs["metavar"] = metavar[len("list[") : -1]  # one value's metavar, repeated by nargs
+    return parser.add_argument(*names, **kwargs)
+
+
+def command_line(model: type[BaseModel], prog: str) -> type[BaseSettings]:
+    """The pydantic-settings CLI class of ``model``: one flag per field (kebab case, ``none`` for None,
+    ``--x/--no-x`` for booleans), each field's help ending with its bounds; the command line only
+    (no environment variables leak in)."""
+    fields: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if bounds := _bounds(field):
+            field = copy.copy(field)
+            field.description = f"{field.description or ''} [{bounds}]".strip()
+            fields[name] = (model.model_fields[name].annotation, field)
+
+    class _Source(BaseSettings):
+        model_config = SettingsConfigDict(
+            extra="forbid",
+            frozen=True,
+            cli_prog_name=prog,
+            cli_kebab_case=True,
+            cli_implicit_flags=True,
+            cli_parse_none_str="none",
+            cli_avoid_json=True,
+            cli_hide_none_type=True,
+            cli_exit_on_error=True,
+        )
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings,)
+
+    cli = create_model(model.__name__ + "CLI", __base__=(model, _Source), __doc__=model.__doc__, **fields)
+    return cli  # type: ignore[no-any-return]
+
+
+def parse_command_line(model: type[M], argv: list[str] | None, prog: str) -> M:
+    """``model`` from command-line arguments; a bad value exits with status 2 and says why."""
+    cli_cls = command_line(model, prog)
+    source = CliSettingsSource(cli_cls, add_argument_method=_add_argument)
     try:
-        cli = CliApp.run(_TrainCLI, cli_args=list(argv or []))
+        cli = CliApp.run(cli_cls, cli_args=list(argv or []), cli_settings_source=source)
     except (ValidationError, SettingsError) as e:
         if isinstance(e, ValidationError):
             detail = "; ".join(
@@ -179,6 +203,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             )
         else:
             detail = str(e)
-        print(f"python -m training.train: error: {detail}", file=sys.stderr)
+        print(f"{prog}: error: {detail}", file=sys.stderr)
         raise SystemExit(2) from None
-    return TrainConfig.model_validate(cli.model_dump())
+    return model.model_validate(cli.model_dump())
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """``TrainConfig`` from command-line arguments; a bad value exits with status 2 and says why."""
+    return parse_command_line(TrainConfig, argv, "python -m training.train")

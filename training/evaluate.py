@@ -18,7 +18,6 @@ randomness from (seed, its position), so the result does not depend on the numbe
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -27,17 +26,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import CliPositionalArg
 from tqdm import tqdm
 
 from models import StochasticClassifier, noise_to_margin, summarize
-from models.attacks import SUITES, default_eps, predict_draws, run_suite
+from models.attacks import SUITES, SuiteName, default_eps, predict_draws, run_suite
 from models.attacks.flag import (
-    FLAG_SIGNALS,
     FlagCalibration,
     FlagRule,
     FlagSignal,
@@ -46,6 +46,7 @@ from models.attacks.flag import (
 )
 from models.attacks.suite import Suite, SuiteResult, derive_seed, get_suite, merge_results
 
+from .config import parse_command_line
 from .data import Dataset, as_float
 
 log = logging.getLogger("training.evaluate")
@@ -311,7 +312,63 @@ def held_out_images(manifest: dict[str, Any]) -> tuple[Dataset | None, str | Non
     _, val = split_train_val(full, val_size, seed)
     if len(val) == 0:
         return None, None
-    return val, f"held-out training images of {name}: split_train_val(val_size={val_size}, seed={seed}), {len(val)}"
+    return val, held_out_source(str(name), val_size, seed, len(val))
+
+
+def held_out_source(dataset: str, val_size: int, seed: int, n: int) -> str:
+    """How the held-out training images were chosen: the line a flag calibrated on them reports."""
+    return f"held-out training images of {dataset}: split_train_val(val_size={val_size}, seed={seed}), {n}"
+
+
+class EvaluateConfig(BaseModel):
+    """Clean accuracy (all test inputs, T draws) and robust accuracy under named suites (standard:
+    APGD-CE/DLR + PGD with EOT, noise-free PGD, Square, worst case per input; published: the
+    stochastic-network papers' protocol; adaptive: standard plus attacks that know the flag, with
+    the unflagged error under attack and the robust-or-flagged accuracy, the flag threshold
+    calibrated on held-out training images), printed as one JSON line per checkpoint. Runs under
+    torchrun.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checkpoints: CliPositionalArg[list[str]] = Field(description="checkpoint directories")
+    dataset: str | None = Field(None, description="default: the manifest's dataset")
+    suite: list[SuiteName] = Field(["standard", "published"], description="evaluation suites (models.attacks.suite)")
+    eps: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, description="L-inf radii, each in [0, 1]; default: 0.1 (28x28) or 8/255 (larger)"
+    )
+    samples: int = Field(32, ge=1, description="noise draws per clean prediction")
+    attack_n: int = Field(1000, ge=0, description="test inputs to attack (0: all)")
+    batch: int = Field(500, ge=1, description="inputs per attack batch (the unit dealt to ranks)")
+    steps: int | None = Field(None, ge=1, description="reduced standard/adaptive suite: gradient steps (100)")
+    eot: int | None = Field(None, ge=1, description="reduced standard/adaptive suite: EOT draws (default 20)")
+    queries: int | None = Field(None, ge=0, description="reduced standard/adaptive suite: Square queries (1000)")
+    flag_rate: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="adaptive: the threshold flags at most this share of correctly classified held-out images",
+    )
+    flag_signal: Literal["auto", FlagSignal] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="adaptive: the flag signal (auto: mutual_information, or max_prob for a deterministic model)",
+    )
+    flag_threshold: str | None = Field(
+        None,
+        description="adaptive: a fixed threshold on the signal, or 'manifest' (the checkpoint's mi_threshold); "
+        "default: calibrated on the held-out training images",
+    )
+    seed: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    update_manifest: bool = Field(
+        False, description="write the metrics and this command into each checkpoint's manifest (a new model id)"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
+    """``EvaluateConfig`` from command-line arguments (generated as ``training.train``'s); a bad value
+    exits with status 2 and says why."""
+    return parse_command_line(EvaluateConfig, argv, "python -m training.evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -323,52 +380,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(
-        prog="python -m training.evaluate",
-        description="Clean accuracy (all test inputs, T draws) and robust accuracy under named suites "
-        "(standard: APGD-CE/DLR + PGD with EOT, noise-free PGD, Square, worst case per input; published: the "
-        "stochastic-network papers' protocol; adaptive: standard plus attacks that know the flag, with the unflagged "
-        "error under attack and the robust-or-flagged accuracy, the flag threshold calibrated on held-out training "
-        "images), printed as one JSON line per checkpoint. Runs under torchrun.",
-    )
-    p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--dataset", default=None, help="default: the manifest's dataset")
-    p.add_argument("--suite", nargs="+", default=["standard", "published"], choices=sorted(SUITES))
-    p.add_argument("--eps", type=float, nargs="+", default=None, help="default: 0.1 (28x28) or 8/255 (larger)")
-    p.add_argument("--samples", type=int, default=32, help="noise draws per clean prediction")
-    p.add_argument("--attack-n", type=int, default=1000, help="test inputs to attack (0: all)")
-    p.add_argument("--batch", type=int, default=500, help="inputs per attack batch (the unit dealt to ranks)")
-    p.add_argument("--steps", type=int, default=None, help="reduced standard/adaptive suite: gradient steps (100)")
-    p.add_argument("--eot", type=int, default=None, help="reduced standard/adaptive suite: EOT draws (default 20)")
-    p.add_argument("--queries", type=int, default=None, help="reduced standard/adaptive suite: Square queries (1000)")
-    p.add_argument(
-        "--flag-rate",
-        type=float,
-        default=0.05,
-        help="adaptive: the threshold flags at most this share of correctly classified held-out images",
-    )
-    p.add_argument(
-        "--flag-signal",
-        default="auto",
-        choices=["auto", *FLAG_SIGNALS],
-        help="adaptive: the flag signal (auto: mutual_information, or max_prob for a deterministic model)",
-    )
-    p.add_argument(
-        "--flag-threshold",
-        default=None,
-        help="adaptive: a fixed threshold on the signal, or 'manifest' (the checkpoint's mi_threshold); "
-        "default: calibrated on the held-out training images",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument(
-        "--update-manifest",
-        action="store_true",
-        help="write the metrics and this command into each checkpoint's manifest (a new model id)",
-    )
-    args = p.parse_args(argv)
-    if not 0 <= args.flag_rate < 1:
-        p.error(f"--flag-rate must be in [0, 1), got {args.flag_rate}")
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world = _init_distributed()

@@ -31,12 +31,13 @@ from tqdm import tqdm
 
 from models import ModelConfig, StochasticClassifier, build_model, resolve_device
 from models.attacks import default_eps
+from models.attacks.flag import FlagSignal
 from models.checkpoint import MANIFEST
 
 from .adversarial import AdvConfig, adversarial_loss, perturb
 from .config import TrainConfig, parse_args
 from .data import Dataset, as_float, channel_stats, load_dataset
-from .evaluate import calibrate_mi_threshold, evaluate
+from .evaluate import calibrate_mi_threshold, evaluate, held_out_source
 from .export import export_checkpoint
 
 log = logging.getLogger("training")
@@ -119,16 +120,7 @@ def make_model(args: TrainConfig, train: Dataset) -> StochasticClassifier:
     if h != w:
         raise ValueError(f"square images only, got {h}x{w}")
     cfg = ModelConfig(
-        arch=args.arch,
-        method=args.method,
-        in_chans=c,
-        img_size=h,
-        num_classes=len(train.class_names),
-        feature_dim=args.feature_dim,
-        mean=mean,
-        std=std,
-        mu_bound=args.mu_bound,
-        head=args.head_config(),
+        **args.model_settings(), in_chans=c, img_size=h, num_classes=len(train.class_names), mean=mean, std=std
     )
     return build_model(cfg)
 
@@ -165,15 +157,19 @@ def _param_groups(model: StochasticClassifier, args: TrainConfig) -> list[dict[s
     ]
 
 
+CHECK_ATTACK: dict[str, Any] = {"name": "pgd", "steps": 10, "eot": 4}
+"""The held-out check's attack (``models.attacks.make_attack``; step eps/4, random start; one draw per
+gradient on a deterministic model)."""
 FLAG_KEEP = 0.99
-"""Share of clean held-out inputs the held-out check's flag keeps (CCAT's 99% true-positive rate)."""
+"""Share of correctly classified clean held-out inputs the held-out check's flag keeps (CCAT's 99%)."""
 FLAG_DRAWS = 8
 """Noise draws the held-out check's flag is judged on."""
 
 
-def flag_signal(objective: str) -> str:
-    """The uncertainty a split objective trains for: low confidence (ccat) or disagreement of the draws."""
-    return "confidence" if objective == "ccat" else "mutual_information"
+def flag_signal(objective: str) -> FlagSignal:
+    """The uncertainty a split objective trains for (``models.attacks.flag``): low confidence (ccat:
+    ``max_prob``, 1 - max mean probability) or disagreement of the draws (``mutual_information``)."""
+    return "max_prob" if objective == "ccat" else "mutual_information"
 
 
 def selection_metric(adv: AdvConfig) -> str:
@@ -184,39 +180,44 @@ def selection_metric(adv: AdvConfig) -> str:
 def val_robust_accuracy(
     model: StochasticClassifier, val: Dataset, adv: AdvConfig, device: torch.device, seed: int
 ) -> dict[str, float]:
-    """Clean and PGD-10 (step eps/4, EOT 4, random start) accuracy on held-out images, one draw each.
+    """Clean and PGD-10 (``CHECK_ATTACK``) accuracy on held-out images, one draw each.
 
     The per-epoch check against catastrophic overfitting: cheap, and judged on single draws so
     a collapse shows at once. With a split objective (ccat, disagree) also ``robust_or_flagged``:
     the share of inputs right when clean (mean of ``FLAG_DRAWS`` draws) and, after the attack, still
-    right or flagged, the flag (``flag_signal``) at the threshold that keeps ``FLAG_KEEP`` of
-    these clean inputs; ``adv_flagged`` is the share of attacked inputs flagged.
+    right or flagged, the flag a ``models.attacks.flag.FlagRule`` on ``flag_signal`` whose threshold
+    (``threshold_for_rate``) keeps ``FLAG_KEEP`` of the correctly classified clean inputs;
+    ``adv_flagged`` is the share of attacked inputs flagged.
     """
     from models.attacks import predict_draws, run_attack
-    from models.uncertainty import summarize
+    from models.attacks.flag import FlagRule, signal_value, threshold_for_rate
+    from models.prediction import predict_label
 
     g = torch.Generator().manual_seed(seed + 777)
     g_flag = torch.Generator().manual_seed(seed + 778)  # apart, so the single-draw figures do not move
     correct = robust = 0
-    eot = 4 if model.stochastic else 1
-    scores: dict[str, list[torch.Tensor]] = {"clean": [], "adv": [], "clean_ok": [], "adv_ok": []}
+    name, steps, eot = CHECK_ATTACK["name"], CHECK_ATTACK["steps"], CHECK_ATTACK["eot"] if model.stochastic else 1
+    signal = flag_signal(adv.objective)
+    clean_scores, clean_ok, adv_ok, adv_logits = [], [], [], []
     for i in range(0, len(val), 500):
         x = as_float(val.x[i : i + 500]).to(device)
         y = val.y[i : i + 500].to(device)
-        res = run_attack("pgd", model, x, y, eps=adv.eps, generator=g, steps=10, eot=eot)
+        res = run_attack(name, model, x, y, eps=adv.eps, generator=g, steps=steps, eot=eot)
         correct += int((predict_draws(model, x, 1, g)[0].argmax(-1) == y).sum())
         robust += int((predict_draws(model, res.x_adv, 1, g)[0].argmax(-1) == y).sum())
         if adv.split:
-            for name, xs in (("clean", x), ("adv", res.x_adv)):
-                u = summarize(predict_draws(model, xs, FLAG_DRAWS, g_flag))
-                score = u.mutual_information if adv.objective == "disagree" else -u.mean_probs.amax(-1)
-                scores[name].append(score.cpu())
-                scores[f"{name}_ok"].append((u.label == y).cpu())
+            clean = predict_draws(model, x, FLAG_DRAWS, g_flag)  # (T, B, K)
+            attacked = predict_draws(model, res.x_adv, FLAG_DRAWS, g_flag)
+            clean_scores.append(signal_value(signal, clean).cpu())
+            clean_ok.append((predict_label(clean) == y).cpu())
+            adv_ok.append((predict_label(attacked) == y).cpu())
+            adv_logits.append(attacked)
     out = {"clean": correct / len(val), "robust": robust / len(val)}
     if adv.split:
-        c, a, c_ok, a_ok = (torch.cat(scores[k]) for k in ("clean", "adv", "clean_ok", "adv_ok"))
-        threshold = torch.quantile(c.double(), FLAG_KEEP)
-        flagged = a.double() > threshold
+        scores, c_ok, a_ok = torch.cat(clean_scores), torch.cat(clean_ok), torch.cat(adv_ok)
+        # with no clean input right the figure is 0 whatever the threshold: calibrate on them all
+        rule = FlagRule(signal, threshold_for_rate(scores[c_ok] if c_ok.any() else scores, 1 - FLAG_KEEP))
+        flagged = torch.cat([rule.flagged(logits).cpu() for logits in adv_logits])
         out["robust_or_flagged"] = float((c_ok & (a_ok | flagged)).double().mean())
         out["adv_flagged"] = float(flagged.double().mean())
     return out
@@ -425,10 +426,10 @@ def adversarial_summary(args: TrainConfig, img_size: int, stats: dict[str, Any])
         "keep": args.adv_keep,
         "held_out_check": {
             "n": args.adv_val_n,
-            "attack": "pgd",
-            "steps": 10,
+            "attack": CHECK_ATTACK["name"],
+            "steps": CHECK_ATTACK["steps"],
             "alpha": "eps/4",
-            "eot": 4,
+            "eot": CHECK_ATTACK["eot"],
             **(
                 {
                     "selects_on": selection_metric(adv),
@@ -506,6 +507,8 @@ def run(args: TrainConfig, argv: list[str] | None = None) -> Path | None:
         seed=args.seed,
         progress=True,
         log=log.info,
+        calibration=val,
+        calibration_source=held_out_source(args.dataset, args.val_size, args.seed, len(val)),
     )
     metrics["train"] = train_stats
     threshold = calibrate_mi_threshold(model, val, samples=args.eval_samples, seed=args.seed)

@@ -10,7 +10,7 @@ import pytest
 
 from models import load_checkpoint
 from models.attacks import SUITES
-from training.evaluate import clean_accuracy, evaluate_suite, main
+from training.evaluate import clean_accuracy, evaluate_suite, main, parse_args
 
 from ..fixtures import make_tiny_checkpoint, make_tiny_dataset, train_tiny
 
@@ -60,3 +60,41 @@ def test_cli_prints_one_json_line_and_updates_the_manifest(tmp_path: Path, capsy
     assert reloaded.model_id != before
     assert reloaded.manifest["metrics"]["robust"] == robust
     assert reloaded.manifest["evaluation"]["command"].startswith("python -m training.evaluate ")
+
+
+def test_the_command_line_is_generated_from_its_config(capsys: pytest.CaptureFixture[str]) -> None:
+    """Same flags and defaults as the argparse CLI it replaced; --help gives each default and bound."""
+    a = parse_args(["ck1", "ck2"])
+    assert a.checkpoints == ["ck1", "ck2"] and a.suite == ["standard", "published"]
+    assert (a.dataset, a.eps, a.samples, a.attack_n, a.batch, a.seed, a.threads) == (None, None, 32, 1000, 500, 0, None)
+    assert (a.steps, a.eot, a.queries, a.flag_rate, a.flag_signal, a.flag_threshold) == (
+        None,
+        None,
+        None,
+        0.05,
+        "auto",
+        None,
+    )
+    assert a.update_manifest is False
+    b = parse_args(
+        [
+            *("ck", "--suite", "adaptive", "published", "--eps", "0.05", "0.1", "--flag-threshold", "manifest"),
+            *("--flag-signal", "max_prob", "--update-manifest", "--queries", "0"),
+        ]
+    )
+    assert (b.suite, b.eps, b.flag_threshold, b.flag_signal) == (
+        ["adaptive", "published"],
+        [0.05, 0.1],
+        "manifest",
+        "max_prob",
+    )
+    assert b.update_manifest is True and b.queries == 0
+    for bad in (["ck", "--flag-rate", "1"], ["ck", "--suite", "bogus"], ["ck", "--samples", "0"], []):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--flag-rate float" in text and "[>= 0, < 1] (default: 0.05)" in text
+    assert "--attack-n int test inputs to attack (0: all) [>= 0] (default: 1000)" in text

@@ -93,7 +93,7 @@ def test_cli_trains_exports_and_refuses_to_overwrite(tmp_path: Path, capsys: pyt
     assert load_checkpoint(out).manifest["metrics"]["robust"] == {}
 
 
-def test_parse_args_defaults_are_the_default_checkpoint_recipe() -> None:
+def test_parse_args_defaults_and_the_help_says_what_they_are() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--method", "bogus"])
     assert parse_args(["--attack-n", "0"]).attack_n is None
@@ -101,6 +101,10 @@ def test_parse_args_defaults_are_the_default_checkpoint_recipe() -> None:
     assert (a.method, a.epochs, a.lam, a.mu_bound, a.sigma_max, a.noise_lr_mult) == ("mfdv", 6, 1.0, 5.0, 6.0, 20.0)
     b = parse_args(["--mu-bound", "none", "--sigma-max", "None"])
     assert b.mu_bound is None and b.sigma_max is None
+    assert parse_args(["--suite", "standard", "adaptive"]).suite == ["standard", "adaptive"]
+    assert parse_args(["--suite", "adaptive", "--suite", "published"]).suite == ["adaptive", "published"]
+    # --help's text: the defaults are a short run, and the default checkpoints' recipe is named
+    assert "--adv fgsm --adv-eot 8 --epochs 10 --lam 0.1" in " ".join((TrainConfig.__doc__ or "").split())
 
 
 @pytest.mark.parametrize(

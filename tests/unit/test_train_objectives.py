@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import training.train as tt
+from models.attacks import make_attack
+from models.attacks.base import wrong_confidence_loss
 from models.checkpoint import MANIFEST
 from training.adversarial import (
     AdvConfig,
@@ -20,7 +22,6 @@ from training.adversarial import (
     clean_count,
     mutual_information,
     perturb,
-    wrong_confidence_loss,
 )
 from training.config import TrainConfig, parse_args
 from training.data import as_float
@@ -201,7 +202,7 @@ def test_the_cli_records_the_objective_and_refuses_it_without_an_attack(tmp_path
     assert (at["objective"], at["inner_loss"], at["ccat_rho"], at["radius"]) == ("ccat", "conf", 4.0, "uniform")
     assert at["batch"] == "half clean, half adversarial" and "disagree_weight" not in at
     assert at["held_out_check"]["selects_on"] == "robust_or_flagged"
-    assert at["held_out_check"]["flag"] == "confidence"
+    assert at["held_out_check"]["flag"] == "max_prob"  # models.attacks.flag's name: 1 - max mean probability
     args = m["training"]["args"]
     assert (args["adv_objective"], args["adv_inner_loss"], args["ccat_rho"]) == ("ccat", "conf", 4.0)
 
@@ -216,3 +217,29 @@ def test_the_kept_epoch_follows_the_objectives_metric(
     args = _args(adv="fgsm", adv_objective=objective, disagree_draws=2)
     stats = tt.fit(tt.make_model(args, ds), ds, args, torch.device("cpu"), val=ds)
     assert stats["kept_epoch"] == kept
+
+
+@pytest.mark.parametrize("kind", ["fgsm", "pgd", "trades"])
+def test_the_inner_attack_is_the_pgd_spec_and_loop_of_models_attacks(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """One spec per attack: adversarial training's inner attack is ``models.attacks``' pgd spec, run by
+    ``pgd_loop`` (fgsm: one step of 1.25 eps from a random start; trades: from a point near x), and the
+    same seed gives the same batch, bit for bit."""
+    import models.attacks.pgd as pgd
+
+    cfg = AdvConfig.build(kind, 0.1, steps=3, eot=2)
+    steps, alpha = (1, 0.125) if kind == "fgsm" else (3, 2.5 * 0.1 / 3)
+    assert cfg.attack == make_attack("pgd", eps=0.1, steps=steps, alpha=alpha, eot=2, random_start=kind != "trades")
+    assert (cfg.eps, cfg.steps, cfg.alpha, cfg.eot) == (0.1, steps, alpha, 2)
+    calls: list[dict[str, object]] = []
+    loop = pgd.pgd_loop
+    monkeypatch.setattr(pgd, "pgd_loop", lambda *a, **kw: calls.append(kw) or loop(*a, **kw))
+    ds = make_tiny_dataset(n=16)
+    model = tt.make_model(_args(adv=kind), ds)
+    x, y = as_float(ds.x), ds.y
+    first = perturb(model, x, y, cfg, 0.05, torch.Generator().manual_seed(3))
+    assert len(calls) == 1 and (calls[0]["steps"], calls[0]["draws"], calls[0]["eps"]) == (steps, 2, 0.05)
+    assert calls[0]["alpha"] == alpha * 0.05 / 0.1  # the step keeps its ratio to the ramped radius
+    assert torch.equal(first, perturb(model, x, y, cfg, 0.05, torch.Generator().manual_seed(3)))
+    assert float((first - x).abs().max()) <= 0.05 + 1e-6 and not torch.equal(first, x)
