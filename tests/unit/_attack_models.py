@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +51,25 @@ def tiny_model(method: str, seed: int = 0) -> StochasticClassifier:
     torch.manual_seed(seed)
     cfg = ModelConfig(arch=ARCH, method=method, feature_dim=16, img_size=IMG, num_classes=NUM_CLASSES, sigma_init=0.3)
     return build_model(cfg).eval()
+
+
+def module_fixtures(n: int, seed: int) -> tuple[Any, Any]:
+    """The two module-scoped fixtures of every attack test file: ``_single_thread`` (autouse: the module
+    runs on one torch thread) and ``data``: ``synthetic(n)`` drawn with ``seed``.
+
+    Use: ``_single_thread, data = module_fixtures(24, 31)``.
+    """
+
+    @pytest.fixture(scope="module", autouse=True, name="_single_thread")
+    def single_thread() -> Iterator[None]:
+        with one_thread():
+            yield
+
+    @pytest.fixture(scope="module", name="data")
+    def data() -> tuple[torch.Tensor, torch.Tensor]:
+        return synthetic(n, torch.Generator().manual_seed(seed))
+
+    return single_thread, data
 
 
 @functools.cache

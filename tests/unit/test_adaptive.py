@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +15,13 @@ from models.attacks.adaptive import flag_term, log_mean_softmax
 from models.attacks.flag import FlagRule, calibrate_flag, default_signal, signal_score, threshold_for_rate
 from models.attacks.suite import derive_seed, judge_inputs, merge_results
 from models.probe import SuiteSpec, parse_item, probe
-from tests.unit._attack_models import one_thread, synthetic, trained_model
+from tests.unit._attack_models import module_fixtures, synthetic, trained_model
 from training.evaluate import evaluate, main
 
 SMALL = SUITES["adaptive"].reduced(steps=6, eot=4, queries=0, judge_samples=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[torch.Tensor, torch.Tensor]:
-    return synthetic(24, torch.Generator().manual_seed(31))
+_single_thread, data = module_fixtures(24, 31)
 
 
 @pytest.fixture(scope="module")

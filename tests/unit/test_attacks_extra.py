@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,18 +9,9 @@ import torch.nn.functional as F
 from models.attacks import eot_grad, get_attack, list_attacks, run_attack
 from models.attacks.base import dlr_loss, eot_loss_grad
 from models.attacks.square import model_score_fn, p_selection, square_linf
-from tests.unit._attack_models import one_thread, synthetic, tiny_model, trained_model
+from tests.unit._attack_models import module_fixtures, synthetic, tiny_model, trained_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[torch.Tensor, torch.Tensor]:
-    return synthetic(48, torch.Generator().manual_seed(1))
+_single_thread, data = module_fixtures(48, 1)
 
 
 def noise_free_acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -11,20 +9,12 @@ from models.attacks import SUITES, run_attack, run_suite
 from models.attacks.suite import judge_correct, merge_results
 from models.prediction import majority_vote, predict_label
 from models.probe import probe
-from tests.unit._attack_models import one_thread, synthetic, trained_model
+from tests.unit._attack_models import module_fixtures, trained_model
 
 SMALL = SUITES["standard"].reduced(steps=8, eot=4, queries=40, judge_samples=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[torch.Tensor, torch.Tensor]:
-    return synthetic(40, torch.Generator().manual_seed(21))
+_single_thread, data = module_fixtures(40, 21)
 
 
 def test_standard_runs_every_attack_in_order_and_takes_the_worst_case(data: tuple[torch.Tensor, torch.Tensor]) -> None:
