@@ -48,32 +48,27 @@ def _npz(tmp_path: Path) -> Path:
     return path
 
 
-def test_cli_trains_exports_and_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_trains_exports_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.train as tt
+
+    seen: dict[str, object] = {}
+    evaluate = tt.evaluate
+    monkeypatch.setattr(tt, "evaluate", lambda *a, **kw: seen.update(kw) or evaluate(*a, **kw))
     npz = _npz(tmp_path)
     out = tmp_path / "ck"
     argv = [
-        "--dataset",
-        str(npz),
-        "--arch",
-        "tiny_cnn",
-        "--method",
-        "mfdv",
-        "--feature-dim",
-        "8",
-        "--max-steps",
-        "30",
-        "--batch-size",
-        "32",
-        "--attack-n",
-        "20",
-        "--suite",
-        "published",
-        "--eval-samples",
-        "8",
-        "--out",
-        str(out),
+        *("--dataset", str(npz), "--arch", "tiny_cnn", "--method", "mfdv", "--feature-dim", "8"),
+        *("--max-steps", "30", "--batch-size", "32", "--attack-n", "20", "--suite", "published"),
+        *("--eval-samples", "8", "--out", str(out)),
     ]
     main(argv)
+    # the adaptive suite's flag would be calibrated on the held-out split, never on test images
+    assert len(seen["calibration"]) == 36  # type: ignore[arg-type]  # min(val_size, 180 // 5): a fifth of the training split
+    assert (
+        seen["calibration_source"] == f"held-out training images of {npz}: split_train_val(val_size=5000, seed=0), 36"
+    )
     ck = load_checkpoint(out)
     m = ck.manifest
     assert m["training"]["command"].startswith("python -m training.train --dataset")
