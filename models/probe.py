@@ -1,7 +1,8 @@
 """Attack probe: attack the submitted inputs on the fly and report what happened.
 
-Pure torch, no web framework: the service's attack-probe endpoint calls ``probe`` and
-turns the report into JSON (``ProbeReport.to_dict()`` is JSON-ready).
+Pure torch, no web framework: the service's attack-probe endpoint calls ``probe_items`` and
+serialises the ``ProbeReport`` it returns (pydantic models: the same types are its response
+schema), adding only images and its own fields.
 
 Attacks are typed specs (``models.attacks.AttackSpec``: validated once, where they come in),
 or a named evaluation suite (``SuiteSpec``: ``standard``, ``published`` or ``adaptive``), which
@@ -26,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -135,78 +136,95 @@ def parse_item(item: ProbeItem | Mapping[str, Any] | str) -> ProbeItem:
     return ATTACK_SPEC.validate_python(item, strict=True)
 
 
-@dataclass
-class CleanResult:
-    """How the model sees one clean input (``judge_samples`` draws)."""
+class CleanResult(BaseModel):
+    """How the model sees one clean input (`judge_samples` fresh draws)."""
 
     index: int
     true_label: int
-    label: int  # predict_label over judge_samples draws
+    label: int = Field(description="The prediction (argmax of the mean softmax over judge_samples draws).")
     correct: bool
-    flip_prob: float  # share of draws whose argmax != true label
-    flip_ci: list[float]  # Wilson 95%
+    flip_prob: float = Field(description="Share of draws whose argmax differs from the true label.")
+    flip_ci: list[float] = Field(description="Wilson 95% interval of flip_prob.")
     mean_probs: list[float]
     predictive_entropy: float
     mutual_information: float
-    flagged: bool | None  # MI > mi_threshold (None without a threshold)
+    flagged: bool | None = Field(description="Mutual information above mi_threshold (null without a threshold).")
 
 
-@dataclass
-class InputResult:
+class InputResult(BaseModel):
     """One input under one attack."""
 
     index: int
     true_label: int
-    clean_label: int  # predicted label on the clean input
-    adv_label: int  # predicted label on the adversarial input
-    success: bool  # adv_label != true_label (a suite: its own, stricter verdict)
-    flip_prob: float  # share of draws on the adversarial input whose argmax != true label
-    flip_ci: list[float]  # Wilson 95% interval of flip_prob
+    clean_label: int = Field(description="The prediction on the clean input.")
+    adv_label: int = Field(description="The prediction on the adversarial input.")
+    success: bool = Field(description="adv_label differs from the true label (a suite: its own, stricter verdict).")
+    flip_prob: float = Field(description="Share of draws on the adversarial input whose argmax differs from the label.")
+    flip_ci: list[float] = Field(description="Wilson 95% interval of flip_prob.")
     mean_probs: list[float]
     predictive_entropy: float
     mutual_information: float
-    flagged: bool | None  # MI > mi_threshold (None without a threshold)
+    flagged: bool | None = Field(description="Mutual information above mi_threshold (null without a threshold).")
     linf: float
     l2: float
-    l0: int  # entries (pixels x channels) changed by more than 1e-6
-    fools_after_rounding: bool  # still succeeds after round(x * 255) / 255 (fresh draws)
-    grad_evals: int  # backward passes this input took part in
-    queries: int  # score queries spent on this input (score attacks)
-    info: dict[str, Any] = field(default_factory=dict)  # per-input extras, e.g. the min_eps bracket
+    l0: int = Field(description="Entries (pixels x channels) changed by more than 1e-6.")
+    fools_after_rounding: bool = Field(description="Still succeeds after round(x * 255) / 255 (fresh draws).")
+    grad_evals: int = Field(description="Backward passes this input took part in.")
+    queries: int = Field(description="Score queries spent on this input (score attacks).")
+    info: dict[str, Any] = Field(description="Per-input extras, e.g. the min_eps bracket.")
+    adversarial: str | None = Field(
+        None, description="Base64 8-bit PNG; present only with return_adversarial (the caller adds it)."
+    )
 
 
-@dataclass
-class AttackReport:
-    """One attack over the batch."""
+class AttackReport(BaseModel):
+    """One attack (or suite) over the batch."""
 
     name: str
-    kind: str
+    kind: str = Field(description="gradient, score or suite.")
     eps: float
-    settings: dict[str, Any]  # every setting it ran with, defaults merged
-    seed: int  # seed of this attack's generator: run_attack(..., generator=Generator().manual_seed(seed))
-    grad_evals: int  # batched backward passes
-    draws: int  # noise draws averaged into gradients, summed over steps
-    queries: int  # inputs scored (score attacks)
+    settings: dict[str, Any] = Field(description="Every setting it ran with, defaults filled in.")
+    seed: int = Field(description="Seed of this attack's generator (derived from the request's seed).")
+    grad_evals: int = Field(description="Batched backward passes.")
+    draws: int = Field(description="Noise draws averaged into gradients, summed over steps.")
+    queries: int = Field(description="Inputs scored (score attacks).")
     wall_time_s: float
     success_rate: float
     success_ci: list[float]
     inputs: list[InputResult]
-    info: dict[str, Any] = field(default_factory=dict)  # attack-level extras
+    info: dict[str, Any] = Field(
+        description="Attack-level extras; `stopped` when a stop (wall-time limit, shutdown, cancellation) cut it short."
+    )
 
 
-@dataclass
-class ProbeReport:
-    """Everything ``probe`` measured; ``to_dict()`` gives plain JSON types."""
+class AttackSummary(BaseModel):
+    name: str
+    eps: float
+    success_rate: float
+    success_ci: list[float]
+    fools_after_rounding_rate: float
+    flagged_rate: float | None
+    wall_time_s: float
+
+
+class ProbeSummary(BaseModel):
+    clean_accuracy: float
+    attacks: list[AttackSummary] = Field(description="One per attack run, in request order.")
+
+
+class ProbeReport(BaseModel):
+    """Everything ``probe`` measured: the object the service serialises (``ProbeResponse`` adds its own fields)."""
 
     seed: int
     judge_samples: int
     mi_threshold: float | None
     clean: list[CleanResult]
     attacks: list[AttackReport]
-    summary: dict[str, Any]
+    summary: ProbeSummary
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON types (fields never set, such as ``adversarial``, left out)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -273,15 +291,23 @@ def _validate_inputs(
         raise ValueError(f"mi_threshold must be a finite number or None, got {mi_threshold!r}")
 
 
-def parse_items(
-    attacks: Sequence[ProbeItem | Mapping[str, Any]] | Mapping[str, Any] | str | SuiteSpec,
-) -> list[ProbeItem]:
-    """The probe's attack list: typed specs, mappings to validate, or one suite (name, spec or mapping)."""
+ProbeAttacks = Sequence[ProbeItem | Mapping[str, Any]] | Mapping[str, Any] | str | SuiteSpec
+"""What ``probe`` takes as attacks: typed specs, mappings to validate, or one suite (name, spec or mapping)."""
+
+
+def parse_items(attacks: ProbeAttacks) -> list[ProbeItem]:
+    """The probe's attack list, validated (not yet resolved for a model: ``resolve_items``)."""
     if isinstance(attacks, str | SuiteSpec) or (isinstance(attacks, Mapping) and "suite" in attacks):
         return [parse_item(attacks)]
     if isinstance(attacks, Mapping) or not isinstance(attacks, Sequence) or len(attacks) == 0:
         raise ValueError("attacks must be a non-empty list of specs like {'name': 'pgd', 'eps': 0.1}, or a suite name")
     return [parse_item(a) for a in attacks]
+
+
+def resolve_items(attacks: ProbeAttacks, input_shape: Sequence[int]) -> list[ProbeItem]:
+    """The attacks validated and resolved for a model of ``input_shape``: an unset ``eps`` becomes
+    ``default_eps``, so each spec lists every value it runs with (what ``probe_items`` takes)."""
+    return [item.resolve(input_shape) for item in parse_items(attacks)]
 
 
 def _run_item(
@@ -309,11 +335,137 @@ def _run_item(
     return item.run(model, x, y, generator=_generator(seed), should_stop=should_stop), None
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """What every step of one probe shares: the model, the clean inputs and their judgement."""
+
+    model: StochasticClassifier
+    x: torch.Tensor  # (B, C, H, W) on the model's device
+    y: torch.Tensor  # (B,) the true labels (given, or the clean prediction)
+    clean: list[CleanResult]
+    judge_samples: int
+    seed: int
+    mi_threshold: float | None
+    should_stop: StopFn | None
+
+
+def _judge_clean(
+    model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor | None, n: int, seed: int, mi_threshold: float | None
+) -> tuple[list[CleanResult], torch.Tensor]:
+    """The clean inputs judged with ``n`` fresh draws; ``y=None``: the clean prediction is the label."""
+    clean, y = _judge(model, x, y, n, derive_seed(seed, "clean"))
+    yl, labels = y.tolist(), clean.label.tolist()
+    results = [
+        CleanResult(
+            index=i,
+            true_label=yl[i],
+            label=labels[i],
+            correct=labels[i] == yl[i],
+            flip_prob=int(clean.flips[i]) / n,
+            flip_ci=_ci(int(clean.flips[i]), n),
+            mean_probs=clean.mean_probs[i].tolist(),
+            predictive_entropy=float(clean.entropy[i]),
+            mutual_information=float(clean.mi[i]),
+            flagged=_flagged(float(clean.mi[i]), mi_threshold),
+        )
+        for i in range(len(yl))
+    ]
+    return results, y
+
+
+def _attack(p: _Probe, a: int, item: ProbeItem) -> tuple[AttackReport, torch.Tensor, bool]:
+    """Run the ``a``-th item and judge its adversarial inputs: (report, adversarial inputs, stopped early)."""
+    x, y, n, b = p.x, p.y, p.judge_samples, p.x.shape[0]
+    attack_seed = derive_seed(p.seed, a, item.name, "attack")
+    start = time.perf_counter()
+    res, verdict = _run_item(item, p.model, x, y, attack_seed, p.should_stop, p.mi_threshold)
+    wall = time.perf_counter() - start
+    x_adv = res.x_adv.detach().to(x.device)
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"attack {item.name!r} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
+    adv, _ = _judge(p.model, x_adv, y, n, derive_seed(p.seed, a, item.name, "judge"))
+    rounded, _ = _judge(p.model, torch.round(x_adv * 255) / 255, y, n, derive_seed(p.seed, a, item.name, "round"))
+    delta = (x_adv - x).flatten(1)
+    linf = delta.abs().amax(1).tolist()
+    l2 = delta.norm(dim=1).tolist()
+    l0 = (delta.abs() > _L0_TOL).sum(1).tolist()
+    success = (adv.label != y).tolist() if verdict is None else verdict.tolist()
+    round_success = (rounded.label != y).tolist()
+    adv_labels = adv.label.tolist()
+    per_input = {k: v for k, v in res.info.items() if isinstance(v, list) and len(v) == b}
+    shared = {k: v for k, v in res.info.items() if k not in per_input}
+    if res.stopped:  # the stop function may say why (service.probe.runner.StopCheck.reason)
+        why = getattr(p.should_stop, "reason", None) or "a stop was requested"
+        shared["stopped"] = f"stopped before its budget was spent: {why}"
+    grad_list = per_input.pop("grad_evals_per_input", [res.grad_evals] * b)
+    query_list = per_input.pop("queries_per_input", [0] * b)
+    inputs = [
+        InputResult(
+            index=i,
+            true_label=c.true_label,
+            clean_label=c.label,
+            adv_label=adv_labels[i],
+            success=bool(success[i]),
+            flip_prob=int(adv.flips[i]) / n,
+            flip_ci=_ci(int(adv.flips[i]), n),
+            mean_probs=adv.mean_probs[i].tolist(),
+            predictive_entropy=float(adv.entropy[i]),
+            mutual_information=float(adv.mi[i]),
+            flagged=_flagged(float(adv.mi[i]), p.mi_threshold),
+            linf=linf[i],
+            l2=l2[i],
+            l0=int(l0[i]),
+            fools_after_rounding=round_success[i],
+            grad_evals=int(grad_list[i]),
+            queries=int(query_list[i]),
+            info={k: v[i] for k, v in per_input.items()},
+        )
+        for i, c in enumerate(p.clean)
+    ]
+    n_success = sum(r.success for r in inputs)
+    report = AttackReport(
+        name=item.name,
+        kind=item.kind,
+        eps=item.radius() if isinstance(item, SuiteSpec) else item.budget,
+        settings=item.settings(),
+        seed=attack_seed,
+        grad_evals=res.grad_evals,
+        draws=res.draws,
+        queries=res.queries,
+        wall_time_s=wall,
+        success_rate=n_success / b,
+        success_ci=_ci(n_success, b),
+        inputs=inputs,
+        info=shared,
+    )
+    return report, x_adv, res.stopped
+
+
+def summarise(clean: list[CleanResult], attacks: list[AttackReport], mi_threshold: float | None) -> ProbeSummary:
+    """Clean accuracy and, per attack (in order), its rates and wall time."""
+    b = len(clean)
+    return ProbeSummary(
+        clean_accuracy=sum(c.correct for c in clean) / b,
+        attacks=[
+            AttackSummary(
+                name=r.name,
+                eps=r.eps,
+                success_rate=r.success_rate,
+                success_ci=r.success_ci,
+                fools_after_rounding_rate=sum(i.fools_after_rounding for i in r.inputs) / b,
+                flagged_rate=None if mi_threshold is None else sum(bool(i.flagged) for i in r.inputs) / b,
+                wall_time_s=r.wall_time_s,
+            )
+            for r in attacks
+        ],
+    )
+
+
 def probe(
     model: StochasticClassifier,
     x: torch.Tensor,
     y: torch.Tensor | None,
-    attacks: Sequence[ProbeItem | Mapping[str, Any]] | Mapping[str, Any] | str | SuiteSpec,
+    attacks: ProbeAttacks,
     *,
     judge_samples: int = DEFAULT_JUDGE_SAMPLES,
     seed: int = 0,
@@ -330,7 +482,7 @@ def probe(
             that judge the clean inputs).
         attacks: typed specs (``models.attacks.AttackSpec``; mappings are validated into
             them), or a suite: ``"standard"``, ``"published"``, ``"adaptive"`` or a ``SuiteSpec``.
-            An unset ``eps`` becomes ``default_eps`` of the model's input size.
+            An unset ``eps`` becomes ``default_eps`` of the model's input size (``resolve_items``).
         judge_samples: fresh draws per judgement (default 64).
         seed: the request seed; every random stream derives from it (``derive_seed``).
         mi_threshold: inputs whose mutual information exceeds it are ``flagged``; the flag the
@@ -343,134 +495,69 @@ def probe(
 
     Returns:
         A ``ProbeReport``: ``clean`` (one ``CleanResult`` per input), ``attacks`` (one
-        ``AttackReport`` per spec, each with one ``InputResult`` per input) and
-        ``summary``: ``clean_accuracy`` and per attack (in request order) ``name``,
-        ``eps``, ``success_rate``, ``success_ci``, ``fools_after_rounding_rate``,
-        ``flagged_rate`` (None without a threshold) and ``wall_time_s``.
+        ``AttackReport`` per spec, each with one ``InputResult`` per input) and ``summary``
+        (``summarise``).
 
     Raises:
         ValueError: invalid inputs or attack specs (nothing is run then).
     """
+    items = resolve_items(attacks, model.cfg.input_shape)
+    return probe_items(
+        model,
+        x,
+        y,
+        items,
+        judge_samples=judge_samples,
+        seed=seed,
+        mi_threshold=mi_threshold,
+        after_attack=after_attack,
+        should_stop=should_stop,
+    )
+
+
+def probe_items(
+    model: StochasticClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    items: Sequence[ProbeItem],
+    *,
+    judge_samples: int = DEFAULT_JUDGE_SAMPLES,
+    seed: int = 0,
+    mi_threshold: float | None = None,
+    after_attack: Callable[[AttackReport, torch.Tensor], bool] | None = None,
+    should_stop: StopFn | None = None,
+) -> ProbeReport:
+    """``probe`` with the attacks already resolved (``resolve_items``: what the service checked
+    against its caps is what runs): judge the clean inputs, run and judge each item, summarise.
+
+    Raises:
+        ValueError: invalid inputs, an unresolved spec, or an adaptive suite without a flag
+            threshold (nothing is run then).
+    """
     _validate_inputs(model, x, y, judge_samples, seed, mi_threshold)
-    items = [item.resolve(model.cfg.input_shape) for item in parse_items(attacks)]
     for item in items:
+        if item.eps is None:
+            raise ValueError(f"{item.name}: eps is not resolved; resolve the attacks first (resolve_items)")
         if isinstance(item, SuiteSpec):
             item.flag_rule(mi_threshold)  # an adaptive suite without a threshold fails before anything runs
     dev = model.proj.weight.device
     x = x.detach().to(dev, torch.float32)
-    y = None if y is None else y.to(dev, torch.long)
-    b = x.shape[0]
-    n = judge_samples
-
-    clean, y = _judge(model, x, y, n, derive_seed(seed, "clean"))
-    yl = y.tolist()
-    clean_labels = clean.label.tolist()
-    clean_results = [
-        CleanResult(
-            index=i,
-            true_label=yl[i],
-            label=clean_labels[i],
-            correct=clean_labels[i] == yl[i],
-            flip_prob=int(clean.flips[i]) / n,
-            flip_ci=_ci(int(clean.flips[i]), n),
-            mean_probs=clean.mean_probs[i].tolist(),
-            predictive_entropy=float(clean.entropy[i]),
-            mutual_information=float(clean.mi[i]),
-            flagged=_flagged(float(clean.mi[i]), mi_threshold),
-        )
-        for i in range(b)
-    ]
-
-    reports = []
+    clean, labels = _judge_clean(
+        model, x, None if y is None else y.to(dev, torch.long), judge_samples, seed, mi_threshold
+    )
+    p = _Probe(model, x, labels, clean, judge_samples, seed, mi_threshold, should_stop)
+    reports: list[AttackReport] = []
     for a, item in enumerate(items):
-        attack_seed = derive_seed(seed, a, item.name, "attack")
-        start = time.perf_counter()
-        res, verdict = _run_item(item, model, x, y, attack_seed, should_stop, mi_threshold)
-        wall = time.perf_counter() - start
-        x_adv = res.x_adv.detach().to(dev)
-        if x_adv.shape != x.shape:
-            raise RuntimeError(f"attack {item.name!r} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
-        adv, _ = _judge(model, x_adv, y, n, derive_seed(seed, a, item.name, "judge"))
-        rounded, _ = _judge(model, torch.round(x_adv * 255) / 255, y, n, derive_seed(seed, a, item.name, "round"))
-        delta = (x_adv - x).flatten(1)
-        linf = delta.abs().amax(1).tolist()
-        l2 = delta.norm(dim=1).tolist()
-        l0 = (delta.abs() > _L0_TOL).sum(1).tolist()
-        success = (adv.label != y).tolist() if verdict is None else verdict.tolist()
-        round_success = (rounded.label != y).tolist()
-        adv_labels = adv.label.tolist()
-        per_input = {k: v for k, v in res.info.items() if isinstance(v, list) and len(v) == b}
-        shared = {k: v for k, v in res.info.items() if k not in per_input}
-        if res.stopped:  # the stop function may say why (service.probe.runner.StopCheck.reason)
-            why = getattr(should_stop, "reason", None) or "a stop was requested"
-            shared["stopped"] = f"stopped before its budget was spent: {why}"
-        grad_list = per_input.pop("grad_evals_per_input", [res.grad_evals] * b)
-        query_list = per_input.pop("queries_per_input", [0] * b)
-        inputs = [
-            InputResult(
-                index=i,
-                true_label=yl[i],
-                clean_label=clean_labels[i],
-                adv_label=adv_labels[i],
-                success=bool(success[i]),
-                flip_prob=int(adv.flips[i]) / n,
-                flip_ci=_ci(int(adv.flips[i]), n),
-                mean_probs=adv.mean_probs[i].tolist(),
-                predictive_entropy=float(adv.entropy[i]),
-                mutual_information=float(adv.mi[i]),
-                flagged=_flagged(float(adv.mi[i]), mi_threshold),
-                linf=linf[i],
-                l2=l2[i],
-                l0=int(l0[i]),
-                fools_after_rounding=round_success[i],
-                grad_evals=int(grad_list[i]),
-                queries=int(query_list[i]),
-                info={k: v[i] for k, v in per_input.items()},
-            )
-            for i in range(b)
-        ]
-        n_success = sum(r.success for r in inputs)
-        reports.append(
-            AttackReport(
-                name=item.name,
-                kind=item.kind,
-                eps=item.radius() if isinstance(item, SuiteSpec) else item.budget,
-                settings=item.settings(),
-                seed=attack_seed,
-                grad_evals=res.grad_evals,
-                draws=res.draws,
-                queries=res.queries,
-                wall_time_s=wall,
-                success_rate=n_success / b,
-                success_ci=_ci(n_success, b),
-                inputs=inputs,
-                info=shared,
-            )
-        )
-        stop = res.stopped or (after_attack is not None and after_attack(reports[-1], x_adv))
+        report, x_adv, stopped = _attack(p, a, item)
+        reports.append(report)
+        stop = stopped or (after_attack is not None and after_attack(report, x_adv))
         if stop and a + 1 < len(items):
             break
-
-    summary = {
-        "clean_accuracy": sum(c.correct for c in clean_results) / b,
-        "attacks": [
-            {
-                "name": r.name,
-                "eps": r.eps,
-                "success_rate": r.success_rate,
-                "success_ci": r.success_ci,
-                "fools_after_rounding_rate": sum(i.fools_after_rounding for i in r.inputs) / b,
-                "flagged_rate": None if mi_threshold is None else sum(bool(i.flagged) for i in r.inputs) / b,
-                "wall_time_s": r.wall_time_s,
-            }
-            for r in reports
-        ],
-    }
     return ProbeReport(
         seed=seed,
-        judge_samples=n,
+        judge_samples=judge_samples,
         mi_threshold=mi_threshold,
-        clean=clean_results,
+        clean=clean,
         attacks=reports,
-        summary=summary,
+        summary=summarise(clean, reports, mi_threshold),
     )

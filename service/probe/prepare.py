@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from models.attacks import make_attack
-from models.probe import ProbeItem, SuiteSpec
+from models.probe import ProbeAttacks, ProbeItem
+from models.probe import resolve_items as models_resolve_items
 
 from ..config import Settings
 from ..engine import random_seed
@@ -22,15 +21,12 @@ DEFAULT_ATTACKS = ("fgsm", "pgd", "surrogate")
 """Run when a request names no attacks, each with its spec's defaults."""
 
 
-def resolve_items(attacks: Any, input_shape: tuple[int, int, int]) -> list[ProbeItem]:
-    """The request's ``attacks`` (specs, a suite name, or None) as resolved specs for this model."""
+def resolve_items(attacks: ProbeAttacks | None, input_shape: tuple[int, int, int]) -> list[ProbeItem]:
+    """The request's ``attacks`` (specs, a suite name, or None: ``DEFAULT_ATTACKS``) resolved for this model,
+    once: the specs the caps are checked against are the specs that run (``models.probe.probe_items``)."""
     if attacks is None:
-        items: list[ProbeItem] = [make_attack(name) for name in DEFAULT_ATTACKS]
-    elif isinstance(attacks, str):
-        items = [SuiteSpec(suite=attacks)]  # type: ignore[arg-type]
-    else:
-        items = list(attacks)
-    return [item.resolve(input_shape) for item in items]
+        attacks = [make_attack(name) for name in DEFAULT_ATTACKS]
+    return models_resolve_items(attacks, input_shape)
 
 
 def true_labels(labels: list[int] | None, n: int, num_classes: int) -> torch.Tensor | None:

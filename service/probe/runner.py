@@ -1,7 +1,7 @@
 """Running one probe in an attack-pool thread: when it stops, metrics and adversarial images.
 
 The wall-time limit (``MFDV_MAX_PROBE_SECONDS``, from the request's arrival) holds inside an
-attack: ``models.probe.probe`` passes the stop check (``StopCheck``) to every attack as
+attack: ``models.probe.probe_items`` passes the stop check (``StopCheck``) to every attack as
 ``should_stop``, checked between steps (queries, bisection rounds), and to ``after_attack``
 between attacks. The same check stops a probe whose request was cancelled or whose server is
 shutting down. An attack stopped early reports what it had (``info.stopped``); the attacks
@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from PIL import Image
 
 from models import StochasticClassifier
 from models.attacks import AttackCost
-from models.probe import AttackReport, ProbeItem, probe
+from models.probe import AttackReport, ProbeItem, ProbeReport, probe_items
 
 from ..errors import ValidationFailed
 from ..metrics import Metrics
@@ -58,7 +57,7 @@ class ProbeJob:
 class ProbeRun:
     """What the worker thread gives back."""
 
-    report: dict[str, Any]  # models.probe.ProbeReport.to_dict(), images added
+    report: ProbeReport  # with return_adversarial, each input's ``adversarial`` image set
     partial_reason: str | None
     skipped: list[str]
     started: float  # perf_counter when the worker started
@@ -164,7 +163,7 @@ def run_probe(
         return stop()
 
     try:
-        report = probe(
+        report = probe_items(
             model,
             job.images.to(model.proj.weight.device),
             job.labels,
@@ -174,15 +173,15 @@ def run_probe(
             mi_threshold=mi_threshold,
             after_attack=after_attack,
             should_stop=stop,
-        ).to_dict()
+        )
     except ValueError as e:  # a setting the checks let through: the caller's to fix, not a 500
         raise ValidationFailed(f"the probe rejected its settings: {e}") from None
-    ran = report["attacks"]
+    ran = report.attacks
     for attack, imgs in zip(ran, images, strict=False):
-        for result, img in zip(attack["inputs"], imgs, strict=True):
-            result["adversarial"] = img
+        for result, img in zip(attack.inputs, imgs, strict=True):
+            result.adversarial = img
     skipped = [item.name for item in job.items[len(ran) :]]
-    stopped = [a["name"] for a in ran if "stopped" in a["info"]]
+    stopped = [a.name for a in ran if "stopped" in a.info]
     reason = partial_reason(stop.reason, stopped, len(ran), skipped)
     return ProbeRun(report, reason, skipped, started, time.perf_counter())
 

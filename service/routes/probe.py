@@ -22,8 +22,8 @@ from ..errors import InvalidInput, ModelNotReady
 from ..openapi import request_body
 from ..probe.prepare import prepare_probe
 from ..probe.runner import run_probe
-from ..schemas import ProbeForm, ProbeRequest, ProbeResponse, dump_response, error_responses
-from ..schemas.probe import ProbeOptions, SuiteName
+from ..schemas import ProbeForm, ProbeRequest, ProbeResponse, error_responses
+from ..schemas.probe import ProbeCostOut, ProbeOptions, ProbeRequestOut, ProbeTimingOut, SuiteName
 from ..transport import BodyReader, json_text, read_body
 
 router = APIRouter(prefix="/v1", tags=["attack-probe"])
@@ -111,33 +111,39 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
             shutdown_deadline=state.lifecycle.answers_due,
             cancel=cancel,
         )
-    content = {
-        "model": engine.name,
-        "model_id": engine.model_id,
-        "partial": run.partial_reason is not None,
-        "partial_reason": run.partial_reason,
-        "skipped_attacks": run.skipped,
-        "request": {
-            "inputs": int(job.images.shape[0]),
-            "labels": "given" if job.labels is not None else "clean_prediction",
-            "attacks": [{"name": a.name, "kind": a.kind, "eps": a.eps, **a.settings()} for a in job.items],
-            "judge_samples": job.judge_samples,
-            "seed": job.seed,
-            "return_adversarial": job.return_adversarial,
-            "cost": {
-                "gradient": job.cost.gradient,
-                "queries": job.cost.queries,
-                "max_gradient": s.max_probe_gradient_budget,
-                "max_queries": s.max_probe_queries,
-            },
-        },
-        **run.report,
-        "timing": {
-            "queue_ms": round((run.started - arrived) * 1e3, 3),
-            "probe_ms": round((run.finished - run.started) * 1e3, 3),
-            "total_ms": round((time.perf_counter() - arrived) * 1e3, 3),
-            "limit_s": s.max_probe_seconds,
-        },
-    }
-    body = await cpu.run(dump_response, ProbeResponse, content)  # images and reports: not on the loop
+    report = run.report
+    response = ProbeResponse(
+        model=engine.name,
+        model_id=engine.model_id,
+        partial=run.partial_reason is not None,
+        partial_reason=run.partial_reason,
+        skipped_attacks=run.skipped,
+        request=ProbeRequestOut(
+            inputs=int(job.images.shape[0]),
+            labels="given" if job.labels is not None else "clean_prediction",
+            attacks=[{"name": a.name, "kind": a.kind, "eps": a.eps, **a.settings()} for a in job.items],
+            judge_samples=job.judge_samples,
+            seed=job.seed,
+            return_adversarial=job.return_adversarial,
+            cost=ProbeCostOut(
+                gradient=job.cost.gradient,
+                queries=job.cost.queries,
+                max_gradient=s.max_probe_gradient_budget,
+                max_queries=s.max_probe_queries,
+            ),
+        ),
+        seed=report.seed,
+        judge_samples=report.judge_samples,
+        mi_threshold=report.mi_threshold,
+        clean=report.clean,
+        attacks=report.attacks,
+        summary=report.summary,
+        timing=ProbeTimingOut(
+            queue_ms=round((run.started - arrived) * 1e3, 3),
+            probe_ms=round((run.finished - run.started) * 1e3, 3),
+            total_ms=round((time.perf_counter() - arrived) * 1e3, 3),
+            limit_s=s.max_probe_seconds,
+        ),
+    )
+    body = await cpu.run(response.model_dump_json, exclude_unset=True)  # images and reports: not on the loop
     return Response(body, media_type="application/json")

@@ -1,6 +1,6 @@
 """Request and response models of every route (also the OpenAPI document), one module per resource."""
 
-from .common import ErrorResponse, dump_response, error_responses, json_bytes
+from .common import ErrorResponse, error_responses, json_bytes
 from .predict import ModelsResponse, PredictForm, PredictRequest, PredictResponse
 from .probe import ProbeForm, ProbeRequest, ProbeResponse
 
@@ -13,7 +13,6 @@ __all__ = [
     "ProbeForm",
     "ProbeRequest",
     "ProbeResponse",
-    "dump_response",
     "error_responses",
     "json_bytes",
 ]

@@ -58,16 +58,6 @@ def json_bytes(content: Any) -> bytes:
     return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def dump_response(model: type[BaseModel], content: dict[str, Any]) -> bytes:
-    """The JSON bytes FastAPI writes for ``content`` returned by a route declared with
-    ``response_model=model, response_model_exclude_unset=True``: validated, then serialized.
-
-    CPU work that grows with the response (a ``return_samples`` body is megabytes): routes call
-    it in a worker thread and return the bytes as a ``Response``, so the event loop keeps serving.
-    """
-    return model.model_validate(content).model_dump_json(by_alias=True, exclude_unset=True).encode()
-
-
 def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` of a route: each status with its description and the error body's schema."""
     return {code: {"model": ErrorResponse, "description": text} for code, text in descriptions.items()}

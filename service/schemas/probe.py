@@ -1,8 +1,12 @@
 """``POST /v1/attack-probe``: request and response models.
 
 Attacks are ``models.attacks.AttackSpec`` (one typed spec per attack, told apart by ``name``)
-or a named suite (``models.probe.SuiteSpec``, or just ``"standard"``/``"published"``/``"adaptive"``): the
-request is validated into typed specs here, once, and everything past the edge trusts them.
+or a named suite (``models.probe.SuiteSpec``, or just ``"standard"``/``"published"``/``"adaptive"``),
+validated into typed specs here; ``service.probe.prepare`` resolves them for the served model
+and checks them against the caps, once, before anything runs.
+
+The response is ``models.probe.ProbeReport`` (the probe's own report type) with the service's
+fields around it (``ProbeResponse``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag
 
 from models.attacks import AttackSpec
-from models.probe import SuiteName, SuiteSpec
+from models.probe import ProbeReport, SuiteName, SuiteSpec
 
 from .common import ImageFile, Seed, form_fields_are_text
 from .limits import LABELS, PROBE_FILES, PROBE_INPUTS, JudgeSamples
@@ -86,72 +90,6 @@ class ProbeForm(ProbeOptions):
 # -- the response -------------------------------------------------------------------------------
 
 
-class CleanOut(BaseModel):
-    index: int
-    true_label: int
-    label: int = Field(description="The prediction (argmax of the mean softmax over judge_samples draws).")
-    correct: bool
-    flip_prob: float = Field(description="Share of draws whose argmax differs from the true label.")
-    flip_ci: list[float] = Field(description="Wilson 95% interval of flip_prob.")
-    mean_probs: list[float]
-    predictive_entropy: float
-    mutual_information: float
-    flagged: bool | None
-
-
-class InputResultOut(BaseModel):
-    index: int
-    true_label: int
-    clean_label: int
-    adv_label: int
-    success: bool = Field(description="adv_label differs from the true label (a suite: its own, stricter verdict).")
-    flip_prob: float
-    flip_ci: list[float]
-    mean_probs: list[float]
-    predictive_entropy: float
-    mutual_information: float
-    flagged: bool | None
-    linf: float
-    l2: float
-    l0: int
-    fools_after_rounding: bool
-    grad_evals: int
-    queries: int
-    info: dict[str, Any]
-    adversarial: str | None = Field(None, description="Base64 8-bit PNG; present only with return_adversarial.")
-
-
-class AttackReportOut(BaseModel):
-    name: str
-    kind: str = Field(description="gradient, score or suite.")
-    eps: float
-    settings: dict[str, Any] = Field(description="Every setting it ran with, defaults filled in.")
-    seed: int
-    grad_evals: int
-    draws: int
-    queries: int
-    wall_time_s: float
-    success_rate: float
-    success_ci: list[float]
-    inputs: list[InputResultOut]
-    info: dict[str, Any] = Field(description="Attack-level extras; `stopped` when the wall-time limit cut it short.")
-
-
-class AttackSummaryOut(BaseModel):
-    name: str
-    eps: float
-    success_rate: float
-    success_ci: list[float]
-    fools_after_rounding_rate: float
-    flagged_rate: float | None
-    wall_time_s: float
-
-
-class ProbeSummaryOut(BaseModel):
-    clean_accuracy: float
-    attacks: list[AttackSummaryOut]
-
-
 class ProbeCostOut(BaseModel):
     gradient: int = Field(description="Gradient units charged (backbone passes x inputs, summed).")
     queries: int = Field(description="Score units charged (queries x inputs, summed).")
@@ -176,8 +114,8 @@ class ProbeTimingOut(BaseModel):
     limit_s: float = Field(description="MFDV_MAX_PROBE_SECONDS.")
 
 
-class ProbeResponse(BaseModel):
-    """Per input and attack, what happened; same seed, same report (timings aside)."""
+class ProbeHead(BaseModel):
+    """What the service says before the report: the model, whether the report is partial, the request."""
 
     model: str
     model_id: str
@@ -187,10 +125,11 @@ class ProbeResponse(BaseModel):
     partial_reason: str | None
     skipped_attacks: list[str]
     request: ProbeRequestOut
-    seed: int
-    judge_samples: int
-    mi_threshold: float | None
-    clean: list[CleanOut]
-    attacks: list[AttackReportOut]
-    summary: ProbeSummaryOut
+
+
+# Fields in order: ProbeHead's, then models.probe.ProbeReport's (the object the probe returns, with
+# return_adversarial its inputs' ``adversarial`` images set), then ``timing``.
+class ProbeResponse(ProbeReport, ProbeHead):
+    """Per input and attack, what happened; same seed, same report (timings aside)."""
+
     timing: ProbeTimingOut

@@ -173,7 +173,7 @@ def test_a_vanilla_model_flips_all_or_nothing(data: tuple[torch.Tensor, torch.Te
     for r in a.inputs:
         assert r.flip_prob in (0.0, 1.0) and r.success == (r.flip_prob == 1.0)
         assert r.flagged is None and r.mutual_information == pytest.approx(0.0, abs=1e-6)
-    assert rep.summary["attacks"][0]["flagged_rate"] is None
+    assert rep.summary.attacks[0].flagged_rate is None
 
 
 def test_default_eps_by_input_size() -> None:
@@ -268,7 +268,7 @@ def test_after_attack_sees_each_report_and_can_stop_the_rest(data: tuple[torch.T
     rep = probe(trained_model("vanilla"), x, y, specs, judge_samples=4, seed=0, after_attack=after)
     assert seen == [("fgsm", tuple(x.shape)), ("pgd", tuple(x.shape))]
     assert [a.name for a in rep.attacks] == ["fgsm", "pgd"]
-    assert [s["name"] for s in rep.summary["attacks"]] == ["fgsm", "pgd"]
+    assert [s.name for s in rep.summary.attacks] == ["fgsm", "pgd"]
     full = probe(trained_model("vanilla"), x, y, specs[:2], judge_samples=4, seed=0)
     assert [a.success_rate for a in full.attacks] == [a.success_rate for a in rep.attacks]
 

@@ -295,7 +295,7 @@ def test_a_cancelled_probe_stops_between_steps(hand_checkpoint: Path, monkeypatc
         assert not t.is_alive(), "the attack did not stop"
     run = out["run"]
     assert run.partial_reason and "cancelled" in run.partial_reason
-    assert 0 < run.report["attacks"][0]["grad_evals"] < 10**7
+    assert 0 < run.report.attacks[0].grad_evals < 10**7
 
 
 def test_a_suite_is_one_entry_with_its_worst_case_per_input(client: TestClient) -> None:
@@ -409,7 +409,7 @@ def test_a_value_error_while_attacking_is_a_422(client: TestClient, monkeypatch:
     def failing_probe(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("square needs 0 < p_init <= 1")
 
-    monkeypatch.setattr(probe_runner, "probe", failing_probe)
+    monkeypatch.setattr(probe_runner, "probe_items", failing_probe)
     r = post(client, {"inputs": arrays([0]), "attacks": [FGSM]})
     assert r.status_code == 422, r.text
     assert "p_init" in r.json()["error"]
@@ -478,14 +478,14 @@ def test_metrics_count_attacks_successes_and_durations(client: TestClient) -> No
 def blocked_probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
     """Make probes wait inside the attack pool until ``release`` is set; ``started`` says one is waiting."""
     started, release = threading.Event(), threading.Event()
-    real = probe_runner.probe
+    real = probe_runner.probe_items
 
     def slow_probe(*args: Any, **kwargs: Any) -> Any:
         started.set()
         assert release.wait(30), "the test never released the probe"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probe_runner, "probe", slow_probe)
+    monkeypatch.setattr(probe_runner, "probe_items", slow_probe)
     yield started, release
     release.set()
 
@@ -564,13 +564,13 @@ def test_the_endpoint_attacks_the_committed_checkpoint_as_the_library_does(fashi
 
 def test_attack_threads_apply_to_the_attack_worker_only(hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
-    real = probe_runner.probe
+    real = probe_runner.probe_items
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probe_runner, "probe", spy)
+    monkeypatch.setattr(probe_runner, "probe_items", spy)
     before = torch.get_num_threads()
     with TestClient(create_app(settings(hand_checkpoint, attack_threads=1))) as c:
         assert post(c, {"inputs": arrays([0]), "attacks": [FGSM]}).status_code == 200
@@ -590,7 +590,7 @@ def test_attacks_run_at_the_lowest_priority_and_predictions_at_theirs(
     from service.engine import InferenceEngine
 
     seen: dict[str, int] = {}
-    real_probe, real_run = probe_runner.probe, InferenceEngine.run
+    real_probe, real_run = probe_runner.probe_items, InferenceEngine.run
 
     def probe_spy(*args: Any, **kwargs: Any) -> Any:
         seen["attack"] = thread_nice()
@@ -600,7 +600,7 @@ def test_attacks_run_at_the_lowest_priority_and_predictions_at_theirs(
         seen["predict"] = thread_nice()
         return real_run(self, jobs)
 
-    monkeypatch.setattr(probe_runner, "probe", probe_spy)
+    monkeypatch.setattr(probe_runner, "probe_items", probe_spy)
     monkeypatch.setattr(InferenceEngine, "run", run_spy)
     process = os.getpriority(os.PRIO_PROCESS, 0)
     with TestClient(create_app(settings(hand_checkpoint))) as c:
