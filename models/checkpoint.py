@@ -32,7 +32,8 @@ FORMATS = ("mfdv-snn-checkpoint/1", FORMAT)
 
 
 class Manifest(BaseModel):
-    """The fields of ``manifest.json`` that loading relies on (others are kept as they are)."""
+    """``manifest.json``, validated: the fields loading and serving rely on, typed (others are kept as
+    they are, in ``model_extra``). ``Checkpoint.info`` holds it."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -47,6 +48,9 @@ class Manifest(BaseModel):
     mi_threshold: float = Field(0.0, ge=0)
     model: ModelConfig
     files: dict[str, str] = Field(min_length=1)
+    lambda_: float | None = Field(None, alias="lambda", description="The variance term's weight (None: no such term).")
+    sigma: dict[str, Any] = Field(default_factory=dict, description="Summary of the learned noise scales.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Clean and robust accuracy, with their settings.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -82,23 +86,39 @@ def sha256_file(path: str | Path) -> str:
 
 @dataclass
 class Checkpoint:
-    """A verified checkpoint: the model (eval mode), its manifest and its id."""
+    """A verified checkpoint: the model (eval mode), its manifest and its id.
+
+    Attributes:
+        info: the manifest, validated (typed fields; read these).
+        manifest: the manifest as written (every field, untyped; for tools that copy or rewrite it).
+    """
 
     model: StochasticClassifier
     manifest: dict[str, Any]
     model_id: str
     path: Path
+    info: Manifest
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
+        return list(self.info.class_names)
 
 
 def read_manifest(path: str | Path, verify: bool = True) -> tuple[dict[str, Any], str]:
-    """Read ``manifest.json`` and check the sha256 of every file it lists.
+    """``manifest.json`` as written (validated, every file's sha256 checked) and the model id.
+
+    Raises:
+        CheckpointError: with a message naming the file at fault.
+    """
+    _, manifest, model_id = _read_manifest(path, verify)
+    return manifest, model_id
+
+
+def _read_manifest(path: str | Path, verify: bool) -> tuple[Manifest, dict[str, Any], str]:
+    """Read ``manifest.json``, validate it and check the sha256 of every file it lists.
 
     Returns:
-        The manifest and the model id (sha256 of the manifest file).
+        The validated manifest, the manifest as written, and the model id (sha256 of the manifest file).
 
     Raises:
         CheckpointError: with a message naming the file at fault.
@@ -122,7 +142,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> tuple[dict[str, Any]
     if not isinstance(files, dict) or WEIGHTS not in files:
         raise CheckpointError(f"{mpath} lists no sha256 for {WEIGHTS}; the checkpoint is incomplete")
     try:
-        Manifest.model_validate(manifest)
+        info = Manifest.model_validate(manifest)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'manifest'}: {err['msg']}" for err in e.errors())
         raise CheckpointError(f"{mpath} is not a valid manifest: {problems}") from None
@@ -137,18 +157,19 @@ def read_manifest(path: str | Path, verify: bool = True) -> tuple[dict[str, Any]
                     f"{fpath} fails its sha256 check (manifest {digest[:12]}…, file {actual[:12]}…): "
                     "the file was altered or corrupted; re-export or restore the checkpoint"
                 )
-    return manifest, hashlib.sha256(raw).hexdigest()
+    return info, manifest, hashlib.sha256(raw).hexdigest()
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> Checkpoint:
     """Rebuild the model from ``manifest.json`` and load its safetensors weights.
 
-    No training code is needed: the manifest's ``model`` section is a ``ModelConfig``.
+    No training code is needed: the manifest's ``model`` section is a ``ModelConfig`` (validated once,
+    in ``Manifest``).
     """
     root = Path(path)
-    manifest, model_id = read_manifest(root, verify=verify)
+    info, manifest, model_id = _read_manifest(root, verify=verify)
     try:
-        model = build_model(manifest["model"])
+        model = build_model(info.model)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{root / MANIFEST} has an invalid 'model' section: {e}") from e
     state = load_file(str(root / WEIGHTS))
@@ -160,4 +181,4 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return Checkpoint(model=model, manifest=manifest, model_id=model_id, path=root)
+    return Checkpoint(model=model, manifest=manifest, model_id=model_id, path=root, info=info)

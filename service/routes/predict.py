@@ -153,20 +153,20 @@ async def predict(request: Request) -> Response:
     responses=error_responses({503: "model not ready (Retry-After)"}),
 )
 async def models(state: StateDep, engine: EngineDep) -> ModelsResponse:
-    m = engine.manifest
+    m = engine.checkpoint.info
     info = {
         "name": engine.name,
         "id": engine.model_id,
-        "method": m.get("method", ""),
-        "arch": m.get("arch", ""),
-        "dataset": m.get("dataset", ""),
+        "method": m.method,
+        "arch": m.arch,
+        "dataset": m.dataset,
         "class_names": engine.class_names,
         "input_shape": list(engine.input_shape),
         "feature_dim": engine.feature_dim,
         "mi_threshold": engine.mi_threshold,
-        "sigma": m.get("sigma", {}),
-        "metrics": m.get("metrics", {}),
-        "lambda": m.get("lambda"),
+        "sigma": m.sigma,
+        "metrics": m.metrics,
+        "lambda": m.lambda_,
         "backend": engine.backend.name,
         "device": engine.backend.device,
         "samples": {"default": state.settings.default_samples, "max": state.settings.max_samples},

@@ -58,6 +58,15 @@ def test_manifest_is_self_describing(exported: Path) -> None:
     assert sorted(p.name for p in exported.parent.iterdir()) == ["ck"], "temporary directories left behind"
 
 
+def test_the_loaded_checkpoint_keeps_the_typed_manifest(exported: Path) -> None:
+    ck = load_checkpoint(exported)
+    info = ck.info
+    assert (info.arch, info.method, info.dataset) == (ck.manifest["arch"], ck.manifest["method"], "tiny")
+    assert info.lambda_ == ck.manifest["lambda"] and info.sigma == ck.manifest["sigma"]
+    assert info.metrics == {"clean": {"accuracy": 0.5}} and info.model == ck.model.cfg
+    assert ck.class_names == info.class_names and info.model_extra is not None and "training" in info.model_extra
+
+
 @pytest.mark.parametrize("method", ["vanilla", "mfdv", "wca"])
 def test_onnx_matches_torch_with_the_same_noise(tmp_path: Path, method: str) -> None:
     model, ds = train_tiny(method, steps=10)
