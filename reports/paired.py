@@ -7,9 +7,9 @@
 Every checkpoint is judged on the same inputs with the same seed: clean accuracy on the first
 ``--clean-n`` test images (T = ``--samples`` draws), and the suite (``adaptive`` by default, with
 its flag calibrated per checkpoint on its held-out training images so that at most
-``--flag-rate`` of the correctly classified ones are flagged; a deterministic model uses its
-max-softmax probability) on the first ``--n``. The per-input outcomes are kept in the results
-file, so every pair is compared with the exact McNemar test and a paired bootstrap interval of
+``--flag-rate`` of the correctly classified ones are flagged, with the checkpoint's own signal:
+mutual information, or the max-softmax probability for a deterministic or ``ccat``-trained
+model) on the first ``--n``. The per-input outcomes are kept in the results file, so every pair is compared with the exact McNemar test and a paired bootstrap interval of
 the difference (``reports.stats``); the first checkpoint is compared with each of the others.
 A checkpoint's result is cached in ``--cache`` as soon as it is done, keyed on its model id and
 the settings, and each batch of ``--batch`` attacked inputs as soon as it is done, so an
@@ -67,6 +67,15 @@ def clean_correct(model: Any, ds: Dataset, samples: int, seed: int, batch: int =
     return np.concatenate(out)
 
 
+def flag_signal(manifest: dict[str, Any], model: Any) -> str:
+    """The checkpoint's own flag signal: ``max_prob`` for a model trained to be unconfident on attacks
+    (``--adv-objective ccat``) or without noise, else mutual information."""
+    objective = (manifest.get("adversarial_training") or {}).get("objective")
+    if objective == "ccat" or not model.stochastic:
+        return "max_prob"
+    return "mutual_information"
+
+
 def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
     """One checkpoint's per-input outcomes (bit strings) and its summary; suite batches cached in ``cache_dir``."""
     ckpt = load_checkpoint(path)
@@ -85,7 +94,8 @@ def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[
             raise SystemExit(
                 f"{path}: its held-out training images cannot be rebuilt, so its flag cannot be calibrated"
             )
-        flag = calibrate_suite_flag(model, held, rate=args.flag_rate, seed=args.seed, source=source)
+        signal = flag_signal(manifest, model) if args.flag_signal == "auto" else args.flag_signal
+        flag = calibrate_suite_flag(model, held, signal=signal, rate=args.flag_rate, seed=args.seed, source=source)
     clean = clean_correct(model, clean_ds, args.samples, args.seed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     parts = []
@@ -149,6 +159,8 @@ def command_line(paths: Sequence[Path], args: argparse.Namespace) -> str:
     """The command that gives these results (written into the results file and the page)."""
     parts = ["python -m reports.paired run", *map(str, paths), f"--suite {args.suite} --n {args.n}"]
     parts.append(f"--clean-n {args.clean_n} --samples {args.samples} --eps {args.eps} --flag-rate {args.flag_rate}")
+    if args.flag_signal != "auto":
+        parts.append(f"--flag-signal {args.flag_signal}")
     if args.steps:
         parts.append(f"--steps {args.steps} --eot {args.eot} --queries {args.queries}")
     if args.dataset:
@@ -161,6 +173,8 @@ def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
         k: getattr(args, k) for k in ("suite", "n", "clean_n", "samples", "steps", "eot", "queries", "eps", "dataset")
     }
     settings.update(flag_rate=args.flag_rate, seed=args.seed)
+    if args.flag_signal != "auto":
+        settings["flag_signal"] = args.flag_signal
     args.cache.mkdir(parents=True, exist_ok=True)
     results = []
     for path in paths:
@@ -252,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--queries", type=int, default=1000)
     r.add_argument("--eps", type=float, default=0.1)
     r.add_argument("--flag-rate", type=float, default=0.05)
+    r.add_argument(
+        "--flag-signal",
+        choices=["auto", "mutual_information", "max_prob"],
+        default="auto",
+        help="auto: max_prob for a ccat-trained or deterministic model, else mutual_information",
+    )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--batch", type=int, default=100, help="attacked inputs per cached batch")
     r.add_argument("--dataset", help="test data (default: each checkpoint's manifest dataset)")
