@@ -21,6 +21,7 @@ from ..schemas import (
     error_responses,
     json_bytes,
 )
+from ..schemas.limits import SAMPLES
 from ..schemas.predict import PredictOptions
 from ..transport import Body, BodyReader, read_body
 
@@ -169,6 +170,6 @@ async def models(state: StateDep, engine: EngineDep) -> ModelsResponse:
         "lambda": m.lambda_,
         "backend": engine.backend.name,
         "device": engine.backend.device,
-        "samples": {"default": state.settings.default_samples, "max": state.settings.max_samples},
+        "samples": {"default": SAMPLES.default(state.settings), "max": SAMPLES.maximum(state.settings)},
     }
     return ModelsResponse.model_validate({"models": [info]})

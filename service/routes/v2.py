@@ -31,16 +31,17 @@ from pydantic import ValidationError
 from ..config import Settings
 from ..deps import AppState, EngineDep, StateDep, app_state
 from ..engine import MAX_SEED, InferenceEngine, PredictJob, PredictOutput, random_seed
-from ..errors import InvalidInput, NotFound, PayloadTooLarge
+from ..errors import InvalidInput, NotFound, PayloadTooLarge, describe_validation_errors
 from ..inputs import check_batch
 from ..openapi import request_body
 from ..schemas import error_responses, json_bytes
 from ..schemas.limits import SAMPLES, OutOfRange, env_name, validation_context
 from ..schemas.v2 import (
-    MAX_NDIM,
+    DTYPES,
     OUTPUTS,
     InferenceRequest,
     InferenceResponse,
+    InferInput,
     ModelMetadata,
     ModelReady,
     RequestParameters,
@@ -56,12 +57,6 @@ router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 HEADER_LENGTH = "inference-header-content-length"
 INPUT_NAME = "image"
 VERSION = "1"
-DTYPES: dict[str, np.dtype[Any]] = {
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "FP16": np.dtype("<f2"),
-    "UINT8": np.dtype("u1"),
-}
 # integer datatypes: the inclusive range their JSON values must lie in
 INT_RANGES: dict[str, tuple[int, int]] = {"UINT8": (0, 255)}
 _NOT_READY = {503: "model not ready, or shutting down (Retry-After)"}
@@ -175,27 +170,6 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def _parameters(params: Any, settings: Settings) -> RequestParameters:
-    """The request's ``parameters`` (others than ours are allowed and ignored), validated with the
-    app's settings; mistakes in the protocol's words (``parameter 'samples' must be in [1, 256]``)."""
-    if not isinstance(params, dict):
-        raise InvalidInput("`parameters` must be a JSON object")
-    try:
-        return RequestParameters.model_validate(params, strict=True, context=validation_context(settings))
-    except OutOfRange as e:
-        raise InvalidInput(
-            f"parameter {e.limit.name!r} must be in [{e.limit.minimum}, {e.maximum}] "
-            f"({env_name(e.limit.setting)}); got {e.value}"
-        ) from None
-    except ValidationError as e:
-        key = str(e.errors()[0]["loc"][0])
-        value = params.get(key)
-        if key == "binary_data_output":
-            raise InvalidInput(f"parameter {key!r} must be a JSON boolean (true or false); got {value!r}") from None
-        lo, hi = (0, MAX_SEED) if key == "seed" else (SAMPLES.minimum, SAMPLES.maximum(settings))
-        raise InvalidInput(f"parameter {key!r} must be an integer in [{lo}, {hi}]; got {value!r}") from None
-
-
 def _json_values(data: Any, dtype_name: str, dtype: np.dtype[Any]) -> np.ndarray:
     """``data`` (nested JSON numbers) -> a flat array of ``dtype``; integer types are range-checked."""
     what = f"input {INPUT_NAME!r}: `data`"
@@ -219,26 +193,13 @@ def _json_values(data: Any, dtype_name: str, dtype: np.dtype[Any]) -> np.ndarray
     return wide.astype(dtype)
 
 
-def _tensor(spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarray, int]:
-    """One input tensor -> (array, new binary offset)."""
-    shape = spec.get("shape")
-    dtype_name = spec.get("datatype")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"input {INPUT_NAME!r} needs a shape: a list of non-negative integers; got {shape!r}")
-    if len(shape) > MAX_NDIM:
-        raise InvalidInput(f"input {INPUT_NAME!r} has {len(shape)} dimensions; send [B, C, H, W]")
-    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
-        raise InvalidInput(
-            f"input {INPUT_NAME!r} has datatype {dtype_name!r}; send FP32 pixels in [0, 1] "
-            f"(or UINT8 0..255; one of {sorted(DTYPES)}, as a string)"
-        )
+def _tensor(spec: InferInput, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+    """One validated input tensor -> (array, new binary offset): its values, from ``data`` or the binary part."""
+    shape, dtype_name = spec.shape, spec.datatype
     dtype = DTYPES[dtype_name]
     count = math.prod(shape)  # exact Python ints: no wrap-around (math.prod([]) == 1)
-    params = spec.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    size = spec.parameters.binary_data_size if spec.parameters is not None else None
     if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise InvalidInput(f"binary_data_size must be a non-negative integer; got {size!r}")
         if size != count * dtype.itemsize:
             raise InvalidInput(
                 f"input {INPUT_NAME!r}: binary_data_size is {size} bytes but shape {shape} of {dtype_name} "
@@ -252,9 +213,9 @@ def _tensor(spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarra
         arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset)
         offset += size
     else:
-        if "data" not in spec:
+        if "data" not in spec.model_fields_set:
             raise InvalidInput(f"input {INPUT_NAME!r} has neither `data` nor parameters.binary_data_size")
-        arr = _json_values(spec["data"], dtype_name, dtype)
+        arr = _json_values(spec.data, dtype_name, dtype)
         if arr.size != count:
             raise InvalidInput(f"input {INPUT_NAME!r}: `data` has {arr.size} values but shape {shape} needs {count}")
     try:
@@ -264,15 +225,6 @@ def _tensor(spec: dict[str, Any], binary: bytes, offset: int) -> tuple[np.ndarra
     if dtype_name == "UINT8":
         return arr.astype(np.float32) / 255.0, offset
     return arr, offset
-
-
-def _bool_param(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
-    value = params.get(key)
-    if value is None:  # absent or null, as for the integer parameters
-        return default
-    if not isinstance(value, bool):
-        raise InvalidInput(f"{where} {key!r} must be a JSON boolean (true or false); got {value!r}")
-    return value
 
 
 def _integral_header(req: dict[str, Any]) -> dict[str, Any]:
@@ -285,6 +237,90 @@ def _integral_header(req: dict[str, Any]) -> dict[str, Any]:
             for t in inputs
         ]
     return out
+
+
+def _item(req: dict[str, Any], key: str, index: int) -> dict[str, Any]:
+    """``req[key][index]`` if it is an object, else ``{}`` (for messages)."""
+    items = req.get(key)
+    item = items[index] if isinstance(items, list) and index < len(items) else None
+    return item if isinstance(item, dict) else {}
+
+
+def protocol_message(error: dict[str, Any], req: dict[str, Any], settings: Settings) -> str:
+    """An ``InferenceRequest`` validation error in the protocol's words: what to send instead."""
+    loc, kind = error["loc"], error["type"]
+    if loc[0] == "inputs":
+        spec = _item(req, "inputs", 0)
+        field = loc[2] if len(loc) > 2 else None
+        if field == "name":
+            return f"unknown input {spec.get('name')!r}; this model's only input is {INPUT_NAME!r}"
+        if field == "shape":
+            shape = spec.get("shape")
+            if kind == "too_long" and isinstance(shape, list):
+                return f"input {INPUT_NAME!r} has {len(shape)} dimensions; send [B, C, H, W]"
+            return f"input {INPUT_NAME!r} needs a shape: a list of non-negative integers; got {shape!r}"
+        if field == "datatype":
+            return (
+                f"input {INPUT_NAME!r} has datatype {spec.get('datatype')!r}; send FP32 pixels in [0, 1] "
+                f"(or UINT8 0..255; one of {sorted(DTYPES)}, as a string)"
+            )
+        if field == "parameters":
+            size = (spec.get("parameters") or {}).get("binary_data_size")
+            return f"binary_data_size must be a non-negative integer; got {size!r}"
+        return f"send exactly one input, named {INPUT_NAME!r}"
+    if loc[0] == "parameters":
+        if len(loc) == 1:
+            return "`parameters` must be a JSON object"
+        key = str(loc[1])
+        value = req["parameters"].get(key)
+        if key == "binary_data_output":
+            return f"parameter {key!r} must be a JSON boolean (true or false); got {value!r}"
+        lo, hi = (0, MAX_SEED) if key == "seed" else (SAMPLES.minimum, SAMPLES.maximum(settings))
+        if kind in ("greater_than_equal", "less_than_equal"):
+            return f"parameter {key!r} must be in [{lo}, {hi}]; got {value!r}"
+        return f"parameter {key!r} must be an integer in [{lo}, {hi}]; got {value!r}"
+    if loc[0] == "outputs":
+        if len(loc) < 3:
+            return '`outputs` must be a list of {"name": ...} objects'
+        output = _item(req, "outputs", int(loc[1]))
+        name = output.get("name")
+        if loc[2] == "name":
+            return f"unknown output {name!r}; give a name string among {list(OUTPUTS)}"
+        if len(loc) == 3:
+            return f"output {name!r}: `parameters` must be a JSON object; got {output.get('parameters')!r}"
+        value = (output.get("parameters") or {}).get("binary_data")
+        return f"output {name!r} parameter 'binary_data' must be a JSON boolean (true or false); got {value!r}"
+    if loc[0] == "id":
+        return f"`id` must be a string; got {req.get('id')!r}"
+    return describe_validation_errors([error])
+
+
+def parse_header(head: bytes, settings: Settings) -> InferenceRequest:
+    """The inference header (the JSON body, or the JSON before binary tensors), validated.
+
+    Raises:
+        InvalidInput: not JSON, not the contract, or a parameter out of range (400, the protocol's words).
+    """
+    try:
+        req = loads_json(head, "the inference header")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"the inference header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise InvalidInput("the inference header nests JSON too deeply; send flat or [B, C, H, W] data") from None
+    if not isinstance(req, dict):
+        raise InvalidInput('the inference request must be a JSON object with "inputs"')
+    req = _integral_header(req)
+    if not req.get("parameters"):  # absent, null or empty: no parameters (as the protocol's clients send them)
+        req.pop("parameters", None)
+    try:
+        return InferenceRequest.model_validate(req, strict=True, context=validation_context(settings))
+    except OutOfRange as e:
+        raise InvalidInput(
+            f"parameter {e.limit.name!r} must be in [{e.limit.minimum}, {e.maximum}] "
+            f"({env_name(e.limit.setting)}); got {e.value}"
+        ) from None
+    except ValidationError as e:
+        raise InvalidInput(protocol_message(e.errors()[0], req, settings)) from None
 
 
 def parse_infer(body: bytes, header_length: str | None, state: AppState, engine: InferenceEngine) -> InferRequest:
@@ -301,54 +337,32 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
         head, binary = body[:n], body[n:]
     else:
         head, binary = body, b""
-    try:
-        req = loads_json(head, "the inference header")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"the inference header is not valid JSON ({e})") from None
-    except RecursionError:
-        raise InvalidInput("the inference header nests JSON too deeply; send flat or [B, C, H, W] data") from None
-    if not isinstance(req, dict):
-        raise InvalidInput('the inference request must be a JSON object with "inputs"')
-    req = _integral_header(req)
-    inputs = req.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidInput(f"send exactly one input, named {INPUT_NAME!r}")
-    spec = inputs[0]
-    if spec.get("name") != INPUT_NAME:
-        raise InvalidInput(f"unknown input {spec.get('name')!r}; this model's only input is {INPUT_NAME!r}")
-    arr, used = _tensor(spec, binary, 0)
+    req = parse_header(head, state.settings)
+    arr, used = _tensor(req.inputs[0], binary, 0)
     if used != len(binary):
         raise InvalidInput(f"{len(binary) - used} binary bytes follow the header but no input declares them")
     images = check_batch(arr, state.input_spec(engine), f"input {INPUT_NAME!r}", state.settings.max_inputs)
-    params = _parameters(req.get("parameters") or {}, state.settings)
+    params = req.parameters or RequestParameters.model_validate({}, context=validation_context(state.settings))
     binary_default = bool(params.binary_data_output)
-    requested = req.get("outputs")
-    if requested is None:
+    if req.outputs is None:
         outputs = [(name, binary_default) for name in OUTPUTS]
     else:
-        if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
-            raise InvalidInput('`outputs` must be a list of {"name": ...} objects')
-        outputs = []
-        for o in requested:
-            name = o.get("name")
-            if not isinstance(name, str) or name not in OUTPUTS:
-                raise InvalidInput(f"unknown output {name!r}; give a name string among {list(OUTPUTS)}")
-            oparams = o.get("parameters")
-            if oparams is None:
-                oparams = {}
-            if not isinstance(oparams, dict):
-                raise InvalidInput(f"output {name!r}: `parameters` must be a JSON object; got {oparams!r}")
-            outputs.append((name, _bool_param(oparams, "binary_data", binary_default, f"output {name!r} parameter")))
-    request_id = req.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput(f"`id` must be a string; got {request_id!r}")
+        outputs = [
+            (
+                o.name,
+                binary_default
+                if o.parameters is None or o.parameters.binary_data is None
+                else o.parameters.binary_data,
+            )
+            for o in req.outputs
+        ]
     assert params.samples is not None  # filled in by validation (service.schemas.limits.Samples)
     return InferRequest(
         images=images,
         samples=params.samples,
         seed=params.seed if params.seed is not None else random_seed(),
         outputs=outputs,
-        request_id=request_id,
+        request_id=req.id,
     )
 
 

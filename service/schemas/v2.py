@@ -1,16 +1,19 @@
 """Open Inference Protocol v2 (KServe / Triton): request and response models.
 
-The inference body is read by ``service.routes.v2.parse_infer`` (JSON, or JSON followed by
-binary tensors), whose checks give the protocol's messages; ``InferenceRequest`` is the same
-contract written as a model, so the OpenAPI document states it and the schemathesis run
-(``tests/integration/test_schemathesis.py``) checks that the two agree.
+``InferenceRequest`` is the inference body's JSON (or the JSON header of a binary request): what
+``service.routes.v2.parse_infer`` validates it with (strictly, with the app's settings), and what
+the OpenAPI document shows. Its schema is the JSON body's contract: the two allowances of the
+binary extension's header (``data`` left out, ``parameters.binary_data_size`` given) are kept
+out of it. The tensor's values are checked by the route (with numpy, in the protocol's words),
+not by pydantic.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidation, WithJsonSchema
 from typing_extensions import TypeAliasType
 
 from ..engine import MAX_SEED
@@ -33,6 +36,16 @@ OUTPUTS: dict[str, tuple[str, bool]] = {
 """The model's outputs, in response order: name -> (datatype, per class: shape [B, K] rather than [B])."""
 
 OutputName = Literal[tuple(OUTPUTS)]  # type: ignore[valid-type]
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "FP16": np.dtype("<f2"),
+    "UINT8": np.dtype("u1"),
+}
+"""The input datatypes the model takes, with their little-endian layout."""
+
+Datatype = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
 
 TensorData = TypeAliasType("TensorData", "list[float | TensorData]")  # type: ignore[misc]
 """A tensor's values: flat in row-major order, or nested lists."""
@@ -77,9 +90,20 @@ class InputParameters(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    binary_data_size: None = Field(
+    binary_data_size: Annotated[int | None, Field(ge=0), WithJsonSchema({"type": "null"})] = Field(
         None, description="Binary extension only: bytes of this tensor after the JSON header (see the operation)."
     )
+
+
+def _object_or_none(value: Any) -> Any:
+    """An input's ``parameters`` that are not an object are ignored (as they always were)."""
+    return value if isinstance(value, dict) else None
+
+
+def _data_is_required(schema: dict[str, Any]) -> None:
+    """A JSON body carries ``data`` (only the binary extension's header leaves it out)."""
+    schema.setdefault("required", []).append("data")
+    schema["properties"]["data"].pop("default", None)
 
 
 def _shape(d: Deployment) -> dict[str, Any]:
@@ -102,13 +126,16 @@ def _shape(d: Deployment) -> dict[str, Any]:
 class InferInput(BaseModel):
     """The one input, ``image``, its values in ``data`` (the binary extension sends them after the header)."""
 
+    model_config = ConfigDict(json_schema_extra=_data_is_required)
+
     name: Literal["image"]
     shape: Annotated[list[Annotated[int, Field(ge=0)]], Shown(_shape, replace=True)] = Field(
         max_length=MAX_NDIM, description="[B, C, H, W], or [B, H, W] for one channel."
     )
-    datatype: Literal["FP32", "FP64", "FP16", "UINT8"] = Field(description="FP* pixels in [0, 1]; UINT8 pixels 0..255.")
-    data: TensorData = Field(description="The values, flat (row-major) or nested.")
-    parameters: InputParameters | None = None
+    datatype: Datatype = Field(description="FP* pixels in [0, 1]; UINT8 pixels 0..255.")
+    # checked by the route (numbers of the datatype, as many as the shape says), with numpy
+    data: SkipValidation[TensorData] = Field(None, description="The values, flat (row-major) or nested.")  # type: ignore[assignment]
+    parameters: Annotated[InputParameters | None, BeforeValidator(_object_or_none)] = None
 
 
 class RequestParameters(BaseModel):
