@@ -14,7 +14,7 @@ from models.probe import ProbeItem
 
 from ..config import Settings
 from ..errors import ValidationFailed
-from ..schemas.limits import SAMPLES, env_name
+from ..schemas.limits import PROBE_INPUTS, SAMPLES, env_name
 
 
 def check_caps(items: Sequence[ProbeItem], inputs: int, settings: Settings) -> AttackCost:
@@ -32,10 +32,10 @@ def check_caps(items: Sequence[ProbeItem], inputs: int, settings: Settings) -> A
         ValidationFailed: a cap is exceeded (422); the message names the setting.
     """
     s = settings
-    max_draws = SAMPLES.maximum(s)
-    if inputs > s.max_probe_inputs:
+    max_draws, max_inputs = SAMPLES.maximum(s), PROBE_INPUTS.maximum(s)
+    if inputs > max_inputs:
         raise ValidationFailed(
-            f"{inputs} inputs in one probe; at most {s.max_probe_inputs} are allowed (MFDV_MAX_PROBE_INPUTS), "
+            f"{inputs} inputs in one probe; at most {max_inputs} are allowed ({env_name(PROBE_INPUTS.setting)}), "
             "split the request"
         )
     for i, item in enumerate(items):

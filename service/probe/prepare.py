@@ -12,6 +12,7 @@ from ..config import Settings
 from ..engine import random_seed
 from ..errors import InvalidInput
 from ..inputs import InputSpec, decode_inputs
+from ..schemas.limits import PROBE_INPUTS
 from ..schemas.probe import ProbeOptions
 from ..transport import Body
 from .caps import check_caps
@@ -57,7 +58,9 @@ def prepare_probe(body: Body[ProbeOptions], settings: Settings, spec: InputSpec,
     cost = check_caps(items, max(n, 1), settings)
     if req.return_adversarial and spec.shape[0] not in (1, 3):
         raise InvalidInput(f"return_adversarial needs 1- or 3-channel inputs; this model takes {spec.shape[0]}")
-    images = decode_inputs(body.inputs, spec, max_inputs=settings.max_probe_inputs, resize=req.resize, name=body.source)
+    images = decode_inputs(
+        body.inputs, spec, max_inputs=PROBE_INPUTS.maximum(settings), resize=req.resize, name=body.source
+    )
     labels = true_labels(req.labels, n, num_classes)
     seed = req.seed if req.seed is not None else random_seed()
     return ProbeJob(images, labels, items, req.judge_samples, seed, req.return_adversarial, cost)

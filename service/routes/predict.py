@@ -21,7 +21,7 @@ from ..schemas import (
     error_responses,
     json_bytes,
 )
-from ..schemas.limits import SAMPLES
+from ..schemas.limits import INPUTS, SAMPLES
 from ..schemas.predict import PredictOptions
 from ..transport import Body, BodyReader, read_body
 
@@ -46,7 +46,7 @@ def prepare_job(
     req = body.options
     assert req.samples is not None  # filled in by validation (service.schemas.limits.Samples)
     images = decode_inputs(
-        body.inputs, spec, max_inputs=settings.max_inputs, resize=req.resize, name=body.source, on_loop=on_loop
+        body.inputs, spec, max_inputs=INPUTS.maximum(settings), resize=req.resize, name=body.source, on_loop=on_loop
     )
     seed = req.seed if req.seed is not None else random_seed()
     return PredictJob(
@@ -129,7 +129,7 @@ async def predict(request: Request) -> Response:
     job = await read_body(
         request,
         state.body_reader(PREDICT_BODY),
-        max_files=s.max_inputs,
+        max_files=INPUTS.maximum(s),
         then=prepare,
         pool=state.cpu_pool(),
         on_loop=partial(prepare, on_loop=True),

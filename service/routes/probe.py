@@ -23,6 +23,7 @@ from ..openapi import request_body
 from ..probe.prepare import prepare_probe
 from ..probe.runner import run_probe
 from ..schemas import ProbeForm, ProbeRequest, ProbeResponse, error_responses
+from ..schemas.limits import PROBE_INPUTS
 from ..schemas.probe import ProbeCostOut, ProbeOptions, ProbeRequestOut, ProbeTimingOut, SuiteName
 from ..transport import BodyReader, json_text, read_body
 
@@ -96,7 +97,7 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     # body never holds a pool place.
     with pool.reserve() as slot:
         job = await read_body(
-            request, state.body_reader(PROBE_BODY), max_files=s.max_probe_inputs, then=prepare, pool=cpu
+            request, state.body_reader(PROBE_BODY), max_files=PROBE_INPUTS.maximum(s), then=prepare, pool=cpu
         )
         run = await slot.run(
             run_probe,

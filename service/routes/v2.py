@@ -35,7 +35,7 @@ from ..errors import InvalidInput, NotFound, PayloadTooLarge, describe_validatio
 from ..inputs import check_batch
 from ..openapi import request_body
 from ..schemas import error_responses, json_bytes
-from ..schemas.limits import SAMPLES, OutOfRange, env_name, validation_context
+from ..schemas.limits import INPUTS, SAMPLES, OutOfRange, env_name, validation_context
 from ..schemas.v2 import (
     DTYPES,
     OUTPUTS,
@@ -341,7 +341,7 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
     arr, used = _tensor(req.inputs[0], binary, 0)
     if used != len(binary):
         raise InvalidInput(f"{len(binary) - used} binary bytes follow the header but no input declares them")
-    images = check_batch(arr, state.input_spec(engine), f"input {INPUT_NAME!r}", state.settings.max_inputs)
+    images = check_batch(arr, state.input_spec(engine), f"input {INPUT_NAME!r}", INPUTS.maximum(state.settings))
     params = req.parameters or RequestParameters.model_validate({}, context=validation_context(state.settings))
     binary_default = bool(params.binary_data_output)
     if req.outputs is None:

@@ -6,8 +6,8 @@ A limit's bound is a setting (``MFDV_MAX_SAMPLES``...), so it is known per app, 
   ``Settings`` from pydantic's validation context (``validation_context``); it fills in the
   default when the value is absent and refuses one out of range with an ``InvalidInput`` (400)
   whose message names the setting. Validating without the settings is a programming error.
-- every request field whose JSON schema depends on the deployment carries a marker (``Limit`` or
-  ``Shown``); the OpenAPI document is generated with ``DeploymentJsonSchema``, which writes each
+- every request field whose JSON schema depends on the deployment carries a marker (``Limit``,
+  ``Count`` or ``Shown``); the OpenAPI document is generated with ``DeploymentJsonSchema``, which writes each
   marker's keywords from the same settings (and, once loaded, the served model's shape and classes).
 
 ``bind_settings`` makes a request model whose ``model_validate`` carries an app's settings: what
@@ -170,30 +170,33 @@ def input_item(shape: tuple[int, int, int]) -> dict[str, Any]:
     return {"anyOf": [*arrays, image]}
 
 
-def shown_count(setting: str, items: bool = False) -> Shown:
-    """1..``settings.<setting>`` items (``items``: each a JSON input of the served model's shape)."""
+@dataclass(frozen=True, eq=False)
+class Count:
+    """A request's count of images: 1..``settings.<setting>``. Counted where the images are read (the
+    messages name the request's parts): ``service.inputs`` (``decode_inputs``, ``check_batch``),
+    ``service.transport`` (``file`` parts) and ``service.probe.caps``, each given ``maximum(settings)``.
+    """
 
-    def keywords(d: Deployment) -> dict[str, Any]:
-        out: dict[str, Any] = {"minItems": 1, "maxItems": int(getattr(d.settings, setting))}
-        if items and d.input_shape is not None:
-            out["items"] = input_item(d.input_shape)
-        return out
+    setting: str
 
-    return Shown(keywords)
+    def maximum(self, settings: Settings) -> int:
+        return int(getattr(settings, self.setting))
+
+    def keywords(self, deployment: Deployment) -> dict[str, Any]:
+        return {"minItems": 1, "maxItems": self.maximum(deployment.settings)}
 
 
-INPUTS = shown_count("max_inputs", items=True)
-"""``/v1/predict`` JSON inputs (checked by ``service.inputs.decode_inputs``)."""
-FILES = shown_count("max_inputs")
-"""``/v1/predict`` multipart ``file`` parts (counted by ``service.transport``)."""
-PROBE_INPUTS = shown_count("max_probe_inputs", items=True)
-"""``/v1/attack-probe`` JSON inputs (counted by ``service.probe.caps``)."""
-PROBE_FILES = shown_count("max_probe_inputs")
-"""``/v1/attack-probe`` multipart ``file`` parts (counted by ``service.transport``)."""
+INPUTS = Count("max_inputs")
+"""Images in one prediction: ``/v1/predict`` inputs or ``file`` parts, a v2 batch."""
+PROBE_INPUTS = Count("max_probe_inputs")
+"""Images in one attack probe: ``/v1/attack-probe`` inputs or ``file`` parts."""
+
+PIXEL_INPUTS = Shown(lambda d: {} if d.input_shape is None else {"items": input_item(d.input_shape)})
+"""JSON inputs: each a pixel array of the served model's shape, or a base64 image."""
 
 
 def _labels(d: Deployment) -> dict[str, Any]:
-    out: dict[str, Any] = {"maxItems": d.settings.max_probe_inputs}
+    out: dict[str, Any] = {"maxItems": PROBE_INPUTS.maximum(d.settings)}
     if d.num_classes is not None:
         out["items"] = {"type": "integer", "minimum": 0, "maximum": d.num_classes - 1}
     return out
@@ -206,7 +209,7 @@ LABELS = Shown(_labels)
 class DeploymentJsonSchema(GenerateJsonSchema):
     """JSON schemas of the request models with one deployment's limits (``for_deployment``).
 
-    Each model field's ``Limit``/``Shown`` markers write their keywords; attack and suite specs get
+    Each model field's ``Limit``/``Count``/``Shown`` markers write their keywords; attack and suite specs get
     the probe caps on their radius (``eps``, ``hi``: ``MFDV_MAX_PROBE_EPS``) and their noise draws
     (``samples``: ``MFDV_MAX_SAMPLES``), which ``service.probe.caps`` checks.
     """
@@ -229,7 +232,7 @@ class DeploymentJsonSchema(GenerateJsonSchema):
             if prop is None:
                 continue
             for marker in info.metadata:
-                keywords = marker.keywords(d) if isinstance(marker, Shown | Limit) else None
+                keywords = marker.keywords(d) if isinstance(marker, Shown | Limit | Count) else None
                 if not keywords:
                     continue
                 if isinstance(marker, Shown) and marker.replace:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .common import ImageFile, Seed, form_fields_are_text
-from .limits import FILES, INPUTS, Samples
+from .limits import INPUTS, PIXEL_INPUTS, Samples
 
 INPUT_DESCRIPTION = (
     "One image: a nested array [C,H,W] (or [H,W] for one channel) of pixels in [0, 1], "
@@ -35,7 +35,9 @@ class PredictOptions(BaseModel):
 class PredictRequest(PredictOptions):
     """``POST /v1/predict`` as JSON (``application/json``)."""
 
-    inputs: Annotated[list[Any], INPUTS] = Field(description=f"Images, 1..MFDV_MAX_INPUTS. {INPUT_DESCRIPTION}")
+    inputs: Annotated[list[Any], INPUTS, PIXEL_INPUTS] = Field(
+        description=f"Images, 1..MFDV_MAX_INPUTS. {INPUT_DESCRIPTION}"
+    )
 
 
 class PredictForm(PredictOptions):
@@ -43,7 +45,7 @@ class PredictForm(PredictOptions):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=form_fields_are_text)
 
-    file: Annotated[list[ImageFile], FILES] = Field(
+    file: Annotated[list[ImageFile], INPUTS] = Field(
         description="PNG or JPEG images, one part each (1..MFDV_MAX_INPUTS)."
     )
 

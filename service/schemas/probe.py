@@ -19,7 +19,7 @@ from models.attacks import AttackSpec
 from models.probe import ProbeReport, SuiteName, SuiteSpec
 
 from .common import ImageFile, Seed, form_fields_are_text
-from .limits import LABELS, PROBE_FILES, PROBE_INPUTS, JudgeSamples
+from .limits import LABELS, PIXEL_INPUTS, PROBE_INPUTS, JudgeSamples
 from .predict import INPUT_DESCRIPTION
 
 
@@ -71,7 +71,7 @@ class ProbeOptions(BaseModel):
 class ProbeRequest(ProbeOptions):
     """``POST /v1/attack-probe`` as JSON (``application/json``)."""
 
-    inputs: Annotated[list[Any], PROBE_INPUTS] = Field(
+    inputs: Annotated[list[Any], PROBE_INPUTS, PIXEL_INPUTS] = Field(
         description=f"Images, 1..MFDV_MAX_PROBE_INPUTS. {INPUT_DESCRIPTION}"
     )
 
@@ -82,7 +82,7 @@ class ProbeForm(ProbeOptions):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=form_fields_are_text)
 
-    file: Annotated[list[ImageFile], PROBE_FILES] = Field(
+    file: Annotated[list[ImageFile], PROBE_INPUTS] = Field(
         description="PNG or JPEG images, one part each (1..MFDV_MAX_PROBE_INPUTS)."
     )
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidati
 from typing_extensions import TypeAliasType
 
 from ..engine import MAX_SEED
-from .limits import Deployment, Samples, Shown
+from .limits import INPUTS, Deployment, Samples, Shown
 
 MAX_NDIM = 8
 """Most dimensions a tensor may declare (the model wants 3 or 4)."""
@@ -111,7 +111,7 @@ def _shape(d: Deployment) -> dict[str, Any]:
     if d.input_shape is None:
         return {}
     c, h, w = d.input_shape
-    batch = {"type": "integer", "minimum": 1, "maximum": d.settings.max_inputs}
+    batch = {"type": "integer", "minimum": 1, "maximum": INPUTS.maximum(d.settings)}
     shapes = [[batch, {"const": c}, {"const": h}, {"const": w}]]
     if c == 1:
         shapes.append([batch, {"const": h}, {"const": w}])
