@@ -4,11 +4,14 @@ A limit's bound is a setting (``MFDV_MAX_SAMPLES``...), so it is known per app, 
 
 - a validating limit (``Limit``: ``Samples``, ``JudgeSamples``) is a validator reading the app's
   ``Settings`` from pydantic's validation context (``validation_context``); it fills in the
-  default when the value is absent and refuses one out of range with an ``InvalidInput`` (400)
-  whose message names the setting. Validating without the settings is a programming error.
+  default when the value is absent and refuses one out of range with ``OutOfRange``, an
+  ``InvalidInput`` whose message names the setting (not a ValueError, so pydantic lets it through:
+  a 400, as a range error always was, where a schema error is a 422). Validating without the
+  settings is a programming error (RuntimeError), never a silent pass.
 - every request field whose JSON schema depends on the deployment carries a marker (``Limit``,
-  ``Count`` or ``Shown``); the OpenAPI document is generated with ``DeploymentJsonSchema``, which writes each
-  marker's keywords from the same settings (and, once loaded, the served model's shape and classes).
+  ``Count`` or ``Shown``); the OpenAPI document is generated with ``DeploymentJsonSchema``, which
+  writes each marker's keywords from the same settings (and, once loaded, the served model's shape
+  and classes): no component or property is patched by name.
 
 ``bind_settings`` makes a request model whose ``model_validate`` carries an app's settings: what
 ``service.transport`` validates ``/v1`` bodies with (``AppState.body_reader``).

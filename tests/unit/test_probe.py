@@ -11,7 +11,7 @@ import torch
 
 from models import ModelConfig
 from models.attacks import ATTACK_SPEC, default_eps, list_attacks
-from models.probe import ProbeReport, SuiteSpec, parse_items, probe
+from models.probe import ProbeReport, SuiteSpec, parse_items, probe, probe_items, resolve_items
 from tests.unit._attack_models import one_thread, synthetic, trained_model
 
 SPECS: list[dict[str, Any]] = [
@@ -253,6 +253,21 @@ def test_invalid_inputs_raise(data: tuple[torch.Tensor, torch.Tensor]) -> None:
         probe(model, x, y + 10, spec)
     with pytest.raises(ValueError, match="judge_samples"):
         probe(model, x, y, spec, judge_samples=0)
+
+
+def test_specs_are_resolved_once_and_probe_items_runs_them_as_given(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """``resolve_items`` fills the defaults for the model's size; ``probe_items`` (what the service calls,
+    after checking its caps on these very specs) runs them as they are, and refuses unresolved ones."""
+    x, y = data
+    model = trained_model("vanilla")
+    items = resolve_items([{"name": "fgsm"}], model.cfg.input_shape)
+    assert items[0].eps == default_eps(model.cfg.input_shape)
+    assert resolve_items(items, model.cfg.input_shape) == items
+    assert resolve_items("standard", model.cfg.input_shape)[0].eps == items[0].eps
+    report = probe_items(model, x[:2], y[:2], items, judge_samples=4)
+    assert report.attacks[0].eps == items[0].eps and report.attacks[0].settings == items[0].settings()
+    with pytest.raises(ValueError, match="not resolved"):
+        probe_items(model, x[:2], y[:2], parse_items([{"name": "fgsm"}]), judge_samples=4)
 
 
 def test_after_attack_sees_each_report_and_can_stop_the_rest(data: tuple[torch.Tensor, torch.Tensor]) -> None:
