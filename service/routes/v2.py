@@ -38,6 +38,7 @@ from ..schemas import error_responses, json_bytes
 from ..schemas.limits import INPUTS, SAMPLES, OutOfRange, env_name, validation_context
 from ..schemas.v2 import (
     DTYPES,
+    INPUT_NAME,
     OUTPUTS,
     InferenceRequest,
     InferenceResponse,
@@ -55,7 +56,6 @@ from ..version import __version__
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
 HEADER_LENGTH = "inference-header-content-length"
-INPUT_NAME = "image"
 VERSION = "1"
 # integer datatypes: the inclusive range their JSON values must lie in
 INT_RANGES: dict[str, tuple[int, int]] = {"UINT8": (0, 255)}

@@ -10,7 +10,7 @@ not by pydantic.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidation, WithJsonSchema
@@ -36,6 +36,10 @@ OUTPUTS: dict[str, tuple[str, bool]] = {
 """The model's outputs, in response order: name -> (datatype, per class: shape [B, K] rather than [B])."""
 
 OutputName = Literal[tuple(OUTPUTS)]  # type: ignore[valid-type]
+
+InputName = Literal["image"]
+INPUT_NAME: str = get_args(InputName)[0]
+"""The model's one input."""
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
@@ -128,7 +132,7 @@ class InferInput(BaseModel):
 
     model_config = ConfigDict(json_schema_extra=_data_is_required)
 
-    name: Literal["image"]
+    name: InputName
     shape: Annotated[list[Annotated[int, Field(ge=0)]], Shown(_shape, replace=True)] = Field(
         max_length=MAX_NDIM, description="[B, C, H, W], or [B, H, W] for one channel."
     )
