@@ -1,9 +1,10 @@
 """Admission of prediction requests: shed load early and fast, count only what has fully arrived.
 
 A request that will wait longer than it is worth waiting should hear so at once, not after its
-body has been parsed and decoded. ``AdmissionMiddleware`` decides for ``POST /v1/predict`` and
-the v2 ``infer`` routes, first from the headers (a refusal then costs no body) and again once the
-whole body has arrived, when an admitted request starts to count:
+body has been parsed and decoded. ``Admission`` decides for ``POST /v1/predict`` and
+the v2 ``infer`` routes (``service.middleware.EdgeMiddleware`` asks), first from the headers (a
+refusal then costs no body) and again once the whole body has arrived, when an admitted request
+starts to count:
 
 - at most ``MFDV_MAX_INFLIGHT`` such requests are being handled at once (reading, parsing,
   decoding, queued for the batcher, computing, rendering); one more gets 503 + ``Retry-After``;
@@ -24,11 +25,6 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import Literal
-
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from .errors import error_response
 
 PREDICT_PATHS = re.compile(r"^/v1/predict$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 """The routes admission control applies to (POST only)."""
@@ -152,39 +148,3 @@ class Admission:
     def retry_after(self) -> int:
         """Seconds a refused client is told to wait: the expected wait, at least 1."""
         return max(1, math.ceil(self.estimator.expected_wait()))
-
-
-class AdmissionMiddleware:
-    """Admit or refuse ``POST`` prediction requests (``PREDICT_PATHS``), in two places of the stack.
-
-    ``phase="headers"``, outside ``RequestBodyMiddleware``: from the headers alone, refuse a request
-    that would be refused now, before its body is read, and hold nothing (shedding load costs one
-    header scan). ``phase="body"``, inside it: once the whole body has arrived, decide again and
-    count the request in flight until the app returns. A request whose body is on its way is not
-    in flight, so a client that stalls its body cannot take places or slow the throughput estimate.
-    A refusal is a 503 with ``Retry-After`` and the reason.
-    """
-
-    def __init__(self, app: ASGIApp, admission: Admission, phase: Literal["headers", "body"] = "body") -> None:
-        self.app = app
-        self.admission = admission
-        self.take = phase == "body"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not PREDICT_PATHS.match(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        admission = self.admission
-        reason = admission.refusal(take=self.take)
-        if reason is not None:
-            scope[ROUTE_LABEL] = route_template(scope["path"])
-            response = error_response(503, reason, {"Retry-After": str(admission.retry_after())})
-            await response(scope, receive, send)
-            return
-        if not self.take:
-            await self.app(scope, receive, send)
-            return
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            admission.finished()

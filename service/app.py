@@ -11,14 +11,14 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from .admission import Admission, AdmissionMiddleware
+from .admission import Admission
 from .config import Settings
 from .deps import AppState
 from .engine import InferenceEngine
-from .errors import CatchAllMiddleware, install_error_handlers
-from .lifecycle import Lifecycle, ShutdownMiddleware
+from .errors import install_error_handlers
+from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .middleware import MetricsMiddleware, RequestBodyMiddleware
+from .middleware import BodyLimits, EdgeMiddleware
 from .openapi import install_openapi
 from .pool import BoundedPool, lower_thread_priority
 from .probe.runner import probe_model
@@ -101,20 +101,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.ui:
         install_playground(app)
     install_openapi(app, state)
-    # Outermost last: metrics see every response, including 413s, admission's 503s and generic 500s;
+    # One wrapper for the HTTP edge: metrics see every response (413s, admission's 503s, generic 500s);
     # admission refuses from the headers before the body is read, and admits once the whole body is in.
-    app.add_middleware(AdmissionMiddleware, admission=state.admission, phase="body")
     app.add_middleware(
-        RequestBodyMiddleware,
-        max_bytes=settings.max_body_bytes,
-        timeout_s=settings.body_timeout_seconds,
-        min_rate=settings.body_min_rate,
-        grace_s=settings.body_grace_seconds,
+        EdgeMiddleware,
+        metrics=metrics,
+        routes=[r for router in ROUTERS for r in router.routes],
+        lifecycle=lifecycle,
+        admission=admission,
+        body=BodyLimits(
+            max_bytes=settings.max_body_bytes,
+            timeout_s=settings.body_timeout_seconds,
+            min_rate=settings.body_min_rate,
+            grace_s=settings.body_grace_seconds,
+        ),
     )
-    app.add_middleware(AdmissionMiddleware, admission=state.admission, phase="headers")
-    app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(ShutdownMiddleware, lifecycle=lifecycle)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=[r for router in ROUTERS for r in router.routes])
     return app
 
 

@@ -4,7 +4,7 @@ Route code raises these (never a bare ``HTTPException`` for a domain problem);
 ``install_error_handlers`` turns them into responses. Every error body has the one
 shape the Open Inference Protocol (and tritonclient) expects: ``{"error": "..."}``.
 Unexpected exceptions are logged with their traceback and answered with a generic
-500 that carries no internals (``CatchAllMiddleware``).
+500 that carries no internals (``service.middleware.EdgeMiddleware``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -161,30 +160,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-
-
-class CatchAllMiddleware:
-    """Log any unhandled exception and answer a generic 500 (no stack trace to the client)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception:
-            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                raise
-            await error_response(500, "internal server error; the incident was logged")(scope, receive, send)

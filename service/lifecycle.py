@@ -11,7 +11,8 @@ cancelled. This module puts three things around that:
   the window). ``Lifecycle.install_sigterm`` wraps uvicorn's SIGTERM handler for that; it
   works the same in every worker process;
 - **answers for what is cut**: a request cancelled at the end of the grace period gets a JSON
-  503 with ``Retry-After`` (``ShutdownMiddleware``), not uvicorn's plain-text 500;
+  503 with ``Retry-After`` (``cut_response``, sent by ``service.middleware.EdgeMiddleware``), not
+  uvicorn's plain-text 500;
 - **a deadline for attacks**: a running probe stops between steps early enough to answer
   with its partial results before the grace period ends (``Lifecycle.answers_due``), and one
   that is cancelled anyway stops at its next step (``service.pool.Slot.run``'s ``cancel``);
@@ -35,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import Response
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from .errors import error_response
@@ -156,45 +157,14 @@ class Lifecycle:
             self._restore = None
 
 
-class ShutdownMiddleware:
-    """Requests during shutdown: ``Connection: close`` while draining, and a JSON 503 for one cut short.
-
-    A request whose task is cancelled while the app shuts down (uvicorn's grace period is over)
-    and that has not started its response gets ``{"error": ...}`` with 503 and ``Retry-After``;
-    other cancellations propagate.
-    """
-
-    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
-        self.app = app
-        self.lifecycle = lifecycle
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                if self.lifecycle.draining:  # clients reconnect, to a replica that is not going away
-                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except asyncio.CancelledError:
-            if started or not self.lifecycle.draining:
-                raise
-            logger.warning("%s %s was cut at the end of the grace period: answered 503", scope["method"], scope["path"])
-            response = error_response(
-                503,
-                "the service is shutting down and could not finish this request within its grace period "
-                "(MFDV_GRACEFUL_SECONDS); retry on another replica",
-                {"Retry-After": "1", "Connection": "close"},
-            )
-            await response(scope, receive, send)  # the answer is out: the cancelled task ends here
+def cut_response() -> Response:
+    """The answer to a request cut at the end of the grace period before its response started."""
+    return error_response(
+        503,
+        "the service is shutting down and could not finish this request within its grace period "
+        "(MFDV_GRACEFUL_SECONDS); retry on another replica",
+        {"Retry-After": "1", "Connection": "close"},
+    )
 
 
 class WorkerSupervisor(Multiprocess):

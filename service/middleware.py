@@ -1,4 +1,9 @@
-"""ASGI middleware: the request body read whole within its size and pace limits, and per-route Prometheus metrics."""
+"""The HTTP edge as one ASGI wrapper: metrics, shutdown answers, the catch-all 500, admission, and the
+request body read whole within its size and pace limits (``EdgeMiddleware``).
+
+These were five middlewares, each wrapping ``send`` to see whether the response had started; one
+wrapper does it once per message and keeps every guard and its order.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +16,25 @@ from typing import Any
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .admission import ROUTE_LABEL
+from .admission import PREDICT_PATHS, ROUTE_LABEL, Admission, route_template
 from .errors import CLIENT_CLOSED, error_response
+from .lifecycle import Lifecycle, cut_response
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
+BODY_READ = "mfdv.body_read"
+"""Scope key set once the whole body has arrived (``BodyLimits.read``, before the app runs)."""
 
-class RequestBodyMiddleware:
+NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class BodyLimits:
     """Read a request's whole body before the app runs, within bounds on its size and its pace.
 
-    Nothing past this middleware (admission's place and throughput estimate, a probe-pool place,
-    the routes) is held by a request whose body is still on its way: a client that stalls or
-    trickles its body holds only its connection, for a bounded time.
+    Nothing past this read (admission's place and throughput estimate, a probe-pool place, the
+    routes) is held by a request whose body is still on its way: a client that stalls or trickles
+    its body holds only its connection, for a bounded time.
 
     - a ``Content-Length`` that is not an integer is a 400, and one over ``max_bytes`` a 413,
       before any byte of the body is read; a chunked body is cut at ``max_bytes`` (413);
@@ -32,12 +43,11 @@ class RequestBodyMiddleware:
       whole within ``timeout_s``: otherwise 408;
     - a client that leaves mid-body is recorded as 499 (nginx's convention; nobody receives it) and nothing runs.
 
-    The app then receives the body as one message (and the real ``receive`` after it, for
-    disconnect notices). Refusals carry ``Connection: close``: the rest of the body is not read.
+    ``read`` returns the body, or None once it has answered the refusal. Refusals carry
+    ``Connection: close``: the rest of the body is not read.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, min_rate: float = 0.0, grace_s: float = 0.0):
-        self.app = app
+    def __init__(self, max_bytes: int, timeout_s: float, min_rate: float = 0.0, grace_s: float = 0.0) -> None:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.min_rate = min_rate
@@ -63,20 +73,18 @@ class RequestBodyMiddleware:
             f"the request body did not arrive within {self.timeout_s:g} s (MFDV_BODY_TIMEOUT_SECONDS); send it at once"
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
+    async def read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None when the request was refused (answered through ``send``)."""
         for key, value in scope["headers"]:
             if key == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     await _refuse(400, "Content-Length is not an integer", scope, receive, send)
-                    return
+                    return None
                 if declared > self.max_bytes:
                     await _refuse(413, self._too_large(f"{declared} bytes"), scope, receive, send)
-                    return
+                    return None
         loop = asyncio.get_running_loop()
         start = loop.time()
         chunks: list[bytes] = []
@@ -88,64 +96,49 @@ class RequestBodyMiddleware:
                     message = await receive()
             except TimeoutError:
                 await _refuse(408, late, scope, receive, send)
-                return
+                return None
             if message["type"] != "http.request":  # the client went away mid-body: nobody receives the answer
                 logger.debug("%s %s: the client left before its body arrived", scope["method"], scope["path"])
                 # recorded under nginx's 499, as the routes record a client gone mid-read (service.errors)
                 await error_response(
                     CLIENT_CLOSED, "the client closed the connection before its request body was received"
                 )(scope, receive, send)
-                return
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
                 await _refuse(413, self._too_large(f"more than {self.max_bytes} bytes"), scope, receive, send)
-                return
+                return None
             if chunk:
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: disconnect notices
-
-        scope[BODY_READ] = True
-        await self.app(scope, replay, send)
-
-
-BODY_READ = "mfdv.body_read"
-"""Scope key set once the whole body has arrived (``RequestBodyMiddleware``)."""
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _refuse(status: int, message: str, scope: Scope, receive: Receive, send: Send) -> None:
     await error_response(status, message, {"Connection": "close"})(scope, receive, send)
 
 
-class MetricsMiddleware:
-    """Count requests and time them by route template (``/v2/models/{name}/infer``), method and status.
+class RouteLabels:
+    """The route template a request is counted under (``/v2/models/{name}/infer``).
 
     A request the router handled is labelled with its route. One answered before routing (413,
-    an admission 503) is matched against ``routes``, the app's routes; paths that match none
-    are labelled ``unmatched`` so random URLs cannot grow the label set.
+    an admission 503) is matched against ``routes``, the app's routes; paths that match none are
+    labelled ``unmatched`` so random URLs cannot grow the label set.
     """
 
     MAX_CACHED = 1024
     """Label sets whose metric children are kept (``labels()`` costs a lock and a tuple per call)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute] = ()) -> None:
-        self.app = app
+    def __init__(self, metrics: Metrics, routes: Sequence[BaseRoute] = ()) -> None:
         self.metrics = metrics
         self.routes = list(routes)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def _observers(self, route: str, method: str, status: int) -> tuple[Any, Any]:
-        """The latency histogram's and the request counter's children for these labels."""
+    def observers(self, scope: Scope, status: int) -> tuple[Any, Any]:
+        """The latency histogram's and the request counter's children for this request's labels."""
+        route, method = self.label(scope), scope["method"]
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:
@@ -158,7 +151,7 @@ class MetricsMiddleware:
                 self._children[key] = children
         return children
 
-    def _route_label(self, scope: Scope) -> str:
+    def label(self, scope: Scope) -> str:
         route = scope.get("route")
         if route is not None and hasattr(route, "path"):
             return route.path
@@ -170,24 +163,127 @@ class MetricsMiddleware:
                 return candidate.path
         return "unmatched"
 
+
+class EdgeMiddleware:
+    """Every HTTP request's way in and out, in this order (each part optional, for tests):
+
+    1. **metrics** (``metrics``): requests in flight, and per route template, method and status the
+       count and latency of every answer, refusals included (``RouteLabels``);
+    2. **shutdown** (``lifecycle``): while draining, every response carries ``Connection: close``; a
+       request cancelled at the end of the grace period that has not started its response gets a
+       JSON 503 with ``Retry-After`` (``service.lifecycle.cut_response``); other cancellations propagate;
+    3. **catch-all**: an unhandled exception is logged with its traceback and answered with a
+       generic JSON 500 (no internals), unless the response had started;
+    4. **admission from the headers** (``admission``, ``POST`` prediction routes, ``PREDICT_PATHS``):
+       a request that would be refused now is refused before its body is read (503 +
+       ``Retry-After`` and the reason), holding nothing;
+    5. **the body** (``body``, every method but GET/HEAD/OPTIONS): read whole within its size, pace
+       and time limits (``BodyLimits``); the app then receives it as one message, and the real
+       ``receive`` after it (disconnect notices);
+    6. **admission once the body is in**: decided again, and the request counts in flight until
+       the app returns. A request whose body is on its way is not in flight, so a client that
+       stalls its body takes no place and does not slow the throughput estimate.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics | None = None,
+        routes: Sequence[BaseRoute] = (),
+        lifecycle: Lifecycle | None = None,
+        admission: Admission | None = None,
+        body: BodyLimits | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.labels = RouteLabels(metrics, routes) if metrics is not None else None
+        self.lifecycle = lifecycle
+        self.admission = admission
+        self.body = body
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 500
-        start = time.perf_counter()
+        started = False
+        lifecycle = self.lifecycle
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
+                if lifecycle is not None and lifecycle.draining:  # clients reconnect, to a replica staying up
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
-        self.metrics.inflight.inc()
+        metrics = self.metrics
+        start = time.perf_counter()
+        if metrics is not None:
+            metrics.inflight.inc()
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self._handle(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            if started or lifecycle is None or not lifecycle.draining:
+                raise
+            logger.warning("%s %s was cut at the end of the grace period: answered 503", scope["method"], scope["path"])
+            status = 503
+            await cut_response()(scope, receive, send)  # the answer is out: the cancelled task ends here
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await error_response(500, "internal server error; the incident was logged")(scope, receive, send_wrapper)
         finally:
-            self.metrics.inflight.dec()
-            latency, count = self._observers(self._route_label(scope), scope["method"], status)
-            latency.observe(time.perf_counter() - start)
-            count.inc()
+            if metrics is not None and self.labels is not None:
+                metrics.inflight.dec()
+                latency, count = self.labels.observers(scope, status)
+                latency.observe(time.perf_counter() - start)
+                count.inc()
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        admission = self.admission
+        admitted = admission is not None and method == "POST" and PREDICT_PATHS.match(scope["path"]) is not None
+        if admitted and await self._refused(admission, scope, receive, send, take=False):  # type: ignore[arg-type]
+            return
+        if self.body is not None and method not in NO_BODY_METHODS:
+            body = await self.body.read(scope, receive, send)
+            if body is None:
+                return
+            receive = _replay(body, receive)
+            scope[BODY_READ] = True
+        if not admitted:
+            await self.app(scope, receive, send)
+            return
+        if await self._refused(admission, scope, receive, send, take=True):  # type: ignore[arg-type]
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            admission.finished()  # type: ignore[union-attr]
+
+    @staticmethod
+    async def _refused(admission: Admission, scope: Scope, receive: Receive, send: Send, take: bool) -> bool:
+        """Refuse the request now if admission says so (503 + ``Retry-After``); ``take``: count it if admitted."""
+        reason = admission.refusal(take=take)
+        if reason is None:
+            return False
+        scope[ROUTE_LABEL] = route_template(scope["path"])
+        await error_response(503, reason, {"Retry-After": str(admission.retry_after())})(scope, receive, send)
+        return True
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the whole body as one message, then the real ``receive``'s (disconnect notices)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

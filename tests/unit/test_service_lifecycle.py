@@ -11,7 +11,8 @@ from types import FrameType
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from service.lifecycle import Lifecycle, ShutdownMiddleware
+from service.lifecycle import Lifecycle
+from service.middleware import EdgeMiddleware
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ async def cancelled_app(scope: Scope, receive: Receive, send: Send) -> None:
     raise asyncio.CancelledError("Task cancelled, timeout graceful shutdown exceeded")
 
 
-async def call(app: ShutdownMiddleware) -> list[Message]:
+async def call(app: EdgeMiddleware) -> list[Message]:
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -111,7 +112,7 @@ async def call(app: ShutdownMiddleware) -> list[Message]:
 def test_a_request_cut_while_shutting_down_gets_a_json_503() -> None:
     life = Lifecycle(drain_s=0, grace_s=1)
     life.begin()
-    sent = asyncio.run(call(ShutdownMiddleware(cancelled_app, life)))
+    sent = asyncio.run(call(EdgeMiddleware(cancelled_app, lifecycle=life)))
     assert sent[0]["status"] == 503
     headers = dict(sent[0]["headers"])
     assert headers[b"retry-after"] == b"1" and headers[b"content-type"] == b"application/json"
@@ -120,4 +121,4 @@ def test_a_request_cut_while_shutting_down_gets_a_json_503() -> None:
 
 def test_other_cancellations_propagate() -> None:
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(call(ShutdownMiddleware(cancelled_app, Lifecycle(drain_s=0, grace_s=1))))  # not shutting down
+        asyncio.run(call(EdgeMiddleware(cancelled_app, lifecycle=Lifecycle(drain_s=0, grace_s=1))))  # not shutting down

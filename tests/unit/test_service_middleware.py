@@ -1,14 +1,18 @@
-"""``RequestBodyMiddleware``: the whole body is read before the app runs, within its size and pace limits."""
+"""``EdgeMiddleware``'s body read (``BodyLimits``): the whole body is read before the app runs, within its size and
+pace limits."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
+import pytest
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
-from service.middleware import BODY_READ, RequestBodyMiddleware
+from service.lifecycle import Lifecycle
+from service.metrics import Metrics
+from service.middleware import BODY_READ, BodyLimits, EdgeMiddleware
 
 
 async def reading_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -18,11 +22,16 @@ async def reading_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
 
+def body_limited(max_bytes: int, timeout_s: float, min_rate: float = 0.0, grace_s: float = 0.0) -> EdgeMiddleware:
+    """``reading_app`` behind the edge with only its body limits."""
+    return EdgeMiddleware(reading_app, body=BodyLimits(max_bytes, timeout_s, min_rate, grace_s))
+
+
 def scope(headers: list[tuple[bytes, bytes]] | None = None) -> Scope:
     return {"type": "http", "method": "POST", "path": "/v1/predict", "headers": headers or []}
 
 
-async def call(app: RequestBodyMiddleware, receive: Receive, headers: list | None = None) -> list[Message]:
+async def call(app: EdgeMiddleware, receive: Receive, headers: list | None = None) -> list[Message]:
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
@@ -42,7 +51,7 @@ async def never() -> Message:
 
 
 def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_app_never_runs() -> None:
-    app = RequestBodyMiddleware(reading_app, max_bytes=1000, timeout_s=0.05)
+    app = body_limited(max_bytes=1000, timeout_s=0.05)
     status, message, headers = error(asyncio.run(call(app, never)))
     assert status == 408 and "MFDV_BODY_TIMEOUT_SECONDS" in message
     assert headers[b"connection"] == b"close"
@@ -57,7 +66,7 @@ def test_a_stalled_body_is_cut_after_the_grace_at_the_minimum_rate() -> None:
         return await never()
 
     # 10 bytes at 1,000 bytes/s are due within 0.01 s, but the grace (0.1 s) comes first; the total limit is far.
-    app = RequestBodyMiddleware(reading_app, max_bytes=10_000, timeout_s=60, min_rate=1000, grace_s=0.1)
+    app = body_limited(max_bytes=10_000, timeout_s=60, min_rate=1000, grace_s=0.1)
     loop_start = asyncio.new_event_loop()
     try:
         t0 = loop_start.time()
@@ -78,7 +87,7 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_is_read() -> None:
         reads += 1
         return {"type": "http.request", "body": b"x" * 400, "more_body": True}
 
-    app = RequestBodyMiddleware(reading_app, max_bytes=1000, timeout_s=10)
+    app = body_limited(max_bytes=1000, timeout_s=10)
     status, message, _ = error(asyncio.run(call(app, chunks)))
     assert status == 413 and "over the limit of 1000 bytes" in message
     assert reads == 3  # stopped at the read that passed the limit
@@ -88,7 +97,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read() -
     async def no_read() -> Message:
         raise AssertionError("the body was read")
 
-    app = RequestBodyMiddleware(reading_app, max_bytes=1000, timeout_s=10)
+    app = body_limited(max_bytes=1000, timeout_s=10)
     status, message, _ = error(asyncio.run(call(app, no_read, [(b"content-length", b"5000")])))
     assert status == 413 and "5000 bytes" in message
 
@@ -99,7 +108,7 @@ def test_a_body_within_the_limits_reaches_the_app_whole() -> None:
     async def receive() -> Message:
         return parts.pop(0)
 
-    app = RequestBodyMiddleware(reading_app, max_bytes=1000, timeout_s=10, min_rate=1, grace_s=1)
+    app = body_limited(max_bytes=1000, timeout_s=10, min_rate=1, grace_s=1)
     assert asyncio.run(call(app, receive))[1]["body"] == b"3"
 
 
@@ -109,5 +118,41 @@ def test_a_client_that_leaves_mid_body_is_recorded_as_499_and_the_app_never_runs
     async def receive() -> Message:
         return parts.pop(0)
 
-    app = RequestBodyMiddleware(reading_app, max_bytes=1000, timeout_s=10)
+    app = body_limited(max_bytes=1000, timeout_s=10)
     assert asyncio.run(call(app, receive))[0]["status"] == 499
+
+
+async def failing_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("secret internals")
+
+
+async def failing_after_start(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    raise RuntimeError("secret internals")
+
+
+def test_an_unhandled_error_is_a_generic_json_500_and_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    app = EdgeMiddleware(failing_app, metrics=metrics, body=BodyLimits(1000, 10))
+    sent = asyncio.run(call(app, _body(b"{}")))
+    status, message, headers = error(sent)
+    assert status == 500 and "secret" not in message and headers[b"content-type"] == b"application/json"
+    assert "secret internals" in caplog.text  # logged with its traceback, not sent
+    text = metrics.exposition()[0].decode()
+    assert 'mfdv_requests_total{method="POST",route="unmatched",status="500"} 1.0' in text
+    with pytest.raises(RuntimeError):  # the response had started: nothing else can be sent
+        asyncio.run(call(EdgeMiddleware(failing_after_start), _body(b"{}")))
+
+
+def test_while_draining_every_answer_says_connection_close() -> None:
+    life = Lifecycle(drain_s=5, grace_s=1)
+    life.begin()
+    sent = asyncio.run(call(EdgeMiddleware(reading_app, lifecycle=life, body=BodyLimits(1000, 10)), _body(b"abc")))
+    assert sent[0]["status"] == 200 and (b"connection", b"close") in sent[0]["headers"]
+
+
+def _body(data: bytes) -> Receive:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": data, "more_body": False}
+
+    return receive
