@@ -2,16 +2,19 @@
 # Before/after: the service at another commit (default ee93d74, before the request-path work)
 # against this checkout, same checkpoint and settings, side by side in one run.
 #
-#   benchmarks/ab_service.sh [REF] [SECONDS] [ROUNDS] [CLIENTS]
+#   benchmarks/ab_service.sh [REF] [SECONDS] [ROUNDS] [CLIENTS] [WORKERS]
 #
 # Each server runs with its own defaults (admission's queue-delay limit off, so both are measured
-# at a fixed concurrency); Debian's `hey` posts one 28x28 PNG per request as multipart with
-# samples=32, after a 2 s warm-up, in interleaved rounds. Prints req/s, p50 and p99 per run.
+# at a fixed concurrency): since issue 19 this checkout's default is one worker per core, an older
+# REF's one worker; WORKERS sets MFDV_WORKERS for both sides to compare the request path alone.
+# Debian's `hey` posts one 28x28 PNG per request as multipart with samples=32, after a 2 s
+# warm-up, in interleaved rounds. Prints req/s, p50 and p99 per run.
 set -euo pipefail
 ref=${1:-ee93d74}
 secs=${2:-10}
 rounds=${3:-2}
 clients=${4:-32}
+workers=${5:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
 ck="$here/checkpoints/fashion_mnist_mfdv"
@@ -39,7 +42,7 @@ declare -A url
 for side in before after; do
   p=$(port)
   dir=$([ "$side" = before ] && echo "$tmp/ref" || echo "$here")
-  (cd "$dir" && MFDV_MAX_QUEUE_DELAY_MS=0 exec python3 -m service --port "$p" --model-dir "$ck" --no-access-log \
+  (cd "$dir" && MFDV_MAX_QUEUE_DELAY_MS=0 exec env ${workers:+MFDV_WORKERS=$workers} python3 -m service --port "$p" --model-dir "$ck" --no-access-log \
     >"$tmp/$side.log" 2>&1) &
   pids+=($!)
   url[$side]="http://127.0.0.1:$p/v1/predict"

@@ -34,6 +34,11 @@ from .server import ConnectionLimits, http_protocol
 
 logger = logging.getLogger("service")
 
+WORKER_HEALTHCHECK_SECONDS = 60
+"""How long uvicorn's supervisor waits for a worker to answer its health ping before it kills and replaces it
+(uvicorn's default is 5 s). A worker answers once it has imported the service (torch, onnxruntime, FastAPI):
+on a busy 2-core machine that took over 5 s, and uvicorn then killed every worker as it started, in a loop."""
+
 
 def attribute_docs(doc: str) -> dict[str, str]:
     """The ``Attributes:`` section of a Google-style docstring: each name's text, on one line."""
@@ -133,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[f"MFDV_{key.upper()}"] = str(value)
         logger.info("%d worker processes (MFDV_WORKERS), each loading the model", settings.workers)
         with multiprocess_metrics_dir():
-            config = uvicorn.Config("service.app:app_from_env", factory=True, workers=settings.workers, **common)
+            config = uvicorn.Config(
+                "service.app:app_from_env",
+                factory=True,
+                workers=settings.workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+                **common,
+            )
             WorkerSupervisor(config, sockets=[config.bind_socket()]).run()  # each SIGTERM reaches every worker
     return 0
 

@@ -73,6 +73,7 @@ def paced_predictions(server: ServerProcess, path: str, n: int, per_s: float) ->
 @pytest.fixture(scope="module")
 def server(hand_checkpoint: Path) -> Iterator[ServerProcess]:
     env = {
+        "MFDV_WORKERS": "1",  # one process: its admission places and attack pool are the ones filled
         "MFDV_BODY_MIN_RATE": "0",  # no pace limit: a stalled body stays for the whole body timeout
         "MFDV_BODY_TIMEOUT_SECONDS": "120",
         "MFDV_HEADER_TIMEOUT_SECONDS": "2",

@@ -30,6 +30,7 @@ IMG = np.full((14, 14), 0.5).tolist()
 @pytest.fixture(scope="module")
 def server(hand_checkpoint: Path) -> Iterator[ServerProcess]:
     env = {
+        "MFDV_WORKERS": "1",  # one process: its admission places and attack pool are the ones filled
         "MFDV_MAX_INFLIGHT": str(MAX_INFLIGHT),
         "MFDV_MAX_QUEUE_DELAY_MS": "0",  # only the in-flight bound: the test fills it exactly
         "MFDV_ATTACK_WORKERS": "1",
