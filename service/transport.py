@@ -15,7 +15,9 @@ decoding a 28x28 PNG), in the decode pool otherwise.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 
 from .errors import InvalidInput, UnsupportedMediaType, ValidationFailed, describe_validation_errors
 from .inputs import Offload
@@ -173,39 +175,135 @@ class BodyReader(Generic[ModelT]):
         return Body(req, list(req.inputs), "inputs")  # type: ignore[attr-defined]
 
     async def read_form(self, request: Request, max_files: int) -> Body[ModelT]:
-        """``file`` parts (one image each) and the options as fields; every mistake named."""
+        """``file`` parts (one image each) and the options as fields; every mistake named.
+
+        A well-formed ``multipart/form-data`` body within the part limits (what clients send) is
+        split in one pass over the bytes already read (``split_multipart``); anything else goes
+        through Starlette's form parser, whose errors (400) it keeps.
+        """
+        max_fields = len(self.options) + 8
+        parts = split_multipart(
+            await request.body(), request.headers.get("content-type", ""), max_files + 1, max_fields
+        )
+        if parts is not None:
+            form = FormData([(name, value) for name, value, _ in parts])
+            files = [data for name, value, data in parts if name == FILE_FIELD and isinstance(value, UploadFile)]
+            return self._form_body(form, max_files, files)
+        async with request.form(max_files=max_files + 1, max_fields=max_fields) as form:
+            options = self._form_body(form, max_files, []).options
+            files = [await f.read() for f in form.getlist(FILE_FIELD)]  # type: ignore[union-attr]
+        return Body(options, files, FILE_FIELD)
+
+    def _form_body(self, form: FormData, max_files: int, data: list[bytes]) -> Body[ModelT]:
+        """Check the form's fields and files and validate the options; ``data``: the files' bytes."""
         options = self.options
-        async with request.form(max_files=max_files + 1, max_fields=len(options) + 8) as form:
-            unknown = sorted(set(form.keys()) - {FILE_FIELD, *options})
-            if unknown:
-                raise InvalidInput(
-                    f"unknown form field(s) {unknown}; send images as `file` parts and options among {list(options)}"
+        unknown = sorted(set(form.keys()) - {FILE_FIELD, *options})
+        if unknown:
+            raise InvalidInput(
+                f"unknown form field(s) {unknown}; send images as `file` parts and options among {list(options)}"
+            )
+        files = form.getlist(FILE_FIELD)
+        if not files:
+            raise InvalidInput("no `file` part; upload images as `-F file=@image.png` (several allowed)")
+        if len(files) > max_files:
+            raise InvalidInput(f"{len(files)} files in one request; at most {max_files} are allowed, split the request")
+        for i, f in enumerate(files):
+            if not isinstance(f, UploadFile):
+                raise InvalidInput(f"file[{i}] is a text field, not a file; upload it with `-F file=@image.png`")
+        values: dict[str, Any] = {FILE_FIELD: files}
+        for key in options:
+            given = form.getlist(key)
+            if len(given) > 1:
+                raise InvalidInput(f"form field {key!r} is given {len(given)} times; give it once")
+            if given:
+                if not isinstance(given[0], str):
+                    raise InvalidInput(f"form field {key!r} must be a value, not a file")
+                value = self.form_value(key, given[0])
+                if value is None:
+                    raise ValidationFailed(f"{key}: a form field needs a value; leave it out for the default")
+                values[key] = value
+        return Body(validate_request(self.form_model, values, strict=True), data, FILE_FIELD)
+
+
+MAX_FIELD_BYTES = 1024 * 1024
+"""Starlette's limit on a text field's size (``max_part_size``): a larger one goes to its parser, which refuses it."""
+_DISPOSITION = re.compile(rb'^form-data; name="([^"\\]*)"(?:; filename="([^"\\]*)")?$', re.IGNORECASE)
+_BOUNDARY = re.compile(r'^multipart/form-data;\s*boundary=(?:"([^"]{1,70})"|([0-9A-Za-z\'()+_,./:=?-]{1,70}))$', re.I)
+
+
+def split_multipart(
+    body: bytes, content_type: str, max_files: int, max_fields: int
+) -> list[tuple[str, str | UploadFile, bytes]] | None:
+    """The parts of a plain ``multipart/form-data`` body: (name, text or file, bytes) per part, in order.
+
+    Plain means what browsers, curl and HTTP libraries send: the boundary as the only parameter,
+    no preamble, each part with ``Content-Disposition: form-data; name="..."`` (and ``filename="..."``
+    for a file; a part with a filename is a file, as in Starlette) and at most a ``Content-Type``
+    besides, UTF-8 names and values, at most ``max_files`` files, ``max_fields`` text fields and
+    ``MAX_FIELD_BYTES`` per field. Anything else returns None: Starlette's parser then reads the
+    body and answers its own errors, so this path changes no outcome, only the cost (one scan of
+    the bytes instead of a streaming parser, temporary files and a thread hop per file read).
+    """
+    m = _BOUNDARY.match(content_type.strip())
+    if m is None:
+        return None
+    delimiter = b"--" + (m.group(1) or m.group(2)).encode()
+    if not body.startswith(delimiter + b"\r\n"):
+        return None
+    separator = b"\r\n" + delimiter
+    parts: list[tuple[str, str | UploadFile, bytes]] = []
+    files = fields = 0
+    pos = len(delimiter) + 2
+    while True:
+        head_end = body.find(b"\r\n\r\n", pos)
+        if head_end < 0:
+            return None
+        end = body.find(separator, head_end + 4)
+        if end < 0:
+            return None
+        disposition = None
+        raw_headers = []
+        for line in body[pos:head_end].split(b"\r\n"):
+            name, colon, value = line.partition(b":")
+            key = name.lower()
+            if not colon or key not in (b"content-disposition", b"content-type") or name != name.strip():
+                return None
+            value = value.strip()
+            raw_headers.append((key, value))
+            if key == b"content-disposition":
+                if disposition is not None:
+                    return None
+                disposition = _DISPOSITION.match(value)
+                if disposition is None:
+                    return None
+        if disposition is None:
+            return None
+        data = body[head_end + 4 : end]
+        try:
+            field_name = disposition.group(1).decode()
+            filename = disposition.group(2)
+            if filename is None:
+                fields += 1
+                if fields > max_fields or len(data) > MAX_FIELD_BYTES:
+                    return None
+                parts.append((field_name, data.decode(), data))
+            else:
+                files += 1
+                if files > max_files:
+                    return None
+                upload = UploadFile(
+                    io.BytesIO(data), size=len(data), filename=filename.decode(), headers=Headers(raw=raw_headers)
                 )
-            files = form.getlist(FILE_FIELD)
-            if not files:
-                raise InvalidInput("no `file` part; upload images as `-F file=@image.png` (several allowed)")
-            if len(files) > max_files:
-                raise InvalidInput(
-                    f"{len(files)} files in one request; at most {max_files} are allowed, split the request"
-                )
-            for i, f in enumerate(files):
-                if not isinstance(f, UploadFile):
-                    raise InvalidInput(f"file[{i}] is a text field, not a file; upload it with `-F file=@image.png`")
-            values: dict[str, Any] = {FILE_FIELD: files}
-            for key in options:
-                given = form.getlist(key)
-                if len(given) > 1:
-                    raise InvalidInput(f"form field {key!r} is given {len(given)} times; give it once")
-                if given:
-                    if not isinstance(given[0], str):
-                        raise InvalidInput(f"form field {key!r} must be a value, not a file")
-                    value = self.form_value(key, given[0])
-                    if value is None:
-                        raise ValidationFailed(f"{key}: a form field needs a value; leave it out for the default")
-                    values[key] = value
-            options_model = validate_request(self.form_model, values, strict=True)
-            data = [await f.read() for f in files]  # type: ignore[union-attr]
-        return Body(options_model, data, FILE_FIELD)
+                parts.append((field_name, upload, data))
+        except UnicodeDecodeError:
+            return None
+        after = end + len(separator)
+        tail = body[after : after + 2]
+        if tail == b"--":
+            return parts  # the close delimiter; what follows it (the epilogue) is ignored, as by Starlette
+        if tail != b"\r\n":
+            return None
+        pos = after + 2
 
 
 def media_type(request: Request) -> str:
