@@ -21,6 +21,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from fastapi import Request
@@ -154,8 +155,9 @@ class BodyReader(Generic[ModelT]):
     example: str
     form_values: Mapping[str, Callable[[str], Any]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def options(self) -> tuple[str, ...]:
+        """The form's option fields (computed once per reader)."""
         return tuple(name for name in self.form_model.model_fields if name != FILE_FIELD)
 
     def form_value(self, key: str, text: str) -> Any:
