@@ -226,79 +226,56 @@ class _GuardMixin:
             self.transport.close()
 
 
-class JsonErrorsH11Protocol(_GuardMixin, H11Protocol):
-    """uvicorn's h11 protocol with the guards of this module; an unparseable request gets a JSON 400."""
+class _GuardedProtocol(_GuardMixin):
+    """The overrides both parsers' protocols share (placed before uvicorn's class in the bases)."""
 
     def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._init_guards(limits)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
         self._guard_connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard_connection_lost()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
-        if not self._guard_data_received(data):
-            return
-        super().data_received(data)
-        if not self._idle():
-            self._cancel_header_timer()  # a request's headers are in: the body has its own limits
+        if self._guard_data_received(data):
+            super().data_received(data)  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         if not self.transport.is_closing():
             self._arm_header_timer()
 
     def shutdown(self) -> None:
         if not self._guard_shutdown():
-            super().shutdown()
+            super().shutdown()  # type: ignore[misc]
 
     def send_400_response(self, msg: str) -> None:
         self.transport.write(_json_response(400, "Bad Request", PARSE_ERROR))
         self.transport.close()
 
 
+class JsonErrorsH11Protocol(_GuardedProtocol, H11Protocol):
+    """uvicorn's h11 protocol with the guards of this module; an unparseable request gets a JSON 400."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._idle():
+            self._cancel_header_timer()  # a request's headers are in: the body has its own limits
+
+
 if HttpToolsProtocol is not None:
 
-    class JsonErrorsHttpToolsProtocol(_GuardMixin, HttpToolsProtocol):
+    class JsonErrorsHttpToolsProtocol(_GuardedProtocol, HttpToolsProtocol):
         """uvicorn's httptools protocol with the guards of this module; an unparseable request gets a JSON 400."""
 
-        def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._init_guards(limits)
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._guard_connection_made(transport)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._guard_connection_lost()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._guard_data_received(data):
-                super().data_received(data)
-
         def on_headers_complete(self) -> None:
-            self._cancel_header_timer()
+            self._cancel_header_timer()  # the body has its own limits
             super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm_header_timer()
-
-        def shutdown(self) -> None:
-            if not self._guard_shutdown():
-                super().shutdown()
-
-        def send_400_response(self, msg: str) -> None:
-            self.transport.write(_json_response(400, "Bad Request", PARSE_ERROR))
-            self.transport.close()
 
 
 def protocol_class() -> type[asyncio.Protocol]:

@@ -28,21 +28,8 @@ if service_server.HttpToolsProtocol is not None:
 
 @pytest.fixture(params=PROTOCOLS, ids=lambda p: p.__name__)
 def port(request: pytest.FixtureRequest) -> Iterator[int]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=request.param, lifespan="off", log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(300):
-            if server.started:
-                break
-            threading.Event().wait(0.05)
-        assert server.started, "uvicorn did not start"
+    with guarded_server(request.param, app, service_server.ConnectionLimits()) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.mark.parametrize(
