@@ -77,7 +77,8 @@ class Settings(BaseSettings):
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (fails when CUDA is missing).
         workers: uvicorn worker processes; each loads its own model, batches on its own and has its
             own decode and attack pools. Unset: one per core (cgroup CPU limit respected), at most
-            8; one on a GPU (``default_workers``).
+            8; one on a GPU (``default_workers``). The thread defaults divide the cores by it, so an
+            app served in one process of your own (``create_app``) should say ``workers=1``.
         backend: the predict backend: ``auto`` (the fastest measured for the device: onnxruntime on
             CPU, torch on CUDA; see ``service.backends.choose_backend``), ``torch`` or ``onnx``
             (onnxruntime, CUDA provider when available and allowed). Attack probes use the torch
