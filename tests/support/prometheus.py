@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 import yaml
 
+from .process import ManagedProcess
 from .server import free_port
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ class PrometheusError(AssertionError):
     """The query API answered with an error (a query that does not parse or evaluate)."""
 
 
-class PrometheusProcess:
+class PrometheusProcess(ManagedProcess):
     """``prometheus`` in a subprocess, ready when the context is entered.
 
     Args:
@@ -43,6 +42,8 @@ class PrometheusProcess:
         workdir: where the config, the TSDB and the log go.
         ready_timeout: seconds to wait for ``/-/ready``.
     """
+
+    name = "prometheus"
 
     def __init__(self, config: dict[str, Any], workdir: Path, *, ready_timeout: float = 60.0) -> None:
         if PROMETHEUS is None:
@@ -73,42 +74,19 @@ class PrometheusProcess:
         ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout
-        status = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                status = self._client.get("/-/ready", timeout=2).status_code
-            except httpx.HTTPError:
-                status = None
-            if status == 200:
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"/-/ready not 200 within {self.ready_timeout}s (last {status}):\n{self.log_tail()}")
+        self.wait_ready(self._ready_status, "/-/ready")
+        return self
+
+    def _ready_status(self) -> int | None:
+        try:
+            return self._client.get("/-/ready", timeout=2).status_code
+        except httpx.HTTPError:
+            return None
 
     def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, wait for a clean exit (SIGKILL after ``timeout``); returns the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("prometheus ignored SIGTERM for %.0f s; killing it", timeout)
-                self.proc.kill()
-                self.proc.wait()
+        code = super().stop(timeout)
         self._client.close()
-        return int(self.proc.returncode)
-
-    def __enter__(self) -> PrometheusProcess:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        return code
 
     def api(self, path: str, **params: Any) -> Any:
         """GET ``/api/v1/<path>``; the ``data`` of a success, else ``PrometheusError`` with Prometheus's message."""

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 
 import httpx
+
+from .process import ManagedProcess
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class ServerProcess:
+class ServerProcess(ManagedProcess):
     """``python -m service`` in a subprocess, ready when the context is entered.
 
     Args:
@@ -46,6 +45,8 @@ class ServerProcess:
         ready_timeout: seconds to wait for ``/readyz``.
         port: the port to listen on (default: a free one).
     """
+
+    name = "server"
 
     def __init__(
         self,
@@ -76,43 +77,19 @@ class ServerProcess:
         cmd += ["--model-dir", str(self.model_dir), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MFDV_DRAIN_SECONDS": "0", **self.env}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout
-        status = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                status = httpx.get(f"{self.url}/readyz", timeout=2).status_code
-            except httpx.HTTPError:
-                status = None
-            if status == 200:
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"/readyz not 200 within {self.ready_timeout}s (last {status}):\n{self.log_tail()}")
+        self.wait_ready(self._ready_status, "/readyz")
+        return self
+
+    def _ready_status(self) -> int | None:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code
+        except httpx.HTTPError:
+            return None
 
     def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, wait for a graceful exit (SIGKILL after ``timeout``); returns the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("server ignored SIGTERM for %.0f s; killing it", timeout)
-                self.proc.kill()
-                self.proc.wait()
+        code = super().stop(timeout)
         self._log.flush()
-        return int(self.proc.returncode)
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-        self.close()
+        return code
 
     def close(self) -> None:
         """Remove the log file (call after ``stop``; the context manager does both)."""
