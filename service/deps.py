@@ -39,7 +39,7 @@ class AppState:
         attack_pool: bounded threads for attack probes; None until loaded.
         probe_model: the torch model attack probes differentiate (a frozen copy of the
             checkpoint's, whatever the backend); None until loaded.
-        decode_pool: ``decode_workers`` threads for the requests' CPU work (parsing, decoding,
+        decode_pool: ``Settings.decode_threads()`` threads for the requests' CPU work (parsing, decoding,
             rendering responses); None until loaded.
         load_error: why loading failed, if it did.
     """

@@ -93,7 +93,7 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     if model is None or pool is None:
         raise ModelNotReady()
     cancel = threading.Event()  # set when this request is cancelled (client gone, grace period over)
-    # The whole body has arrived (RequestBodyMiddleware) before this route runs: a client that stalls its
+    # The whole body has arrived (the edge reads it first: middleware.BodyLimits) before this route runs: a client that stalls its
     # body never holds a pool place.
     with pool.reserve() as slot:
         job = await read_body(

@@ -5,8 +5,8 @@
 
 The process starts from the repository root, is polled until ``/readyz`` answers 200
 (failing early with the log tail if it exits), and gets SIGTERM on exit, as
-``docker stop`` sends. It has no drain window (``MFDV_DRAIN_SECONDS=0``) unless ``env``
-gives one, so that stopping it does not wait.
+``docker stop`` sends. It has no drain window (``MFDV_DRAIN_SECONDS=0``) and one worker
+(``MFDV_WORKERS=1``, so a test looks at one process) unless ``env`` says otherwise.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class ServerProcess(ManagedProcess):
     def start(self) -> ServerProcess:
         cmd = [sys.executable, "-m", "service", "--host", self.host, "--port", str(self.port)]
         cmd += ["--model-dir", str(self.model_dir), *self.args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MFDV_DRAIN_SECONDS": "0", **self.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MFDV_DRAIN_SECONDS": "0", "MFDV_WORKERS": "1", **self.env}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.wait_ready(self._ready_status, "/readyz")
         return self
