@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel
 
 from models import StochasticClassifier
 
@@ -20,10 +19,7 @@ from .inputs import InputSpec
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .pool import BoundedPool
-from .schemas.limits import bind_settings
-from .transport import BodyReader
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
+from .schemas.limits import validation_context
 
 
 @dataclass
@@ -42,6 +38,8 @@ class AppState:
         decode_pool: ``Settings.decode_threads()`` threads for the requests' CPU work (parsing, decoding,
             rendering responses); None until loaded.
         load_error: why loading failed, if it did.
+        validation: the request models' validation context (``service.schemas.limits.validation_context``:
+            the settings the request limits read), passed to ``service.transport.read_body``.
     """
 
     settings: Settings
@@ -53,7 +51,10 @@ class AppState:
     probe_model: StochasticClassifier | None = None
     decode_pool: BoundedPool | None = None
     load_error: str | None = None
-    _readers: dict[int, BodyReader[Any]] = field(default_factory=dict, repr=False)
+    validation: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.validation = validation_context(self.settings)
 
     def ready_engine(self) -> InferenceEngine:
         """The engine if it serves now.
@@ -88,18 +89,6 @@ class AppState:
         if self.decode_pool is None:
             raise ModelNotReady()
         return self.decode_pool
-
-    def body_reader(self, reader: BodyReader[ModelT]) -> BodyReader[ModelT]:
-        """``reader`` whose request models validate with this app's settings (``service.schemas.limits``),
-        built on first use."""
-        bound = self._readers.get(id(reader))
-        if bound is None:
-            s = self.settings
-            bound = replace(
-                reader, json_model=bind_settings(reader.json_model, s), form_model=bind_settings(reader.form_model, s)
-            )
-            self._readers[id(reader)] = bound
-        return bound
 
     def input_spec(self, engine: InferenceEngine) -> InputSpec:
         s = self.settings

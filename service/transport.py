@@ -43,16 +43,20 @@ LOOP_BODY_BYTES = 16 * 1024
 """Bodies up to this size may be parsed and decoded on the event loop (``read_body``'s ``on_loop``)."""
 
 
-def validate_request(schema: type[ModelT], data: Mapping[str, Any], strict: bool = False) -> ModelT:
+def validate_request(
+    schema: type[ModelT], data: Mapping[str, Any], strict: bool = False, context: Mapping[str, Any] | None = None
+) -> ModelT:
     """``schema`` built from ``data``; pydantic's errors become one ``ValidationFailed`` (422) message.
 
     Args:
         schema: the request model.
         data: the parsed body (JSON) or the form fields (text).
         strict: no coercion (JSON); form fields are text and need the lax mode.
+        context: pydantic's validation context: the app's settings, which the request limits read
+            (``service.schemas.limits.validation_context``).
     """
     try:
-        return schema.model_validate(data, strict=strict)
+        return schema.model_validate(data, strict=strict, context=context)
     except ValidationError as e:
         raise ValidationFailed(describe_validation_errors(e.errors())) from None
 
@@ -98,7 +102,9 @@ def holds_booleans(value: Any) -> bool:
     return isinstance(value, list) and any(holds_booleans(v) for v in value)
 
 
-def parse_json_body(body: bytes, schema: type[ModelT], example: str) -> ModelT:
+def parse_json_body(
+    body: bytes, schema: type[ModelT], example: str, context: Mapping[str, Any] | None = None
+) -> ModelT:
     """Parse and strictly validate a JSON request body (CPU work: call it in the decode pool).
 
     Raises:
@@ -120,7 +126,7 @@ def parse_json_body(body: bytes, schema: type[ModelT], example: str) -> ModelT:
         for i, item in enumerate(inputs):
             if isinstance(item, list) and holds_booleans(item):
                 raise InvalidInput(f"{INPUTS_FIELD}[{i}] holds booleans; send numbers in [0, 1]")
-    return validate_request(schema, options, strict=True)
+    return validate_request(schema, options, strict=True, context=context)
 
 
 @dataclass(frozen=True)
@@ -172,11 +178,13 @@ class BodyReader(Generic[ModelT]):
             return text
         return integral_numbers(value) if isinstance(value, int | float | bool) or value is None else text
 
-    def parse_json(self, raw: bytes) -> Body[ModelT]:
-        req = parse_json_body(raw, self.json_model, self.example)
+    def parse_json(self, raw: bytes, context: Mapping[str, Any] | None = None) -> Body[ModelT]:
+        req = parse_json_body(raw, self.json_model, self.example, context)
         return Body(req, list(req.inputs), "inputs")  # type: ignore[attr-defined]
 
-    async def read_form(self, request: Request, max_files: int) -> Body[ModelT]:
+    async def read_form(
+        self, request: Request, max_files: int, context: Mapping[str, Any] | None = None
+    ) -> Body[ModelT]:
         """``file`` parts (one image each) and the options as fields; every mistake named.
 
         A well-formed ``multipart/form-data`` body within the part limits (what clients send) is
@@ -190,14 +198,17 @@ class BodyReader(Generic[ModelT]):
         if parts is not None:
             form = FormData([(name, value) for name, value, _ in parts])
             files = [data for name, value, data in parts if name == FILE_FIELD and isinstance(value, UploadFile)]
-            return self._form_body(form, max_files, files)
+            return self._form_body(form, max_files, files, context)
         async with request.form(max_files=max_files + 1, max_fields=max_fields) as form:
-            options = self._form_body(form, max_files, []).options
+            options = self._form_body(form, max_files, [], context).options
             files = [await f.read() for f in form.getlist(FILE_FIELD)]  # type: ignore[union-attr]
         return Body(options, files, FILE_FIELD)
 
-    def _form_body(self, form: FormData, max_files: int, data: list[bytes]) -> Body[ModelT]:
-        """Check the form's fields and files and validate the options; ``data``: the files' bytes."""
+    def _form_body(
+        self, form: FormData, max_files: int, data: list[bytes], context: Mapping[str, Any] | None
+    ) -> Body[ModelT]:
+        """Check the form's fields and files and validate the options; ``data``: the files' bytes,
+        ``context``: the validation context."""
         options = self.options
         unknown = sorted(set(form.keys()) - {FILE_FIELD, *options})
         if unknown:
@@ -224,7 +235,7 @@ class BodyReader(Generic[ModelT]):
                 if value is None:
                     raise ValidationFailed(f"{key}: a form field needs a value; leave it out for the default")
                 values[key] = value
-        return Body(validate_request(self.form_model, values, strict=True), data, FILE_FIELD)
+        return Body(validate_request(self.form_model, values, strict=True, context=context), data, FILE_FIELD)
 
 
 MAX_FIELD_BYTES = 1024 * 1024
@@ -320,9 +331,13 @@ async def read_body(
     max_files: int,
     then: Callable[[Body[ModelT]], ResultT],
     pool: BoundedPool,
+    context: Mapping[str, Any] | None = None,
     on_loop: Callable[[Body[ModelT]], ResultT] | None = None,
 ) -> ResultT:
     """Read the body by its content type, validate it, and run ``then`` on it in ``pool`` (the decode pool).
+
+    The request model is validated with ``context`` (pydantic's validation context: the app's
+    settings, ``service.schemas.limits.validation_context``), which the request limits read.
 
     JSON is parsed in the same pool job as ``then`` (one hop per request). With ``on_loop`` (``then``
     for the event loop: it raises ``service.inputs.Offload`` for work too large there), a body of at
@@ -336,14 +351,14 @@ async def read_body(
     if ctype in JSON_TYPES:
         raw = await request.body()
         if on_loop is not None and len(raw) <= LOOP_BODY_BYTES:
-            body = reader.parse_json(raw)
+            body = reader.parse_json(raw, context)
             try:
                 return on_loop(body)
             except Offload:
                 return await pool.run(then, body)
-        return await pool.run(lambda: then(reader.parse_json(raw)))
+        return await pool.run(lambda: then(reader.parse_json(raw, context)))
     if ctype in FORM_TYPES:
-        body = await reader.read_form(request, max_files)
+        body = await reader.read_form(request, max_files, context)
         if on_loop is not None and sum(map(len, body.inputs)) <= LOOP_BODY_BYTES:
             try:
                 return on_loop(body)

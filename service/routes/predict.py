@@ -128,10 +128,11 @@ async def predict(request: Request) -> Response:
     prepare = partial(prepare_job, settings=s, spec=state.input_spec(engine), engine=engine)
     job = await read_body(
         request,
-        state.body_reader(PREDICT_BODY),
+        PREDICT_BODY,
         max_files=INPUTS.maximum(s),
         then=prepare,
         pool=state.cpu_pool(),
+        context=state.validation,
         on_loop=partial(prepare, on_loop=True),
     )
     output = await engine.predict(job)

@@ -97,7 +97,12 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     # body never holds a pool place.
     with pool.reserve() as slot:
         job = await read_body(
-            request, state.body_reader(PROBE_BODY), max_files=PROBE_INPUTS.maximum(s), then=prepare, pool=cpu
+            request,
+            PROBE_BODY,
+            max_files=PROBE_INPUTS.maximum(s),
+            then=prepare,
+            pool=cpu,
+            context=state.validation,
         )
         run = await slot.run(
             run_probe,

@@ -342,7 +342,7 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
     if used != len(binary):
         raise InvalidInput(f"{len(binary) - used} binary bytes follow the header but no input declares them")
     images = check_batch(arr, state.input_spec(engine), f"input {INPUT_NAME!r}", INPUTS.maximum(state.settings))
-    params = req.parameters or RequestParameters.model_validate({}, context=validation_context(state.settings))
+    params = req.parameters or RequestParameters.model_validate({}, context=state.validation)
     binary_default = bool(params.binary_data_output)
     if req.outputs is None:
         outputs = [(name, binary_default) for name in OUTPUTS]

@@ -13,17 +13,17 @@ A limit's bound is a setting (``MFDV_MAX_SAMPLES``...), so it is known per app, 
   writes each marker's keywords from the same settings (and, once loaded, the served model's shape
   and classes): no component or property is patched by name.
 
-``bind_settings`` makes a request model whose ``model_validate`` carries an app's settings: what
-``service.transport`` validates ``/v1`` bodies with (``AppState.body_reader``).
+``service.transport.read_body`` validates ``/v1`` bodies, and ``service.routes.v2`` the inference header,
+with ``validation_context(settings)`` (``AppState.validation``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, GetCoreSchemaHandler, ValidationInfo
+from pydantic import Field, GetCoreSchemaHandler, ValidationInfo
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
@@ -35,8 +35,6 @@ from ..errors import InvalidInput
 
 SETTINGS = "settings"
 """The validation-context key of the app's ``Settings``."""
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def validation_context(settings: Settings) -> dict[str, Any]:
@@ -250,21 +248,3 @@ class DeploymentJsonSchema(GenerateJsonSchema):
                 if key in props:
                     value_schema(props[key])["maximum"] = most
         return out
-
-
-def bind_settings(model: type[ModelT], settings: Settings) -> type[ModelT]:
-    """``model`` whose ``model_validate`` carries ``settings`` (``validation_context``): a per-app type,
-    for validators that call ``model.model_validate(data, strict=...)`` without a context."""
-    base_validate = BaseModel.model_validate.__func__  # type: ignore[attr-defined]
-
-    def model_validate(cls: type[ModelT], obj: Any, **kwargs: Any) -> ModelT:
-        kwargs["context"] = {**(kwargs.get("context") or {}), SETTINGS: settings}
-        return base_validate(cls, obj, **kwargs)  # type: ignore[no-any-return]
-
-    namespace = {
-        "__module__": model.__module__,
-        "__qualname__": model.__qualname__,
-        "__doc__": model.__doc__,
-        "model_validate": classmethod(model_validate),
-    }
-    return type(model.__name__, (model,), namespace)
