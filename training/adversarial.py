@@ -95,6 +95,13 @@ class AdvConfig(BaseModel):
     ccat_rho: float = Field(10.0, ge=0, description="CCAT: lambda(delta) = (1 - min(1, |delta|_inf/eps))^rho")
     disagree_weight: float = Field(1.0, ge=0, description="disagree: weight of the mutual-information term")
     disagree_draws: int = Field(8, ge=2, description="disagree: noise draws whose mutual information is measured")
+    clean_share: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="ccat, disagree: share of each batch kept clean (the rest is attacked); lower keeps more of "
+        "adversarial training's robustness",
+    )
     radius: AdvRadius = Field(
         "full",
         description="radius of each adversarial input (fgsm, pgd): full = eps; uniform = its own, uniform in "
@@ -178,13 +185,19 @@ class AdvConfig(BaseModel):
         if self.objective != "disagree":
             del d["disagree_weight"], d["disagree_draws"]
         if self.split:
-            d["batch"] = "half clean, half adversarial"
+            d["batch"] = (
+                "half clean, half adversarial"
+                if self.clean_share == 0.5
+                else f"{self.clean_share:.0%} clean, the rest adversarial"
+            )
+        else:
+            del d["clean_share"]
         return d
 
 
-def clean_count(batch: int) -> int:
-    """How many inputs of a split batch stay clean: the first half (the rest are attacked)."""
-    return batch // 2
+def clean_count(batch: int, share: float = 0.5) -> int:
+    """How many inputs of a split batch stay clean: the first ``share`` of them (the rest are attacked)."""
+    return int(batch * share)
 
 
 def ccat_lambda(delta: torch.Tensor, eps: float, rho: float) -> torch.Tensor:
@@ -239,7 +252,7 @@ def perturb(
     if eps <= 0:
         return x
     if cfg.split:
-        h = clean_count(x.shape[0])
+        h = clean_count(x.shape[0], cfg.clean_share)
         rest = perturb(model, x[h:], y[h:], cfg.model_copy(update={"objective": "at"}), eps, generator)
         return torch.cat([x[:h], rest])
     with eval_mode(model):
@@ -290,7 +303,7 @@ def adversarial_loss(
     if cfg.objective == "at":
         logits = net(x_adv, noise)[0]  # (B, K)
         return F.cross_entropy(logits, y), logits, {}
-    h = clean_count(x.shape[0])
+    h = clean_count(x.shape[0], cfg.clean_share)
     draws = net(x_adv, noise)  # (outer_draws, B, K)
     logits = draws[0]
     hit = (logits.argmax(-1) == y).float()

@@ -87,6 +87,7 @@ class TrainConfig(FixedConfig, MFDVConfig, WCAConfig):
     disagree_weight: float = AdvConfig.model_fields["disagree_weight"]
     disagree_draws: int = AdvConfig.model_fields["disagree_draws"]
     adv_radius: AdvRadius = AdvConfig.model_fields["radius"]
+    adv_clean_share: float = AdvConfig.model_fields["clean_share"]
     adv_val_n: int = Field(
         1000,
         ge=0,

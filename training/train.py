@@ -82,7 +82,9 @@ def load_training_state(path: Path, args: TrainConfig) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: not a training state of version {STATE_VERSION}")
     saved, now = state["config"], training_fingerprint(args)
-    diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    # A setting added after the state was saved, left at its default, computes what the run computed.
+    added_at_default = {k for k in now.keys() - saved.keys() if now[k] == TrainConfig.model_fields[k].default}
+    diff = sorted(k for k in (saved.keys() | now.keys()) - added_at_default if saved.get(k) != now.get(k))
     if diff:
         detail = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} there, {now.get(k)!r} here" for k in diff)
         raise ValueError(
@@ -142,6 +144,7 @@ def adv_config(args: TrainConfig, img_size: int) -> AdvConfig:
         disagree_weight=args.disagree_weight,
         disagree_draws=args.disagree_draws,
         radius=args.adv_radius,
+        clean_share=args.adv_clean_share,
     )
 
 

@@ -90,6 +90,21 @@ def test_split_batches_attack_only_the_second_half() -> None:
     assert (moved > 0).all() and (moved <= adv.eps + 1e-6).all()
 
 
+def test_the_clean_share_sets_how_much_of_a_split_batch_is_attacked() -> None:
+    ds = make_tiny_dataset(n=32)
+    args = _args(adv="pgd", adv_steps=2, adv_objective="disagree", adv_clean_share=0.25)
+    model = tt.make_model(args, ds).eval()
+    adv = tt.adv_config(args, model.cfg.img_size)
+    x, y = as_float(ds.x[:16]), ds.y[:16]
+    x_adv = perturb(model, x, y, adv, adv.eps, torch.Generator().manual_seed(0))
+    h = clean_count(16, 0.25)
+    assert h == 4 and torch.equal(x_adv[:h], x[:h])
+    assert ((x_adv[h:] - x[h:]).abs().flatten(1).amax(1) > 0).all()
+    assert adv.to_dict()["batch"] == "25% clean, the rest adversarial" and adv.to_dict()["clean_share"] == 0.25
+    at = tt.adv_config(_args(adv="pgd", adv_steps=2), model.cfg.img_size)
+    assert "clean_share" not in at.to_dict()  # all adversarial: the record keeps today's keys
+
+
 def test_uniform_radius_spreads_the_perturbations_sizes_and_so_ccat_lambda() -> None:
     ds = make_tiny_dataset(n=64)
     args = _args(adv="fgsm", adv_objective="ccat", adv_radius="uniform", ccat_rho=1.0)

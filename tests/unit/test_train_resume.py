@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import training.train as tt
 from models.checkpoint import MANIFEST, WEIGHTS
-from training.train import STATE_FILE, main
+from training.train import STATE_FILE, STATE_VERSION, main
 
 from ..fixtures import make_tiny_dataset
 
@@ -89,6 +89,22 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(
     assert mb["metrics"]["train"]["resumed_after_epochs"] == [1]
     assert "resumed_after_epochs" not in ma["metrics"]["train"]
     assert mb["metrics"]["train"]["loss"] == ma["metrics"]["train"]["loss"]
+
+
+def test_a_state_saved_before_a_setting_existed_resumes_while_that_setting_is_at_its_default(
+    tmp_path: Path,
+) -> None:
+    from training.config import TrainConfig
+    from training.train import load_training_state, save_training_state, training_fingerprint
+
+    args = TrainConfig(method="mfdv", arch="tiny_cnn")
+    old = training_fingerprint(args)
+    del old["adv_clean_share"]  # as written by a run before --adv-clean-share existed
+    path = tmp_path / STATE_FILE
+    save_training_state(path, {"version": STATE_VERSION, "config": old})
+    assert load_training_state(path, args)["config"] == old
+    with pytest.raises(ValueError, match=re.escape("--adv-clean-share None there, 0.25 here")):
+        load_training_state(path, TrainConfig(method="mfdv", arch="tiny_cnn", adv_clean_share=0.25))
 
 
 def test_overwrite_starts_afresh_and_foreign_folders_are_kept(
