@@ -1,10 +1,11 @@
 """Admission of prediction requests: shed load early and fast, count only what has fully arrived.
 
 A request that will wait longer than it is worth waiting should hear so at once, not after its
-body has been parsed and decoded. ``Admission`` decides for ``POST /v1/predict`` and
-the v2 ``infer`` routes (``service.middleware.EdgeMiddleware`` asks), first from the headers (a
-refusal then costs no body) and again once the whole body has arrived, when an admitted request
-starts to count:
+body has been parsed and decoded. ``Admission`` decides for the ``POST`` routes whose endpoint is
+marked ``@admission_controlled`` (``/v1/predict`` and the v2 ``infer`` routes; ``AdmittedRoutes``
+finds them among the app's routes when the app is built, so a renamed route keeps its admission);
+``service.middleware.EdgeMiddleware`` asks, first from the headers (a refusal then costs no body)
+and again once the whole body has arrived, when an admitted request starts to count:
 
 - at most ``MFDV_MAX_INFLIGHT`` such requests are being handled at once (reading, parsing,
   decoding, queued for the batcher, computing, rendering); one more gets 503 + ``Retry-After``;
@@ -22,22 +23,80 @@ reserves a slot once the body has arrived and the API key is checked).
 from __future__ import annotations
 
 import math
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from re import Pattern
+from typing import Any, TypeVar
 
-PREDICT_PATHS = re.compile(r"^/v1/predict$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
-"""The routes admission control applies to (POST only)."""
+from starlette.routing import BaseRoute
+from starlette.types import Scope
 
 ROUTE_LABEL = "mfdv.route"
 """Scope key where a refusal leaves its route template, for the metrics (no router has run)."""
 
+MARKER = "__mfdv_admission_controlled__"
+"""The endpoint attribute ``admission_controlled`` sets."""
 
-def route_template(path: str) -> str:
-    """The route template of a path ``PREDICT_PATHS`` matches (the label metrics count it under)."""
-    if path == "/v1/predict":
-        return path
-    return "/v2/models/{name}/versions/{version}/infer" if "/versions/" in path else "/v2/models/{name}/infer"
+EndpointT = TypeVar("EndpointT", bound=Callable[..., Any])
+
+
+def admission_controlled(endpoint: EndpointT) -> EndpointT:
+    """Mark a ``POST`` route's endpoint as admission-controlled; put it under the route decorator::
+
+    @router.post("/predict", ...)
+    @admission_controlled
+    async def predict(request: Request) -> Response: ...
+    """
+    setattr(endpoint, MARKER, True)
+    return endpoint
+
+
+def is_admission_controlled(route: BaseRoute) -> bool:
+    """Whether ``route``'s endpoint is marked ``admission_controlled``."""
+    return bool(getattr(getattr(route, "endpoint", None), MARKER, False))
+
+
+class AdmittedRoutes:
+    """Which requests admission decides for, found among an app's routes when the app is built.
+
+    A ``POST`` request is admission-controlled when the first ``POST`` route whose path matches it,
+    in the app's order (the route the router will pick), is marked ``admission_controlled``. Before
+    routing (the body is not read yet) this costs one path match per ``POST`` route.
+
+    Args:
+        routes: the app's routes, in order.
+
+    Raises:
+        ValueError: a marked route that does not take ``POST`` (admission would never see it).
+    """
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self._post: list[tuple[Pattern[str], str | None]] = []
+        for route in routes:
+            methods = getattr(route, "methods", None) or ()
+            controlled = is_admission_controlled(route)
+            if controlled and "POST" not in methods:
+                raise ValueError(
+                    f"route {getattr(route, 'path', route)!r} is marked admission_controlled but takes no POST"
+                )
+            if "POST" in methods:
+                self._post.append((route.path_regex, route.path if controlled else None))  # type: ignore[attr-defined]
+
+    @property
+    def templates(self) -> list[str]:
+        """The admission-controlled routes' templates (``/v2/models/{name}/infer``), in order."""
+        return [template for _, template in self._post if template is not None]
+
+    def template(self, scope: Scope) -> str | None:
+        """The route template of an admission-controlled request (the label metrics count it
+        under), or None: not admission-controlled."""
+        if scope["method"] != "POST":
+            return None
+        path = scope["path"]
+        for regex, template in self._post:
+            if regex.match(path) is not None:
+                return template
+        return None
 
 
 class ThroughputEstimator:

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .admission import PREDICT_PATHS, ROUTE_LABEL, Admission, route_template
+from .admission import ROUTE_LABEL, Admission, AdmittedRoutes
 from .errors import CLIENT_CLOSED, error_response
 from .lifecycle import Lifecycle, cut_response
 from .metrics import Metrics
@@ -174,9 +174,9 @@ class EdgeMiddleware:
        JSON 503 with ``Retry-After`` (``service.lifecycle.cut_response``); other cancellations propagate;
     3. **catch-all**: an unhandled exception is logged with its traceback and answered with a
        generic JSON 500 (no internals), unless the response had started;
-    4. **admission from the headers** (``admission``, ``POST`` prediction routes, ``PREDICT_PATHS``):
-       a request that would be refused now is refused before its body is read (503 +
-       ``Retry-After`` and the reason), holding nothing;
+    4. **admission from the headers** (``admission``, for the routes among ``routes`` marked
+       ``service.admission.admission_controlled``: ``AdmittedRoutes``): a request that would be refused
+       now is refused before its body is read (503 + ``Retry-After`` and the reason), holding nothing;
     5. **the body** (``body``, every method but GET/HEAD/OPTIONS): read whole within its size, pace
        and time limits (``BodyLimits``); the app then receives it as one message, and the real
        ``receive`` after it (disconnect notices);
@@ -200,6 +200,7 @@ class EdgeMiddleware:
         self.labels = RouteLabels(metrics, routes) if metrics is not None else None
         self.lifecycle = lifecycle
         self.admission = admission
+        self.admitted = AdmittedRoutes(routes)
         self.body = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -245,8 +246,9 @@ class EdgeMiddleware:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         admission = self.admission
-        admitted = admission is not None and method == "POST" and PREDICT_PATHS.match(scope["path"]) is not None
-        if admitted and await self._refused(admission, scope, receive, send, take=False):  # type: ignore[arg-type]
+        template = self.admitted.template(scope) if admission is not None else None
+        admitted = template is not None
+        if admitted and await self._refused(admission, template, scope, receive, send, take=False):  # type: ignore[arg-type]
             return
         if self.body is not None and method not in NO_BODY_METHODS:
             body = await self.body.read(scope, receive, send)
@@ -257,7 +259,7 @@ class EdgeMiddleware:
         if not admitted:
             await self.app(scope, receive, send)
             return
-        if await self._refused(admission, scope, receive, send, take=True):  # type: ignore[arg-type]
+        if await self._refused(admission, template, scope, receive, send, take=True):  # type: ignore[arg-type]
             return
         try:
             await self.app(scope, receive, send)
@@ -265,12 +267,15 @@ class EdgeMiddleware:
             admission.finished()  # type: ignore[union-attr]
 
     @staticmethod
-    async def _refused(admission: Admission, scope: Scope, receive: Receive, send: Send, take: bool) -> bool:
-        """Refuse the request now if admission says so (503 + ``Retry-After``); ``take``: count it if admitted."""
+    async def _refused(
+        admission: Admission, template: str, scope: Scope, receive: Receive, send: Send, take: bool
+    ) -> bool:
+        """Refuse the request now if admission says so (503 + ``Retry-After``); ``take``: count it if admitted;
+        ``template``: its route's, the label its refusal is counted under."""
         reason = admission.refusal(take=take)
         if reason is None:
             return False
-        scope[ROUTE_LABEL] = route_template(scope["path"])
+        scope[ROUTE_LABEL] = template
         await error_response(503, reason, {"Retry-After": str(admission.retry_after())})(scope, receive, send)
         return True
 

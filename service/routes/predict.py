@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from ..admission import admission_controlled
 from ..config import Settings
 from ..deps import EngineDep, StateDep, app_state
 from ..engine import InferenceEngine, PredictJob, PredictOutput, random_seed
@@ -114,6 +115,7 @@ def render_prediction(engine: InferenceEngine, job: PredictJob, output: PredictO
     ),
     openapi_extra=request_body(PredictRequest, PredictForm),
 )
+@admission_controlled
 async def predict(request: Request) -> Response:
     """JSON ``{"inputs": [...], "samples": T, "seed": S}`` or multipart ``file`` uploads.
 

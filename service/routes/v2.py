@@ -28,6 +28,7 @@ import torch
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
+from ..admission import admission_controlled
 from ..config import Settings
 from ..deps import AppState, EngineDep, StateDep, app_state
 from ..engine import MAX_SEED, InferenceEngine, PredictJob, PredictOutput, random_seed
@@ -423,12 +424,14 @@ _INFER = {
 
 
 @router.post("/models/{name}/infer", **_INFER)
+@admission_controlled
 async def infer(name: str, request: Request) -> Response:
     state = app_state(request)  # not StateDep/EngineDep: the hot path skips FastAPI's dependency resolution
     return await _infer(request, state, _model(state.ready_engine(), name))
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
+@admission_controlled
 async def infer_version(name: str, version: str, request: Request) -> Response:
     state = app_state(request)
     return await _infer(request, state, _model(state.ready_engine(), name, version))

@@ -7,13 +7,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fastapi.routing
 import numpy as np
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
-from service.admission import PREDICT_PATHS, Admission, ThroughputEstimator
+from service.admission import (
+    Admission,
+    AdmittedRoutes,
+    ThroughputEstimator,
+    admission_controlled,
+    is_admission_controlled,
+)
 from service.engine import InferenceEngine
+from service.routes import ROUTERS
 
 IMG = np.full((14, 14), 0.5).tolist()
 
@@ -80,19 +90,69 @@ def test_no_queue_delay_limit_when_it_is_zero() -> None:
     assert all(adm.refusal() is None for _ in range(50))
 
 
+def app_routes(app: FastAPI) -> list[Any]:
+    """The app's routes, flat, in the order its router tries them (FastAPI 0.16x keeps included routers
+    nested in ``app.routes``; ``iter_route_contexts`` flattens them; older versions copy them flat)."""
+    flatten = getattr(fastapi.routing, "iter_route_contexts", None)
+    return list(flatten(app.routes)) if flatten is not None else list(app.routes)
+
+
+def test_every_prediction_route_is_admission_controlled_and_the_probe_is_not(hand_checkpoint: Path) -> None:
+    """Read from the app's routes: a POST route added or renamed shows up here."""
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu"))
+    routes = app_routes(app)
+    post = {r.path: is_admission_controlled(r) for r in routes if "POST" in (r.methods or ())}
+    assert post == {
+        "/v1/predict": True,
+        "/v2/models/{name}/infer": True,
+        "/v2/models/{name}/versions/{version}/infer": True,
+        "/v1/attack-probe": False,
+    }
+    assert not any(is_admission_controlled(r) for r in routes if "POST" not in (getattr(r, "methods", None) or ()))
+    # the edge decides from the routers' routes (create_app): the same routes, in the same order
+    edge = AdmittedRoutes([r for router in ROUTERS for r in router.routes])
+    assert edge.templates == AdmittedRoutes(routes).templates == [p for p, marked in post.items() if marked]
+
+
 @pytest.mark.parametrize(
-    ("path", "admitted"),
+    ("method", "path", "template"),
     [
-        ("/v1/predict", True),
-        ("/v2/models/m/infer", True),
-        ("/v2/models/m/versions/1/infer", True),
-        ("/v1/attack-probe", False),
-        ("/v1/predictx", False),
-        ("/v2/models/m/ready", False),
+        ("POST", "/v1/predict", "/v1/predict"),
+        ("POST", "/v2/models/m/infer", "/v2/models/{name}/infer"),
+        ("POST", "/v2/models/m/versions/1/infer", "/v2/models/{name}/versions/{version}/infer"),
+        ("GET", "/v1/predict", None),
+        ("POST", "/v1/attack-probe", None),
+        ("POST", "/v1/predictx", None),
+        ("POST", "/v1/predict/", None),
+        ("POST", "/v2/models/m/ready", None),
     ],
 )
-def test_which_paths_are_admission_controlled(path: str, admitted: bool) -> None:
-    assert bool(PREDICT_PATHS.match(path)) is admitted
+def test_which_requests_are_admission_controlled(
+    hand_checkpoint: Path, method: str, path: str, template: str | None
+) -> None:
+    app = create_app(Settings(model_dir=hand_checkpoint, device="cpu"))
+    assert AdmittedRoutes(app_routes(app)).template({"method": method, "path": path}) == template
+
+
+def test_the_first_matching_route_decides_as_the_router_does() -> None:
+    async def plain() -> None: ...
+
+    @admission_controlled
+    async def marked() -> None: ...
+
+    routes = [APIRoute("/m/special", plain, methods=["POST"]), APIRoute("/m/{name}", marked, methods=["POST"])]
+    admitted = AdmittedRoutes(routes)
+    assert admitted.templates == ["/m/{name}"]
+    assert admitted.template({"method": "POST", "path": "/m/special"}) is None
+    assert admitted.template({"method": "POST", "path": "/m/other"}) == "/m/{name}"
+
+
+def test_a_marked_route_without_post_is_refused_at_build() -> None:
+    @admission_controlled
+    async def marked() -> None: ...
+
+    with pytest.raises(ValueError, match="takes no POST"):
+        AdmittedRoutes([APIRoute("/m", marked, methods=["GET"])])
 
 
 def test_a_refusal_is_labelled_with_its_route_template(hand_checkpoint: Path) -> None:
