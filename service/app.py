@@ -13,9 +13,10 @@ from fastapi import FastAPI
 
 from .admission import Admission
 from .config import Settings
-from .deps import AppState
+from .deps import AppState, Serving
 from .engine import InferenceEngine
 from .errors import install_error_handlers
+from .inputs import InputSpec
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import BodyLimits, EdgeMiddleware
@@ -54,17 +55,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend=engine.backend.name,
         device=engine.backend.device,
     )
-    state.attack_pool = BoundedPool(
+    attack_pool = BoundedPool(
         settings.attack_workers,
         settings.attack_queue_size,
         name="attack",
         initializer=partial(lower_thread_priority, settings.attack_nice),  # attacks get what predictions leave
     )
     # Every admitted request may wait for a decode thread; the threads bound decode memory and CPU.
-    state.decode_pool = BoundedPool(settings.decode_threads(), settings.queue_size, name="decode")
-    state.probe_model = probe_model(engine.checkpoint.model)
+    decode_pool = BoundedPool(settings.decode_threads(), settings.queue_size, name="decode")
+    serving = Serving(
+        engine=engine,
+        decode_pool=decode_pool,
+        attack_pool=attack_pool,
+        probe_model=probe_model(engine.checkpoint.model),
+        input_spec=InputSpec(engine.input_shape, settings.max_image_pixels, settings.max_request_pixels),
+    )
     engine.start()
-    state.engine = engine
+    state.serving = serving  # the routes that use the model serve from here on (503 before)
     state.lifecycle.start(asyncio.get_running_loop())  # SIGTERM: drain, then uvicorn's shutdown
     # Everything allocated so far (the libraries, the model) lives as long as the process: out of the
     # collector's sight, a full collection scans only what requests allocate (about 2 ms, not 150 ms
@@ -77,8 +84,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.unfreeze()
         state.lifecycle.stop()  # /readyz answers 503 from here on (it did already while draining)
         await engine.stop()
-        await asyncio.to_thread(state.attack_pool.shutdown)
-        await asyncio.to_thread(state.decode_pool.shutdown)
+        await asyncio.to_thread(attack_pool.shutdown)
+        await asyncio.to_thread(decode_pool.shutdown)
         state.metrics.close()
         logger.info("stopped")
 

@@ -22,6 +22,29 @@ from .pool import BoundedPool
 from .schemas.limits import validation_context
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What the routes that use the model serve with, complete: built by the lifespan once the model
+    is loaded, verified and warmed up (``AppState.serving``). Routes reach it through ``ServingDep``
+    (or ``AppState.ready()`` on the hot path), which answer 503 ``ModelNotReady`` before it exists.
+
+    Attributes:
+        engine: the loaded model and its batcher.
+        decode_pool: ``Settings.decode_threads()`` threads for the requests' CPU work (parsing, decoding,
+            rendering responses).
+        attack_pool: bounded threads for attack probes.
+        probe_model: the torch model attack probes differentiate (a frozen copy of the checkpoint's,
+            whatever the backend).
+        input_spec: what an input must be for this model and these settings (``service.inputs``).
+    """
+
+    engine: InferenceEngine
+    decode_pool: BoundedPool
+    attack_pool: BoundedPool
+    probe_model: StochasticClassifier
+    input_spec: InputSpec
+
+
 @dataclass
 class AppState:
     """Everything one app serves with; lives on ``app.state.mfdv``.
@@ -31,73 +54,53 @@ class AppState:
         metrics: its Prometheus metrics (own registry).
         admission: the admission decision for prediction requests (``service.admission``).
         lifecycle: where the process stands in its shutdown (``service.lifecycle``).
-        engine: the loaded model and its batcher; None until the lifespan has loaded it.
-        attack_pool: bounded threads for attack probes; None until loaded.
-        probe_model: the torch model attack probes differentiate (a frozen copy of the
-            checkpoint's, whatever the backend); None until loaded.
-        decode_pool: ``Settings.decode_threads()`` threads for the requests' CPU work (parsing, decoding,
-            rendering responses); None until loaded.
-        load_error: why loading failed, if it did.
         validation: the request models' validation context (``service.schemas.limits.validation_context``:
             the settings the request limits read), passed to ``service.transport.read_body``.
+        serving: the model and its pools (``Serving``), set by the lifespan once they are ready;
+            routes get it through ``ready()``/``ServingDep``, never None.
+        load_error: why loading failed, if it did.
     """
 
     settings: Settings
     metrics: Metrics
     admission: Admission
     lifecycle: Lifecycle
-    engine: InferenceEngine | None = None
-    attack_pool: BoundedPool | None = None
-    probe_model: StochasticClassifier | None = None
-    decode_pool: BoundedPool | None = None
-    load_error: str | None = None
     validation: dict[str, Any] = field(init=False, repr=False)
+    serving: Serving | None = None
+    load_error: str | None = None
 
     def __post_init__(self) -> None:
         self.validation = validation_context(self.settings)
 
-    def ready_engine(self) -> InferenceEngine:
-        """The engine if it serves now.
+    def ready(self) -> Serving:
+        """The model and its pools if they serve now.
 
         Raises:
-            ModelNotReady: not loaded yet, failed to load, or shutting down.
+            ModelNotReady: not loaded yet, failed to load, or stopped.
         """
-        engine = self.engine
-        if engine is None or not engine.ready:
+        serving = self.serving
+        if serving is None or not serving.engine.ready:
             if self.load_error:
                 raise ModelNotReady(f"the model failed to load: {self.load_error}", retry_after=30)
             raise ModelNotReady()
-        return engine
+        return serving
 
-    def readiness(self) -> InferenceEngine:
-        """The engine if this replica should get traffic: ready and not shutting down.
+    def readiness(self) -> Serving:
+        """The model and its pools if this replica should get traffic: ready and not shutting down.
 
         Raises:
-            ModelNotReady: not ready (see ``ready_engine``), or draining before shutdown.
+            ModelNotReady: not ready (see ``ready``), or draining before shutdown.
         """
-        engine = self.ready_engine()
+        serving = self.ready()
         if self.lifecycle.draining:
             raise ModelNotReady("the service is shutting down; send requests to another replica")
-        return engine
-
-    def cpu_pool(self) -> BoundedPool:
-        """The decode pool (parse, decode, render).
-
-        Raises:
-            ModelNotReady: not started yet, or stopped.
-        """
-        if self.decode_pool is None:
-            raise ModelNotReady()
-        return self.decode_pool
-
-    def input_spec(self, engine: InferenceEngine) -> InputSpec:
-        s = self.settings
-        return InputSpec(engine.input_shape, s.max_image_pixels, s.max_request_pixels)
+        return serving
 
 
 def app_state(request: Request) -> AppState:
-    """The app's state, reached directly: what the prediction routes use instead of ``StateDep`` and
-    ``EngineDep``, whose resolution by FastAPI costs about 40 us of event-loop CPU per request."""
+    """The app's state, reached directly: what the prediction routes use (with ``AppState.ready()``)
+    instead of ``StateDep`` and ``ServingDep``, whose resolution by FastAPI costs about 40 us of
+    event-loop CPU per request."""
     return request.app.state.mfdv
 
 
@@ -108,8 +111,16 @@ async def get_state(request: Request) -> AppState:  # async: no thread-pool hop 
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_engine(state: StateDep) -> InferenceEngine:
-    return state.ready_engine()
+async def get_serving(state: StateDep) -> Serving:
+    return state.ready()
+
+
+ServingDep = Annotated[Serving, Depends(get_serving)]
+"""The model and its pools; 503 ``ModelNotReady`` until the lifespan has built them."""
+
+
+async def get_engine(serving: ServingDep) -> InferenceEngine:
+    return serving.engine
 
 
 EngineDep = Annotated[InferenceEngine, Depends(get_engine)]

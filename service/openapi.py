@@ -80,7 +80,7 @@ def install_openapi(app: FastAPI, state: AppState) -> None:
             routes=app.routes,
         )
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        engine = state.engine
+        engine = state.serving.engine if state.serving is not None else None  # the model's shape, once loaded
         deployment = Deployment(
             state.settings,
             engine.input_shape if engine is not None else None,

@@ -24,7 +24,7 @@ async def healthz() -> HealthResponse:
     responses=error_responses({503: "loading, failed to load, or shutting down: from SIGTERM on (Retry-After)"}),
 )
 async def readyz(state: StateDep) -> ReadyResponse:
-    engine = state.readiness()
+    engine = state.readiness().engine
     return ReadyResponse(status="ready", model=engine.name, model_id=engine.model_id)
 
 

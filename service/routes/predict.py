@@ -124,16 +124,17 @@ async def predict(request: Request) -> Response:
     (megabytes with ``return_samples``) is written by the compute thread with the batch's results.
     """
     arrived = time.perf_counter()
-    state = app_state(request)  # not StateDep/EngineDep: the hot path skips FastAPI's dependency resolution
-    engine = state.ready_engine()
+    state = app_state(request)  # not StateDep/ServingDep: the hot path skips FastAPI's dependency resolution
+    serving = state.ready()
+    engine = serving.engine
     s = state.settings
-    prepare = partial(prepare_job, settings=s, spec=state.input_spec(engine), engine=engine)
+    prepare = partial(prepare_job, settings=s, spec=serving.input_spec, engine=engine)
     job = await read_body(
         request,
         PREDICT_BODY,
         max_files=INPUTS.maximum(s),
         then=prepare,
-        pool=state.cpu_pool(),
+        pool=serving.decode_pool,
         context=state.validation,
         on_loop=partial(prepare, on_loop=True),
     )

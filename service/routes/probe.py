@@ -17,8 +17,8 @@ from typing import Any, get_args
 
 from fastapi import APIRouter, Request, Response
 
-from ..deps import ApiKeyDep, EngineDep, StateDep
-from ..errors import InvalidInput, ModelNotReady
+from ..deps import ApiKeyDep, ServingDep, StateDep
+from ..errors import InvalidInput
 from ..openapi import request_body
 from ..probe.prepare import prepare_probe
 from ..probe.runner import run_probe
@@ -79,7 +79,7 @@ PROBE_BODY: BodyReader[ProbeOptions] = BodyReader(
     ),
     openapi_extra=request_body(ProbeRequest, ProbeForm, json_fields=("labels", "attacks")),
 )
-async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: ApiKeyDep) -> Response:
+async def attack_probe(request: Request, state: StateDep, serving: ServingDep, _: ApiKeyDep) -> Response:
     """JSON ``{"inputs": [...], "labels": [...], "attacks": [{"name": "pgd", "eps": 0.1}]}`` or multipart.
 
     ``attacks`` may also be a suite: ``"standard"``, ``"published"`` or ``"adaptive"``. See docs/attack-probe.md
@@ -87,11 +87,8 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
     """
     arrived = time.perf_counter()
     s = state.settings
-    prepare = partial(prepare_probe, settings=s, spec=state.input_spec(engine), num_classes=len(engine.class_names))
-    cpu = state.cpu_pool()
-    model, pool = state.probe_model, state.attack_pool
-    if model is None or pool is None:
-        raise ModelNotReady()
+    engine, cpu, pool = serving.engine, serving.decode_pool, serving.attack_pool
+    prepare = partial(prepare_probe, settings=s, spec=serving.input_spec, num_classes=len(engine.class_names))
     cancel = threading.Event()  # set when this request is cancelled (client gone, grace period over)
     # The whole body has arrived (the edge reads it first: middleware.BodyLimits) before this route runs: a client that stalls its
     # body never holds a pool place.
@@ -106,7 +103,7 @@ async def attack_probe(request: Request, state: StateDep, engine: EngineDep, _: 
         )
         run = await slot.run(
             run_probe,
-            model,
+            serving.probe_model,
             job,
             mi_threshold=engine.mi_threshold,
             deadline=arrived + s.max_probe_seconds,

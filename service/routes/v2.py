@@ -30,10 +30,10 @@ from pydantic import ValidationError
 
 from ..admission import admission_controlled
 from ..config import Settings
-from ..deps import AppState, EngineDep, StateDep, app_state
+from ..deps import AppState, EngineDep, Serving, StateDep, app_state
 from ..engine import MAX_SEED, InferenceEngine, PredictJob, PredictOutput, random_seed
 from ..errors import InvalidInput, NotFound, PayloadTooLarge, describe_validation_errors
-from ..inputs import check_batch
+from ..inputs import InputSpec, check_batch
 from ..openapi import request_body
 from ..schemas import error_responses, json_bytes
 from ..schemas.limits import INPUTS, SAMPLES, OutOfRange, env_name, validation_context
@@ -128,8 +128,8 @@ async def metadata_version(name: str, version: str, engine: EngineDep) -> ModelM
     summary="Model ready (else 503 or 404)",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
-async def model_ready(name: str, state: StateDep, engine: EngineDep) -> ModelReady:
-    return ModelReady(name=_model(state.readiness(), name).name, ready=True)
+async def model_ready(name: str, state: StateDep) -> ModelReady:
+    return ModelReady(name=_model(state.readiness().engine, name).name, ready=True)
 
 
 @router.get(
@@ -137,8 +137,8 @@ async def model_ready(name: str, state: StateDep, engine: EngineDep) -> ModelRea
     summary="Model ready (else 503 or 404)",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
-async def model_version_ready(name: str, version: str, state: StateDep, engine: EngineDep) -> ModelReady:
-    return ModelReady(name=_model(state.readiness(), name, version).name, ready=True)
+async def model_version_ready(name: str, version: str, state: StateDep) -> ModelReady:
+    return ModelReady(name=_model(state.readiness().engine, name, version).name, ready=True)
 
 
 # -- inference ------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def parse_header(head: bytes, settings: Settings) -> InferenceRequest:
         raise InvalidInput(protocol_message(e.errors()[0], req, settings)) from None
 
 
-def parse_infer(body: bytes, header_length: str | None, state: AppState, engine: InferenceEngine) -> InferRequest:
+def parse_infer(body: bytes, header_length: str | None, state: AppState, spec: InputSpec) -> InferRequest:
     """Parse and validate a v2 inference body (JSON, or JSON + binary tensors)."""
     if header_length is not None:
         try:
@@ -342,7 +342,7 @@ def parse_infer(body: bytes, header_length: str | None, state: AppState, engine:
     arr, used = _tensor(req.inputs[0], binary, 0)
     if used != len(binary):
         raise InvalidInput(f"{len(binary) - used} binary bytes follow the header but no input declares them")
-    images = check_batch(arr, state.input_spec(engine), f"input {INPUT_NAME!r}", INPUTS.maximum(state.settings))
+    images = check_batch(arr, spec, f"input {INPUT_NAME!r}", INPUTS.maximum(state.settings))
     params = req.parameters or RequestParameters.model_validate({}, context=state.validation)
     binary_default = bool(params.binary_data_output)
     if req.outputs is None:
@@ -426,26 +426,31 @@ _INFER = {
 @router.post("/models/{name}/infer", **_INFER)
 @admission_controlled
 async def infer(name: str, request: Request) -> Response:
-    state = app_state(request)  # not StateDep/EngineDep: the hot path skips FastAPI's dependency resolution
-    return await _infer(request, state, _model(state.ready_engine(), name))
+    state = app_state(request)  # not StateDep/ServingDep: the hot path skips FastAPI's dependency resolution
+    serving = state.ready()
+    _model(serving.engine, name)
+    return await _infer(request, state, serving)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
 @admission_controlled
 async def infer_version(name: str, version: str, request: Request) -> Response:
     state = app_state(request)
-    return await _infer(request, state, _model(state.ready_engine(), name, version))
+    serving = state.ready()
+    _model(serving.engine, name, version)
+    return await _infer(request, state, serving)
 
 
-async def _infer(request: Request, state: AppState, engine: InferenceEngine) -> Response:
+async def _infer(request: Request, state: AppState, serving: Serving) -> Response:
+    engine = serving.engine
     body = await request.body()
     encoding = request.headers.get("content-encoding", "").strip().lower()
-    req = await state.cpu_pool().run(
+    req = await serving.decode_pool.run(
         lambda: parse_infer(
             _decompress(body, encoding, state.settings.max_body_bytes),
             request.headers.get(HEADER_LENGTH),
             state,
-            engine,
+            serving.input_spec,
         )
     )
     images = torch.from_numpy(np.array(req.images, dtype=np.float32, order="C"))

@@ -70,6 +70,20 @@ def test_not_ready_before_the_lifespan_has_loaded_the_model(hand_checkpoint: Pat
     assert c.post("/v1/predict", json={"inputs": []}).status_code == 503
     assert c.get("/v2/health/ready").status_code == 503
     assert c.get("/v2/health/live").status_code == 200
+    # every route that uses the model: 503 until the lifespan has built what it serves with (AppState.serving)
+    assert app.state.mfdv.serving is None
+    for method, path in [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/attack-probe"),
+        ("GET", "/v2/models/tiny_mfdv"),
+        ("GET", "/v2/models/tiny_mfdv/versions/1"),
+        ("GET", "/v2/models/tiny_mfdv/ready"),
+        ("GET", "/v2/models/tiny_mfdv/versions/1/ready"),
+        ("POST", "/v2/models/tiny_mfdv/infer"),
+        ("POST", "/v2/models/tiny_mfdv/versions/1/infer"),
+    ]:
+        r = c.request(method, path, json={"inputs": []} if method == "POST" else None)
+        assert r.status_code == 503 and "not loaded" in r.json()["error"], (method, path)
 
 
 def test_ready_after_startup_and_not_after_shutdown(hand_checkpoint: Path) -> None:

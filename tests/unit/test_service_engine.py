@@ -253,7 +253,7 @@ def test_full_queue_answers_503_with_retry_after(hand_checkpoint: Path) -> None:
     body = {"inputs": [np.zeros((SIZE, SIZE)).tolist()], "samples": 2}
     computing, release = threading.Event(), threading.Event()
     with TestClient(app) as c:
-        backend = app.state.mfdv.engine.backend
+        backend = app.state.mfdv.serving.engine.backend
         real = backend.backbone
 
         def blocked(x: torch.Tensor) -> torch.Tensor:
@@ -399,9 +399,9 @@ def engine_app(hand_checkpoint: Path) -> Iterator[TestClient]:
 
 
 def test_app_has_an_attack_pool_and_the_torch_model_for_probes(engine_app: TestClient) -> None:
-    state = engine_app.app.state.mfdv  # type: ignore[attr-defined]
-    assert state.attack_pool is not None and state.attack_pool.workers == 2
-    assert isinstance(state.engine.checkpoint.model, torch.nn.Module)
+    serving = engine_app.app.state.mfdv.serving  # type: ignore[attr-defined]
+    assert serving.attack_pool.workers == 2
+    assert isinstance(serving.engine.checkpoint.model, torch.nn.Module)
 
 
 @pytest.mark.gpu

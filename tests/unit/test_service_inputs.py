@@ -553,7 +553,7 @@ def test_decoding_on_the_event_loop_stops_at_its_budget_before_any_pixel(monkeyp
 
 
 def test_small_bodies_are_decoded_on_the_event_loop_large_ones_in_the_decode_pool(client: TestClient) -> None:
-    pool = client.app.state.mfdv.decode_pool  # type: ignore[attr-defined]
+    pool = client.app.state.mfdv.serving.decode_pool  # type: ignore[attr-defined]
     calls: list[str] = []
     real = pool.run
 

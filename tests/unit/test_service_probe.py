@@ -277,7 +277,7 @@ def test_a_cancelled_probe_stops_between_steps(hand_checkpoint: Path, monkeypatc
             target=lambda: out.setdefault(
                 "run",
                 probe_runner.run_probe(
-                    state.probe_model,
+                    state.serving.probe_model,
                     job,
                     mi_threshold=0.05,
                     deadline=float("inf"),
@@ -512,12 +512,12 @@ def test_predict_answers_while_a_probe_runs_and_a_full_pool_gets_503(
 
 
 def test_probe_model_is_a_frozen_copy(app: FastAPI, client: TestClient) -> None:
-    state = app.state.mfdv
-    served = state.engine.checkpoint.model
-    assert state.probe_model is not served and not state.probe_model.training
-    assert not any(p.requires_grad for p in state.probe_model.parameters())
+    serving = app.state.mfdv.serving
+    served = serving.engine.checkpoint.model
+    assert serving.probe_model is not served and not serving.probe_model.training
+    assert not any(p.requires_grad for p in serving.probe_model.parameters())
     x = torch.rand(2, 1, SIZE, SIZE)
-    torch.testing.assert_close(state.probe_model.features(x), served.features(x))
+    torch.testing.assert_close(serving.probe_model.features(x), served.features(x))
 
 
 # -- the default vanilla checkpoint on real data ---------------------------------------------
