@@ -1,6 +1,6 @@
 """The HTTP-stack ceiling for ``bench_service.py``: a bare FastAPI app doing a prediction request's I/O and nothing else.
 
-    python benchmarks/bare_app.py --port 8001 [--workers 2]
+    python -m benchmarks.bare_app --port 8001 [--workers 2]
 
 ``POST /v1/predict`` reads the same multipart upload the service reads (``file`` parts and
 text fields), decodes each image with Pillow into float32 pixels, and returns a small JSON

@@ -1,6 +1,6 @@
 """Benchmark: our one-pass EOT attacks against torchattacks on the same model and inputs.
 
-    python benchmarks/bench_attacks.py --checkpoint checkpoints/fashion_mnist_mfdv --n 256
+    python -m benchmarks.bench_attacks --checkpoint checkpoints/fashion_mnist_mfdv --n 256
 
 Two pairs, each with ``--eot`` noise draws per gradient, L-inf ``--eps``:
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +35,11 @@ import torch
 import torchattacks
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+from models import StochasticClassifier, load_checkpoint, majority_vote
+from models.attacks import eval_mode, predict_draws, run_attack
+from models.attacks.suite import judge_correct
 
-from models import StochasticClassifier, load_checkpoint, majority_vote  # noqa: E402
-from models.attacks import eval_mode, predict_draws, run_attack  # noqa: E402
-from models.attacks.suite import judge_correct  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench_attacks")
 

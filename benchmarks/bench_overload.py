@@ -1,7 +1,7 @@
 """Benchmark: overload with Debian's ``hey``: how fast the 503s come, and what the 200s keep, at 32 and 2,000 clients.
 
-    python benchmarks/bench_overload.py                    # default checkpoint; 32 and 2000 clients
-    python benchmarks/bench_overload.py --clients 32 500 2000 --per-client 10 --no-compare
+    python -m benchmarks.bench_overload                    # default checkpoint; 32 and 2000 clients
+    python -m benchmarks.bench_overload --clients 32 500 2000 --per-client 10 --no-compare
 
 Starts a real ``python -m service`` on the checkpoint (loopback, access log off) and drives
 ``POST /v1/predict`` (JSON, one base64 28x28 PNG, the default T) with ``hey`` at each
@@ -46,11 +46,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from service.config import DEFAULT_MODEL_DIR
+from tests.support.server import ServerProcess
 
-from service.config import DEFAULT_MODEL_DIR  # noqa: E402
-from tests.support.server import ServerProcess  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench_overload")
 

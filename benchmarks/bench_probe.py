@@ -1,7 +1,7 @@
 """Benchmark: prediction throughput and latency idle vs while attack probes run, and what a probe's cost unit takes.
 
-    python benchmarks/bench_probe.py                           # default checkpoint, 20 s per phase
-    python benchmarks/bench_probe.py --checkpoint DIR --duration 30 --clients 4 --probers 4 --no-compare-nice
+    python -m benchmarks.bench_probe                           # default checkpoint, 20 s per phase
+    python -m benchmarks.bench_probe --checkpoint DIR --duration 30 --clients 4 --probers 4 --no-compare-nice
 
 (a) Starts a real ``python -m service`` on the checkpoint and drives ``/v1/predict`` with
 ``--clients`` concurrent clients over loopback (one PNG per request, closed loop, T = the
@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -48,13 +47,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from models import load_checkpoint
+from models.attacks import make_attack
+from service.config import DEFAULT_MODEL_DIR, Settings
+from tests.support.server import ServerProcess
 
-from models import load_checkpoint  # noqa: E402
-from models.attacks import make_attack  # noqa: E402
-from service.config import DEFAULT_MODEL_DIR, Settings  # noqa: E402
-from tests.support.server import ServerProcess  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench_probe")
 

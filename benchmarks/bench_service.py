@@ -1,8 +1,8 @@
 """Benchmark the service against this machine's ceilings, everything in one run.
 
-    python benchmarks/bench_service.py                       # default checkpoint, about 8 minutes
-    python benchmarks/bench_service.py --duration 10 --rounds 2 --clients 32 --checkpoint DIR
-    python benchmarks/bench_service.py --skip-compute --anchor-only --duration 8   # vs the naive app, ~2 minutes
+    python -m benchmarks.bench_service                       # default checkpoint, about 8 minutes
+    python -m benchmarks.bench_service --duration 10 --rounds 2 --clients 32 --checkpoint DIR
+    python -m benchmarks.bench_service --skip-compute --anchor-only --duration 8   # vs the naive app, ~2 minutes
 
 Prints, as markdown:
 
@@ -57,14 +57,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from models import ModelConfig, build_model, load_checkpoint, summarize
+from service.backends import AUTO_BACKENDS, TorchBackend, choose_backend
+from service.config import Settings, available_cores, threads_per_worker
+from service.engine import InferenceEngine, PredictJob
+from tests.support.server import ServerProcess, free_port
 
-from models import ModelConfig, build_model, load_checkpoint, summarize  # noqa: E402
-from service.backends import AUTO_BACKENDS, TorchBackend, choose_backend  # noqa: E402
-from service.config import Settings, available_cores, threads_per_worker  # noqa: E402
-from service.engine import InferenceEngine, PredictJob  # noqa: E402
-from tests.support.server import ServerProcess, free_port  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("bench")
 
