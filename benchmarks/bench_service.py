@@ -10,7 +10,7 @@ Prints, as markdown:
    T draws per request, summaries) per backend (onnxruntime, torch), intra-op threads (1, the
    default ``MFDV_PREDICT_THREADS`` and every core) and batch of one-image requests (1 to 256) at
    T = 32, plus T = 64 at batch 256 (the GPU goal: >= 10,000 images/s); which is fastest at each
-   batch, and which row is the default (``MFDV_BACKEND=auto``: ``service.backends.AUTO_BACKENDS``).
+   batch, and which row is the default (``MFDV_BACKEND=auto``: ``service.compute.backends.AUTO_BACKENDS``).
 2. **padding**: images/s of the default backend when every backbone call is padded to a fixed chunk
    (``MFDV_BACKBONE_CHUNK``, batch invariance) vs not padded, per batch size: the cost of padding.
 3. **T draws vs one pass** (torch): one deterministic pass, the service's T draws (one backbone pass +
@@ -58,9 +58,9 @@ import torch
 from PIL import Image
 
 from models import ModelConfig, build_model, load_checkpoint, summarize
-from service.backends import AUTO_BACKENDS, TorchBackend, choose_backend
+from service.compute.backends import AUTO_BACKENDS, TorchBackend, choose_backend
+from service.compute.engine import InferenceEngine, PredictJob
 from service.config import Settings, available_cores, threads_per_worker
-from service.engine import InferenceEngine, PredictJob
 from tests.support.server import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,9 +28,9 @@ from models import CheckpointError, read_manifest
 
 from .app import configure_logging
 from .config import Settings, default_workers
-from .lifecycle import WorkerSupervisor
+from .edge.lifecycle import WorkerSupervisor
+from .edge.server import ConnectionLimits, http_protocol
 from .metrics import MULTIPROC_ENV
-from .server import ConnectionLimits, http_protocol
 
 logger = logging.getLogger("service")
 

@@ -11,17 +11,17 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from .admission import Admission
+from .compute.engine import InferenceEngine
+from .compute.inputs import InputSpec
+from .compute.pool import BoundedPool, lower_thread_priority
 from .config import Settings
 from .deps import AppState, Serving
-from .engine import InferenceEngine
+from .edge.admission import Admission
+from .edge.lifecycle import Lifecycle
+from .edge.middleware import BodyLimits, EdgeMiddleware
+from .edge.openapi import install_openapi
 from .errors import install_error_handlers
-from .inputs import InputSpec
-from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .middleware import BodyLimits, EdgeMiddleware
-from .openapi import install_openapi
-from .pool import BoundedPool, lower_thread_priority
 from .probe.runner import probe_model
 from .routes import ROUTERS
 from .routes.playground import install_playground

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
             8; one on a GPU (``default_workers``). The thread defaults divide the cores by it, so an
             app served in one process of your own (``create_app``) should say ``workers=1``.
         backend: the predict backend: ``auto`` (the fastest measured for the device: onnxruntime on
-            CPU, torch on CUDA; see ``service.backends.choose_backend``), ``torch`` or ``onnx``
+            CPU, torch on CUDA; see ``service.compute.backends.choose_backend``), ``torch`` or ``onnx``
             (onnxruntime, CUDA provider when available and allowed). Attack probes use the torch
             model whatever this is.
         predict_threads: intra-op CPU threads of the prediction compute (onnxruntime's

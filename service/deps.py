@@ -11,14 +11,14 @@ from fastapi.security import APIKeyHeader
 
 from models import StochasticClassifier
 
-from .admission import Admission
+from .compute.engine import InferenceEngine
+from .compute.inputs import InputSpec
+from .compute.pool import BoundedPool
 from .config import Settings
-from .engine import InferenceEngine
+from .edge.admission import Admission
+from .edge.lifecycle import Lifecycle
 from .errors import ModelNotReady, Unauthorized
-from .inputs import InputSpec
-from .lifecycle import Lifecycle
 from .metrics import Metrics
-from .pool import BoundedPool
 from .schemas.limits import validation_context
 
 
@@ -35,7 +35,7 @@ class Serving:
         attack_pool: bounded threads for attack probes.
         probe_model: the torch model attack probes differentiate (a frozen copy of the checkpoint's,
             whatever the backend).
-        input_spec: what an input must be for this model and these settings (``service.inputs``).
+        input_spec: what an input must be for this model and these settings (``service.compute.inputs``).
     """
 
     engine: InferenceEngine
@@ -52,10 +52,10 @@ class AppState:
     Attributes:
         settings: the app's settings.
         metrics: its Prometheus metrics (own registry).
-        admission: the admission decision for prediction requests (``service.admission``).
-        lifecycle: where the process stands in its shutdown (``service.lifecycle``).
+        admission: the admission decision for prediction requests (``service.edge.admission``).
+        lifecycle: where the process stands in its shutdown (``service.edge.lifecycle``).
         validation: the request models' validation context (``service.schemas.limits.validation_context``:
-            the settings the request limits read), passed to ``service.transport.read_body``.
+            the settings the request limits read), passed to ``service.edge.transport.read_body``.
         serving: the model and its pools (``Serving``), set by the lifespan once they are ready;
             routes get it through ``ready()``/``ServingDep``, never None.
         load_error: why loading failed, if it did.

@@ -4,7 +4,7 @@ Route code raises these (never a bare ``HTTPException`` for a domain problem);
 ``install_error_handlers`` turns them into responses. Every error body has the one
 shape the Open Inference Protocol (and tritonclient) expects: ``{"error": "..."}``.
 Unexpected exceptions are logged with their traceback and answered with a generic
-500 that carries no internals (``service.middleware.EdgeMiddleware``).
+500 that carries no internals (``service.edge.middleware.EdgeMiddleware``).
 """
 
 from __future__ import annotations

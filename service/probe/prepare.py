@@ -8,13 +8,13 @@ from models.attacks import make_attack
 from models.probe import ProbeAttacks, ProbeItem
 from models.probe import resolve_items as models_resolve_items
 
+from ..compute.engine import random_seed
+from ..compute.inputs import InputSpec, decode_inputs
 from ..config import Settings
-from ..engine import random_seed
+from ..edge.transport import Body
 from ..errors import InvalidInput
-from ..inputs import InputSpec, decode_inputs
 from ..schemas.limits import PROBE_INPUTS
 from ..schemas.probe import ProbeOptions
-from ..transport import Body
 from .caps import check_caps
 from .runner import ProbeJob
 

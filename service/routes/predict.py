@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from ..admission import admission_controlled
+from ..compute.engine import InferenceEngine, PredictJob, PredictOutput, random_seed
+from ..compute.inputs import InputSpec, decode_inputs
 from ..config import Settings
 from ..deps import EngineDep, StateDep, app_state
-from ..engine import InferenceEngine, PredictJob, PredictOutput, random_seed
-from ..inputs import InputSpec, decode_inputs
-from ..openapi import request_body
+from ..edge.admission import admission_controlled
+from ..edge.openapi import request_body
+from ..edge.transport import Body, BodyReader, read_body
 from ..schemas import (
     ModelsResponse,
     PredictForm,
@@ -24,7 +25,6 @@ from ..schemas import (
 )
 from ..schemas.limits import INPUTS, SAMPLES
 from ..schemas.predict import PredictOptions
-from ..transport import Body, BodyReader, read_body
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -42,7 +42,7 @@ def prepare_job(
 
     Raises:
         InvalidInput: bad inputs.
-        service.inputs.Offload: ``on_loop`` and too much to decode there.
+        service.compute.inputs.Offload: ``on_loop`` and too much to decode there.
     """
     req = body.options
     assert req.samples is not None  # filled in by validation (service.schemas.limits.Samples)

@@ -1,6 +1,6 @@
 """``POST /v1/attack-probe``: attack the submitted inputs on the fly and report what happened.
 
-The route reads the body (``service.transport``), prepares the job (``service.probe.prepare``:
+The route reads the body (``service.edge.transport``), prepares the job (``service.probe.prepare``:
 caps checked before anything runs), runs it in the bounded attack pool
 (``service.probe.runner``, on a frozen copy of the checkpoint's torch model) and renders
 the ``ProbeResponse``.
@@ -18,14 +18,14 @@ from typing import Any, get_args
 from fastapi import APIRouter, Request, Response
 
 from ..deps import ApiKeyDep, ServingDep, StateDep
+from ..edge.openapi import request_body
+from ..edge.transport import BodyReader, json_text, read_body
 from ..errors import InvalidInput
-from ..openapi import request_body
 from ..probe.prepare import prepare_probe
 from ..probe.runner import run_probe
 from ..schemas import ProbeForm, ProbeRequest, ProbeResponse, error_responses
 from ..schemas.limits import PROBE_INPUTS
 from ..schemas.probe import ProbeCostOut, ProbeOptions, ProbeRequestOut, ProbeTimingOut, SuiteName
-from ..transport import BodyReader, json_text, read_body
 
 router = APIRouter(prefix="/v1", tags=["attack-probe"])
 

@@ -28,13 +28,14 @@ import torch
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from ..admission import admission_controlled
+from ..compute.engine import MAX_SEED, InferenceEngine, PredictJob, PredictOutput, random_seed
+from ..compute.inputs import InputSpec, check_batch
 from ..config import Settings
 from ..deps import AppState, EngineDep, Serving, StateDep, app_state
-from ..engine import MAX_SEED, InferenceEngine, PredictJob, PredictOutput, random_seed
+from ..edge.admission import admission_controlled
+from ..edge.openapi import request_body
+from ..edge.transport import holds_booleans, integral_numbers, loads_json
 from ..errors import InvalidInput, NotFound, PayloadTooLarge, describe_validation_errors
-from ..inputs import InputSpec, check_batch
-from ..openapi import request_body
 from ..schemas import error_responses, json_bytes
 from ..schemas.limits import INPUTS, SAMPLES, OutOfRange, env_name, validation_context
 from ..schemas.v2 import (
@@ -51,7 +52,6 @@ from ..schemas.v2 import (
     ServerMetadata,
     ServerReady,
 )
-from ..transport import holds_booleans, integral_numbers, loads_json
 from ..version import __version__
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])

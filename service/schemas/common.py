@@ -8,7 +8,7 @@ import orjson
 from fastapi import UploadFile
 from pydantic import BaseModel, Field, WithJsonSchema
 
-from ..engine import MAX_SEED
+from ..compute.engine import MAX_SEED
 
 IMAGE_MEDIA_TYPES = "image/png, image/jpeg"
 """What a ``file`` part (or a base64 input) may hold."""

@@ -13,7 +13,7 @@ A limit's bound is a setting (``MFDV_MAX_SAMPLES``...), so it is known per app, 
   writes each marker's keywords from the same settings (and, once loaded, the served model's shape
   and classes): no component or property is patched by name.
 
-``service.transport.read_body`` validates ``/v1`` bodies, and ``service.routes.v2`` the inference header,
+``service.edge.transport.read_body`` validates ``/v1`` bodies, and ``service.routes.v2`` the inference header,
 with ``validation_context(settings)`` (``AppState.validation``).
 """
 
@@ -121,7 +121,7 @@ TYPE_KEYWORDS = ("type", "items", "prefixItems", "minItems", "maxItems", "anyOf"
 @dataclass(frozen=True, eq=False)
 class Shown:
     """JSON-schema keywords of a field that depend on the deployment; validated elsewhere (the message
-    of each check is given where it is made: ``service.inputs``, ``service.probe``).
+    of each check is given where it is made: ``service.compute.inputs``, ``service.probe``).
 
     Attributes:
         keywords: the keywords, from the deployment (an empty dict: nothing to add).
@@ -174,8 +174,8 @@ def input_item(shape: tuple[int, int, int]) -> dict[str, Any]:
 @dataclass(frozen=True, eq=False)
 class Count:
     """A request's count of images: 1..``settings.<setting>``. Counted where the images are read (the
-    messages name the request's parts): ``service.inputs`` (``decode_inputs``, ``check_batch``),
-    ``service.transport`` (``file`` parts) and ``service.probe.caps``, each given ``maximum(settings)``.
+    messages name the request's parts): ``service.compute.inputs`` (``decode_inputs``, ``check_batch``),
+    ``service.edge.transport`` (``file`` parts) and ``service.probe.caps``, each given ``maximum(settings)``.
     """
 
     setting: str

@@ -2,7 +2,7 @@
 
 The request models validate (strictly for JSON, from text for multipart forms) with the app's
 settings (``service.schemas.limits``: ``samples`` comes out filled in and within
-``MFDV_MAX_SAMPLES``) and are the OpenAPI document's request bodies (``service.openapi``);
+``MFDV_MAX_SAMPLES``) and are the OpenAPI document's request bodies (``service.edge.openapi``);
 the response models describe what the routes write.
 """
 

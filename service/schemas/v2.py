@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidation, WithJsonSchema
 from typing_extensions import TypeAliasType
 
-from ..engine import MAX_SEED
+from ..compute.engine import MAX_SEED
 from .limits import INPUTS, Deployment, Samples, Shown
 
 MAX_NDIM = 8

@@ -15,14 +15,14 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
-from service.admission import (
+from service.compute.engine import InferenceEngine
+from service.edge.admission import (
     Admission,
     AdmittedRoutes,
     ThroughputEstimator,
     admission_controlled,
     is_admission_controlled,
 )
-from service.engine import InferenceEngine
 from service.routes import ROUTERS
 
 IMG = np.full((14, 14), 0.5).tolist()

@@ -15,7 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
-from service.backends import (
+from service.compute.backends import (
     BackendError,
     OnnxBackend,
     TorchBackend,
@@ -24,10 +24,10 @@ from service.backends import (
     resolve_device,
     split_onnx,
 )
-from service.batcher import MicroBatcher
-from service.engine import UNCERTAINTY_FIELDS, InferenceEngine, PredictJob
+from service.compute.batcher import MicroBatcher
+from service.compute.engine import UNCERTAINTY_FIELDS, InferenceEngine, PredictJob
+from service.compute.pool import BoundedPool
 from service.errors import ModelNotReady, Overloaded
-from service.pool import BoundedPool
 
 SIZE = 14
 FIELDS = ("mean_probs", "label", "predictive_entropy", "expected_entropy", "mutual_information", "vote_agreement")
@@ -128,7 +128,7 @@ def test_auto_is_onnxruntime_on_cpu_computing_with_the_threads_it_is_given(hand_
 def test_auto_falls_back_to_torch_where_onnxruntime_cannot_serve(
     hand_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import service.backends as backends
+    import service.compute.backends as backends
 
     def unsplittable(path: Path) -> tuple[bytes, bytes]:
         raise BackendError(f"{path}: expected `logits = Add(base, shift)`")
@@ -205,7 +205,7 @@ def test_requests_with_the_same_t_share_one_summary_and_keep_their_answers(
 ) -> None:
     """One ``summarize`` per group of requests with the same T; each input's summary is bit-identical to
     the one it gets alone."""
-    import service.engine as engine_module
+    import service.compute.engine as engine_module
 
     engine = load(hand_checkpoint, backend=backend, max_batch=64)
     jobs = [PredictJob(images(1 + i % 3, i), 16, 100 + i) for i in range(7)]  # 13 inputs, T = 16

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service import Settings, create_app
+from service.compute.inputs import LOOP_INPUTS, LOOP_PIXELS, InputSpec, Offload, decode_image, decode_inputs
+from service.edge.transport import LOOP_BODY_BYTES
 from service.errors import InvalidInput
-from service.inputs import LOOP_INPUTS, LOOP_PIXELS, InputSpec, Offload, decode_image, decode_inputs
-from service.transport import LOOP_BODY_BYTES
 
 SIZE = 14
 MAX_INPUTS = 4
@@ -399,7 +399,7 @@ def test_a_large_jpeg_is_decoded_reduced(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_32_bit_grey_is_reduced_in_its_mode() -> None:
     """Mode "I" (32-bit integers; no PNG writer makes it, other decoders may): scaled by 65535 above 255."""
-    from service.inputs import _to_channels
+    from service.compute.inputs import _to_channels
 
     for value, scale in ((3000, 65535), (200, 255)):
         im = Image.fromarray(np.full((1500, 2000), value, np.int32))
@@ -432,7 +432,7 @@ def test_tiled_reduction_gives_the_pixels_of_image_reduce(
 ) -> None:
     """Tile by tile (small tiles here: many, partial ones at the right and bottom edges too), the same
     pixels as reducing the whole image (converted first where it is a palette or 1-bit one)."""
-    from service import inputs
+    from service.compute import inputs
 
     monkeypatch.setattr(inputs, "TILE_PIXELS", 5000)
     im = image_of(mode, width, height)
@@ -447,7 +447,7 @@ def test_no_full_size_copy_is_made_while_decoding(monkeypatch: pytest.MonkeyPatc
     """Every image Pillow derives while a 2000 x 1500 image is decoded (crops, conversions, reductions,
     resizes; Image.reduce's premultiplied copy of LA and RGBA) is at most a tile: the decoded image is
     the one full-size allocation (docs/service.md: at most 4 bytes per pixel per decode)."""
-    from service import inputs
+    from service.compute import inputs
 
     data = png_bytes(image_of(mode, 2000, 1500))
     derived: list[tuple[str, tuple[int, int]]] = []
@@ -472,7 +472,7 @@ def png_bytes(im: Image.Image) -> bytes:
 def test_a_large_image_is_closed_and_its_memory_released_after_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """After an image of at least ``RELEASE_BYTES`` the memory goes back (``release_memory``), also when
     its pixels turn out corrupt; a small image is only closed (its release would cost more than it frees)."""
-    from service import inputs
+    from service.compute import inputs
 
     released: list[int] = []
     monkeypatch.setattr(inputs, "release_memory", lambda: released.append(1))
@@ -493,7 +493,7 @@ def test_a_large_image_is_closed_and_its_memory_released_after_decoding(monkeypa
 
 
 def test_malloc_is_tuned_unless_the_environment_tunes_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service import inputs
+    from service.compute import inputs
 
     if inputs._glibc() is None:
         pytest.skip("not glibc")

@@ -11,8 +11,8 @@ from types import FrameType
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from service.lifecycle import Lifecycle
-from service.middleware import EdgeMiddleware
+from service.edge.lifecycle import Lifecycle
+from service.edge.middleware import EdgeMiddleware
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
-from service.lifecycle import Lifecycle
+from service.edge.lifecycle import Lifecycle
+from service.edge.middleware import BODY_READ, BodyLimits, EdgeMiddleware
 from service.metrics import Metrics
-from service.middleware import BODY_READ, BodyLimits, EdgeMiddleware
 
 
 async def reading_app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -587,7 +587,7 @@ def test_attacks_run_at_the_lowest_priority_and_predictions_at_theirs(
 ) -> None:
     """The attack worker thread runs at nice 19 (MFDV_ATTACK_NICE): it gets the CPU predictions leave.
     The prediction batcher's compute thread keeps the process's priority."""
-    from service.engine import InferenceEngine
+    from service.compute.engine import InferenceEngine
 
     seen: dict[str, int] = {}
     real_probe, real_run = probe_runner.probe_items, InferenceEngine.run

@@ -1,4 +1,4 @@
-"""The uvicorn protocol classes of ``service.server``: a request the parser rejects gets a JSON 400."""
+"""The uvicorn protocol classes of ``service.edge.server``: a request the parser rejects gets a JSON 400."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from service import server as service_server
+from service.edge import server as service_server
 from tests.support.server import free_port
 
 

@@ -9,7 +9,7 @@ import pytest
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartParser
 
-from service.transport import MAX_FIELD_BYTES, split_multipart
+from service.edge.transport import MAX_FIELD_BYTES, split_multipart
 
 PNG = b"\x89PNG\r\n\x1a\n\r\n--not-the-boundary\r\n\x00\xff"
 

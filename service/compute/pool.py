@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from .errors import Overloaded
+from ..errors import Overloaded
 
 logger = logging.getLogger(__name__)
 

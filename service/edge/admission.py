@@ -4,7 +4,7 @@ A request that will wait longer than it is worth waiting should hear so at once,
 body has been parsed and decoded. ``Admission`` decides for the ``POST`` routes whose endpoint is
 marked ``@admission_controlled`` (``/v1/predict`` and the v2 ``infer`` routes; ``AdmittedRoutes``
 finds them among the app's routes when the app is built, so a renamed route keeps its admission);
-``service.middleware.EdgeMiddleware`` asks, first from the headers (a refusal then costs no body)
+``service.edge.middleware.EdgeMiddleware`` asks, first from the headers (a refusal then costs no body)
 and again once the whole body has arrived, when an admitted request starts to count:
 
 - at most ``MFDV_MAX_INFLIGHT`` such requests are being handled at once (reading, parsing,

@@ -25,10 +25,10 @@ import torch
 
 from models import Checkpoint, Uncertainty, load_checkpoint, seeded_noise, summarize
 
+from ..config import Settings
+from ..metrics import Metrics
 from .backends import Backend, create_backend, resolve_device
 from .batcher import Batched, MicroBatcher
-from .config import Settings
-from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class InferenceEngine:
 
         Raises:
             models.CheckpointError: the checkpoint is missing, altered or inconsistent.
-            service.backends.BackendError: the backend or device cannot be used here.
+            service.compute.backends.BackendError: the backend or device cannot be used here.
         """
         device = resolve_device(settings.device)
         checkpoint = load_checkpoint(settings.model_dir, device=device)

@@ -28,9 +28,9 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, Headers, UploadFile
 
-from .errors import InvalidInput, UnsupportedMediaType, ValidationFailed, describe_validation_errors
-from .inputs import Offload
-from .pool import BoundedPool
+from ..compute.inputs import Offload
+from ..compute.pool import BoundedPool
+from ..errors import InvalidInput, UnsupportedMediaType, ValidationFailed, describe_validation_errors
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ResultT = TypeVar("ResultT")
@@ -340,7 +340,7 @@ async def read_body(
     settings, ``service.schemas.limits.validation_context``), which the request limits read.
 
     JSON is parsed in the same pool job as ``then`` (one hop per request). With ``on_loop`` (``then``
-    for the event loop: it raises ``service.inputs.Offload`` for work too large there), a body of at
+    for the event loop: it raises ``service.compute.inputs.Offload`` for work too large there), a body of at
     most ``LOOP_BODY_BYTES`` is parsed and handled on the event loop, without a hop.
 
     Raises:

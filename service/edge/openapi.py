@@ -2,7 +2,7 @@
 
 ``/v1/predict`` and ``/v1/attack-probe`` take JSON or multipart on one path, which FastAPI's
 parameters cannot declare together, so those routes read the body themselves
-(``service.transport``) and declare it with ``request_body(...)``: ``$ref``s to their request
+(``service.edge.transport``) and declare it with ``request_body(...)``: ``$ref``s to their request
 models, whose schemas are generated here from the models and registered as components.
 
 A deployment's limits are part of its contract: the request models' fields carry them as
@@ -23,11 +23,11 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from .schemas.common import IMAGE_MEDIA_TYPES
-from .schemas.limits import Deployment, DeploymentJsonSchema
+from ..schemas.common import IMAGE_MEDIA_TYPES
+from ..schemas.limits import Deployment, DeploymentJsonSchema
 
 if TYPE_CHECKING:
-    from .deps import AppState
+    from ..deps import AppState
 
 REF = "#/components/schemas/{model}"
 _REQUEST_MODELS: dict[str, type[BaseModel]] = {}

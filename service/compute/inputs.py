@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 IMAGE_FORMATS = ("PNG", "JPEG")
 

@@ -39,7 +39,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .errors import error_body, error_response
+from ..errors import error_body, error_response
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol

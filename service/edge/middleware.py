@@ -16,10 +16,10 @@ from typing import Any
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import CLIENT_CLOSED, error_response
+from ..metrics import Metrics
 from .admission import ROUTE_LABEL, Admission, AdmittedRoutes
-from .errors import CLIENT_CLOSED, error_response
 from .lifecycle import Lifecycle, cut_response
-from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -171,11 +171,11 @@ class EdgeMiddleware:
        count and latency of every answer, refusals included (``RouteLabels``);
     2. **shutdown** (``lifecycle``): while draining, every response carries ``Connection: close``; a
        request cancelled at the end of the grace period that has not started its response gets a
-       JSON 503 with ``Retry-After`` (``service.lifecycle.cut_response``); other cancellations propagate;
+       JSON 503 with ``Retry-After`` (``service.edge.lifecycle.cut_response``); other cancellations propagate;
     3. **catch-all**: an unhandled exception is logged with its traceback and answered with a
        generic JSON 500 (no internals), unless the response had started;
     4. **admission from the headers** (``admission``, for the routes among ``routes`` marked
-       ``service.admission.admission_controlled``: ``AdmittedRoutes``): a request that would be refused
+       ``service.edge.admission.admission_controlled``: ``AdmittedRoutes``): a request that would be refused
        now is refused before its body is read (503 + ``Retry-After`` and the reason), holding nothing;
     5. **the body** (``body``, every method but GET/HEAD/OPTIONS): read whole within its size, pace
        and time limits (``BodyLimits``); the app then receives it as one message, and the real

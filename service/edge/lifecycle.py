@@ -11,11 +11,11 @@ cancelled. This module puts three things around that:
   the window). ``Lifecycle.install_sigterm`` wraps uvicorn's SIGTERM handler for that; it
   works the same in every worker process;
 - **answers for what is cut**: a request cancelled at the end of the grace period gets a JSON
-  503 with ``Retry-After`` (``cut_response``, sent by ``service.middleware.EdgeMiddleware``), not
+  503 with ``Retry-After`` (``cut_response``, sent by ``service.edge.middleware.EdgeMiddleware``), not
   uvicorn's plain-text 500;
 - **a deadline for attacks**: a running probe stops between steps early enough to answer
   with its partial results before the grace period ends (``Lifecycle.answers_due``), and one
-  that is cancelled anyway stops at its next step (``service.pool.Slot.run``'s ``cancel``);
+  that is cancelled anyway stops at its next step (``service.compute.pool.Slot.run``'s ``cancel``);
 - **the same across workers**: with ``MFDV_WORKERS`` > 1 the parent process passes every SIGTERM
   on to each worker and waits for them (``WorkerSupervisor``), so each worker drains, answers
   and stops as a single process does, and a second SIGTERM ends every drain window.
@@ -39,7 +39,7 @@ from typing import Any
 from starlette.responses import Response
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from .errors import error_response
+from ..errors import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from .errors import ModelNotReady, Overloaded
-from .metrics import Metrics
+from ..errors import ModelNotReady, Overloaded
+from ..metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
