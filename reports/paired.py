@@ -38,6 +38,7 @@ from models.uncertainty import wilson_interval
 from training.data import Dataset, as_float, load_dataset
 from training.evaluate import calibrate_suite_flag, held_out_images
 
+from .readme import replace_block
 from .stats import compare_paired
 
 log = logging.getLogger("reports.paired")
@@ -252,6 +253,39 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_block(results: dict[str, Any]) -> str:
+    """The README's summary: per checkpoint the adaptive figures, and the first checkpoint against the second."""
+    st = results["settings"]
+    reduced = f", reduced to {st['steps']} steps, EOT {st['eot']}" if st["steps"] else ""
+    lines = [
+        f"`{st['suite']}` suite{reduced}, eps {st['eps']}, first {st['n']} test images; each flag calibrated "
+        f"on held-out training images to flag at most {st['flag_rate']:.0%} of the correctly classified:",
+        "",
+        "| checkpoint | flag signal | clean % | robust % | robust-or-flagged % | unflagged error % of correct |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results["checkpoints"]:
+        rob, rof = _unbits(r["outcomes"]["robust"]), _unbits(r["outcomes"]["robust_or_flagged"])
+        rci, fci = wilson_interval(int(rob.sum()), rob.size), wilson_interval(int(rof.sum()), rof.size)
+        ue = unflagged_error(r)
+        ue_txt = f"{_pct(ue[0])} [{_pct(ue[1][0])}, {_pct(ue[1][1])}]" if ue else "-"
+        signal = r["flag"]["signal"] if r["flag"] else "-"
+        lines.append(
+            f"| {r['checkpoint']} | {signal} | {_pct(r['clean_accuracy'])} | {_pct(rob.mean())} "
+            f"[{_pct(rci[0])}, {_pct(rci[1])}] | {_pct(rof.mean())} [{_pct(fci[0])}, {_pct(fci[1])}] | {ue_txt} |"
+        )
+    p = results["pairs"][0]
+    lines += ["", f"{p['a']} minus {p['b']}, paired on the same inputs:", ""]
+    for m in MEASURES:
+        c = p[m]
+        lines.append(
+            f"- {m}: {100 * c['difference']:+.2f} points [{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}] "
+            f"(McNemar p = {c['p_value']:.2g}, n = {c['n']})"
+        )
+    lines += ["", "Every pair and the settings: [docs/paired.md](docs/paired.md)."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reports.paired", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -280,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("render", help="write the markdown page from the results file")
     d.add_argument("--results", type=Path, default=RESULTS)
     d.add_argument("--out", type=Path, default=PAGE)
+    d.add_argument("--readme", type=Path, help="also rewrite this README's `paired` block (e.g. README.md)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "run":
@@ -287,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error("name at least two checkpoints: the first is compared with each of the others")
         run(args.checkpoints, args)
         return 0
-    args.out.write_text(render(json.loads(args.results.read_text())))
+    results = json.loads(args.results.read_text())
+    args.out.write_text(render(results))
+    if args.readme:
+        replace_block(
+            args.readme, "paired", "python -m reports.paired render --readme README.md", readme_block(results)
+        )
     return 0
 
 

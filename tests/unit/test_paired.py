@@ -32,6 +32,15 @@ def test_a_model_compared_with_itself_differs_by_nothing_and_a_worse_one_by_its_
     assert paired.main(["render", "--results", str(out), "--out", str(page)]) == 0
     text = page.read_text()
     assert results["command"] in text and "| robust_or_flagged |" in text
+    from reports.readme import markers
+
+    readme = tmp_path / "README.md"
+    begin, end = markers("paired", "python -m reports.paired render --readme README.md")
+    readme.write_text(f"# x\n{begin}\n{end}\n")
+    assert paired.main(["render", "--results", str(out), "--out", str(page), "--readme", str(readme)]) == 0
+    block = readme.read_text()
+    c = other["robust"]
+    assert f"- robust: {100 * c['difference']:+.2f} points" in block and "| tiny_vanilla |" in block
 
 
 def test_batches_cached_by_a_killed_run_give_the_same_result(hand_checkpoint: Path, tmp_path: Path) -> None:
