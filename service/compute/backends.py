@@ -1,6 +1,6 @@
 """Inference backends: torch and onnxruntime, one contract.
 
-A backend splits the network where the noise enters (see DESIGN.md):
+A backend splits the network where the noise enters (README.md, "The method in one screen"):
 
 - ``backbone(images [B,C,H,W]) -> state [B, ...]``: the deterministic part, run once
   per batch; row ``i`` of the state belongs to image ``i``;

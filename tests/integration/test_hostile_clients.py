@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.support.raw_http import read_response
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -36,23 +37,6 @@ def stalled_body(server: ServerProcess, path: str, length: int = 1000) -> socket
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
     sock.sendall(head.encode() + b'{"inputs":')
     return sock
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One response from ``sock`` (status, headers, body); raises on a reset, asserts on an early close."""
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed without an answer: {raw!r}"
-        raw += chunk
-    top, _, body = raw.partition(b"\r\n\r\n")
-    lines = top.decode().split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed mid-body"
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
 
 
 def paced_predictions(server: ServerProcess, path: str, n: int, per_s: float) -> Counter[int]:

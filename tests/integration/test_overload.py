@@ -11,20 +11,27 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from tests.support.raw_http import in_flight, read_response, wait_for
 from tests.support.server import ServerProcess
 
 MAX_INFLIGHT = 4
 KEY = "k"
 IMG = np.full((14, 14), 0.5).tolist()
+
+
+def answer(sock: socket.socket) -> tuple[int, dict[str, str], Any]:
+    """The response on ``sock``: status, headers and its JSON body."""
+    status, headers, body = read_response(sock)
+    return status, headers, json.loads(body)
 
 
 @pytest.fixture(scope="module")
@@ -53,36 +60,6 @@ def headers_only(server: ServerProcess, path: str, *extra: str) -> socket.socket
     return sock
 
 
-def answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
-    """The response on ``sock`` (status, headers, JSON body)."""
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed without an answer: {raw!r}"
-        raw += chunk
-    top, _, body = raw.partition(b"\r\n\r\n")
-    lines = top.decode().split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-    while len(body) < int(headers["content-length"]):
-        body += sock.recv(65536)
-    return int(lines[0].split()[1]), headers, json.loads(body)
-
-
-def in_flight(server: ServerProcess) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("mfdv_inflight_requests ")))
-
-
-def wait_for(predicate: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
-    """Poll ``predicate`` until it holds, failing after ``deadline_s``."""
-    tick = threading.Event()
-    for _ in range(int(deadline_s / 0.05)):
-        if predicate():
-            return
-        tick.wait(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_requests_whose_bodies_have_not_arrived_hold_no_place(server: ServerProcess) -> None:
     """More headers-only requests than places: predictions are still admitted (before, each held a place).
     (The refusal from the headers of a full server is tested in tests/unit/test_service_admission.py,
@@ -109,7 +86,7 @@ def long_probe(server: ServerProcess) -> socket.socket:
 
 def test_a_busy_attack_pool_refuses_after_the_key(server: ServerProcess) -> None:
     with long_probe(server):  # holds the only attack place; closing the connection cancels it
-        wait_for(lambda: in_flight(server) > 1, "the long probe to be in flight")  # + this scrape
+        wait_for(lambda: in_flight(server.url) > 1, "the long probe to be in flight")  # + this scrape
         with headers_only(server, "/v1/attack-probe", f"X-API-Key: {KEY}") as sock:
             sock.sendall(b" " * 100)  # the whole body: only then is a place asked for
             status, headers, body = answer(sock)

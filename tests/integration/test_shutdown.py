@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.support.raw_http import in_flight, read_response, wait_for
 from tests.support.server import ServerProcess
 
 IMG = np.full((14, 14), 0.5).tolist()
@@ -28,18 +28,10 @@ TOP = np.where(np.arange(14)[:, None] < 7, 200 / 255, 20 / 255).repeat(14, 1).to
 EXIT_S = 60  # the process must be gone this long after its last signal (its own limits are far shorter)
 
 
-def wait_for(predicate: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
-    tick = threading.Event()
-    for _ in range(int(deadline_s / 0.05)):
-        if predicate():
-            return
-        tick.wait(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def in_flight(server: ServerProcess) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("mfdv_inflight_requests ")))
+def answer(sock: socket.socket) -> tuple[int, dict[str, str], Any]:
+    """The response on ``sock``: status, headers and its JSON body."""
+    status, headers, body = read_response(sock)
+    return status, headers, json.loads(body)
 
 
 def exited(server: ServerProcess) -> int:
@@ -92,23 +84,6 @@ def test_the_drain_window_ends_by_itself(hand_checkpoint: Path) -> None:
         server.close()
 
 
-def answer(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed without an answer: {raw!r}"
-        raw += chunk
-    top, _, body = raw.partition(b"\r\n\r\n")
-    lines = top.decode().split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-    while len(body) < int(headers.get("content-length", "0")):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, json.loads(body)
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_request_cut_at_the_grace_deadline_gets_a_json_503(hand_checkpoint: Path, workers: str) -> None:
     env = {
@@ -126,7 +101,7 @@ def test_a_request_cut_at_the_grace_deadline_gets_a_json_503(hand_checkpoint: Pa
             sock.sendall(
                 b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
             )
-            wait_for(lambda: in_flight(server) > 1, "the request to be in flight")  # it and this scrape
+            wait_for(lambda: in_flight(server.url) > 1, "the request to be in flight")  # it and this scrape
             server.proc.send_signal(signal.SIGTERM)
             status, headers, body = answer(sock)
         assert status == 503 and headers["retry-after"] == "1", body
@@ -162,7 +137,7 @@ def test_a_running_attack_ends_with_partial_results_and_the_process_exits(hand_c
             )
         )
         client.start()
-        wait_for(lambda: in_flight(server) > 1, "the probe to be in flight")
+        wait_for(lambda: in_flight(server.url) > 1, "the probe to be in flight")
         server.proc.send_signal(signal.SIGTERM)
         exited(server)
         client.join(EXIT_S)
