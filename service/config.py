@@ -104,7 +104,7 @@ class Settings(BaseSettings):
             body is in, so this only frees the connection early. 0: no pace limit.
         body_grace_seconds: how long a body may take before ``body_min_rate`` applies.
         header_timeout_seconds: how long a connection may take to deliver a request's line and
-            headers, from when it opens or its previous response was sent (nginx's
+            headers, from when it opens or the first bytes of a later request arrive (nginx's
             ``client_header_timeout``); past it the server answers 408 and closes.
         max_connections: most open connections per process; a connection over it is answered 503
             (``Retry-After``) on its first request and closed (``python -m service`` only).

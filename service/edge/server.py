@@ -8,7 +8,8 @@ hostile or careless clients needs before any request reaches the app:
   ``{"error": "..."}``, as a 400, not uvicorn's plain text.
 - **A header timeout** (``MFDV_HEADER_TIMEOUT_SECONDS``, nginx's ``client_header_timeout``,
   Kestrel's ``RequestHeadersTimeout``): a connection must deliver a complete request line and
-  headers within it, from when it opens or its previous response was sent; past it the server
+  headers within it, from when it opens or the first bytes of a later request arrive (an idle
+  keep-alive connection is closed by uvicorn's keep-alive timeout); past it the server
   answers a JSON 408 (when part of a request came) and closes. Half a request line held open
   costs a socket for at most that long.
 - **A cap on open connections** (``MFDV_MAX_CONNECTIONS``): a connection over it is answered a
@@ -168,9 +169,9 @@ class _GuardMixin:
         """No request being handled: the connection is between requests (or before its first)."""
         return self.cycle is None or self.cycle.response_complete
 
-    def _arm_header_timer(self) -> None:
+    def _arm_header_timer(self, partial: bool = False) -> None:
         self._cancel_header_timer()
-        self._partial_request = False
+        self._partial_request = partial
         self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
 
     def _cancel_header_timer(self) -> None:
@@ -244,11 +245,10 @@ class _GuardedProtocol(_GuardMixin):
     def data_received(self, data: bytes) -> None:
         if self._guard_data_received(data):
             super().data_received(data)  # type: ignore[misc]
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # type: ignore[misc]
-        if not self.transport.is_closing():
-            self._arm_header_timer()
+            # Part of a request's head is in and the rest is not: its clock starts (an idle keep-alive
+            # connection is uvicorn's keep-alive timeout's; a whole head costs no timer at all).
+            if self._idle() and self._header_timer is None and not self.transport.is_closing():
+                self._arm_header_timer(partial=True)
 
     def shutdown(self) -> None:
         if not self._guard_shutdown():

@@ -134,3 +134,28 @@ def test_a_connection_over_the_cap_gets_a_json_503_and_the_others_are_served(pro
         finally:
             for s in held:
                 s.close()
+
+
+async def answer_ok(scope: dict, receive: Any, send: Any) -> None:
+    """Answers 200 and keeps the connection open."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.__name__)
+def test_half_a_second_request_on_a_kept_alive_connection_is_answered_408(protocol: type) -> None:
+    limits = service_server.ConnectionLimits(header_timeout_s=0.5)
+    with (
+        guarded_server(protocol, answer_ok, limits) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=20) as sock,
+    ):
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b"ok"):
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        sock.sendall(b"GET /sec")  # the next request's head never completes
+        raw = read_all(sock)
+    assert raw.startswith(b"HTTP/1.1 408"), raw[:200]
