@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import load_checkpoint, summarize
-from models.attacks import predict_draws
+from models import load_checkpoint
 from training.data import Dataset, load_dataset
-from training.detection import flip_probability, roc_auc
+from training.detection import roc_auc, signals
 
 from .readme import replace_block
 from .stats import auroc_interval
@@ -66,18 +65,16 @@ def ood_sets(in_dist: torch.Tensor, n: int, seed: int = 0) -> dict[str, torch.Te
     return sets
 
 
-@torch.no_grad()
 def _signals(model: Any, x: torch.Tensor, samples: int, seed: int, batch: int = 500) -> dict[str, np.ndarray]:
-    """Every signal [N] (higher = more out-of-distribution) from ``samples`` draws per input."""
+    """Every signal [N] (higher = more out-of-distribution) from ``samples`` draws per input
+    (``training.detection.signals``: one backbone pass per batch; ``max_softmax`` is its ``max_prob``)."""
+    names = {"max_softmax": "max_prob"}
     out: dict[str, list[np.ndarray]] = {name: [] for name in SIGNALS}
     g = torch.Generator().manual_seed(seed)
     for i in range(0, x.shape[0], batch):
-        xb = x[i : i + batch]
-        u = summarize(predict_draws(model, xb, samples, g))
-        out["mutual_information"].append(u.mutual_information.double().numpy())
-        out["predictive_entropy"].append(u.predictive_entropy.double().numpy())
-        out["flip_probability"].append(flip_probability(model, xb).double().numpy())
-        out["max_softmax"].append(1.0 - u.mean_probs.amax(-1).double().numpy())
+        s = signals(model, x[i : i + batch], samples, g)
+        for name in SIGNALS:
+            out[name].append(s[names.get(name, name)].double().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import load_checkpoint, summarize
-from models.attacks import predict_draws, run_suite
+from models import load_checkpoint
+from models.attacks import run_suite
 from models.attacks.suite import get_suite, merge_results
 from models.uncertainty import wilson_interval
 from training.data import Dataset, as_float, load_dataset
-from training.evaluate import calibrate_suite_flag, held_out_images
+from training.evaluate import calibrate_suite_flag, clean_outcomes, held_out_images
 
 from .readme import replace_block
 from .stats import compare_paired
@@ -55,17 +55,6 @@ def _bits(mask: Any) -> str:
 
 def _unbits(text: str) -> np.ndarray:
     return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
-
-
-@torch.no_grad()
-def clean_correct(model: Any, ds: Dataset, samples: int, seed: int, batch: int = 1000) -> np.ndarray:
-    """[N] the prediction (mean softmax over ``samples`` draws) is right, per input."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, len(ds), batch):
-        u = summarize(predict_draws(model, as_float(ds.x[i : i + batch]), samples, g))
-        out.append((u.label == ds.y[i : i + batch]).numpy())
-    return np.concatenate(out)
 
 
 def flag_signal(manifest: dict[str, Any], model: Any) -> str:
@@ -97,7 +86,7 @@ def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[
             )
         signal = flag_signal(manifest, model) if args.flag_signal == "auto" else args.flag_signal
         flag = calibrate_suite_flag(model, held, signal=signal, rate=args.flag_rate, seed=args.seed, source=source)
-    clean = clean_correct(model, clean_ds, args.samples, args.seed)
+    clean = clean_outcomes(model, clean_ds, args.samples, seed=args.seed)["correct"].numpy()
     cache_dir.mkdir(parents=True, exist_ok=True)
     parts = []
     for start in range(0, len(attacked), args.batch):  # one cache entry per batch: a killed run resumes

@@ -23,15 +23,21 @@ import numpy as np
 import torch
 
 from models import StochasticClassifier, summarize
-from models.attacks import predict_draws
+from models.attacks.flag import signal_value
 
 SIGNALS = ("mutual_information", "predictive_entropy", "flip_probability")
 
 
 @torch.no_grad()
-def flip_probability(model: StochasticClassifier, x: torch.Tensor) -> torch.Tensor:
-    """Closed-form ``max_j P(l_j > l_c)`` [B] for the noise-free winner c (0 or 1 for a noise-free model)."""
-    mu = model.features(x)
+def flip_probability(
+    model: StochasticClassifier, x: torch.Tensor | None = None, mu: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Closed-form ``max_j P(l_j > l_c)`` [B] for the noise-free winner c (0 or 1 for a noise-free model),
+    from inputs ``x`` or their features ``mu`` [B, D] (then no backbone pass)."""
+    if mu is None:
+        if x is None:
+            raise ValueError("flip_probability needs the inputs x or their features mu")
+        mu = model.features(x)
     logits = model.head.base_logits(mu)  # (B, K): the mean of the logits given x
     c = logits.argmax(-1)
     cov = model.head.logit_covariance()  # (K, K)
@@ -48,12 +54,17 @@ def flip_probability(model: StochasticClassifier, x: torch.Tensor) -> torch.Tens
 def signals(
     model: StochasticClassifier, x: torch.Tensor, samples: int, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
-    """Every signal [B] for inputs ``x`` (one backbone pass for the sampled ones, one for the closed form)."""
-    u = summarize(predict_draws(model, x, samples, generator))
+    """Every signal [B] for inputs ``x``, from **one** backbone pass: the sampled ones from ``samples``
+    draws of the head, the closed form from the same features. ``max_prob`` is the flag rule's
+    max-softmax signal (``models.attacks.flag``), the baseline a deterministic model flags with."""
+    mu = model.features(x)  # (B, D): the only backbone pass
+    logits = model.head(mu, model.sample_noise(samples, generator))  # (T, B, K)
+    u = summarize(logits)
     return {
         "mutual_information": u.mutual_information.cpu(),
         "predictive_entropy": u.predictive_entropy.cpu(),
-        "flip_probability": flip_probability(model, x).cpu(),
+        "flip_probability": flip_probability(model, mu=mu).cpu(),
+        "max_prob": signal_value("max_prob", logits).cpu(),
         "label": u.label.cpu(),
     }
 

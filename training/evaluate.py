@@ -57,33 +57,43 @@ def _batches(n: int, batch: int) -> list[slice]:
 
 
 @torch.no_grad()
-def clean_accuracy(
+def clean_outcomes(
     model: StochasticClassifier, ds: Dataset, samples: int = 32, batch: int = 1000, seed: int = 0
-) -> dict[str, float]:
-    """Accuracy of the prediction rule over ``samples`` draws, and of the noise-free network."""
+) -> dict[str, torch.Tensor]:
+    """Per input [N]: ``correct`` (the prediction rule over ``samples`` draws), ``correct_noise_free``,
+    ``mutual_information`` and, for a stochastic model, ``noise_to_margin`` (one backbone pass per batch)."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    correct = correct_nf = 0
-    mi: list[torch.Tensor] = []
-    ntm: list[torch.Tensor] = []
+    parts: dict[str, list[torch.Tensor]] = {"correct": [], "correct_noise_free": [], "mutual_information": []}
+    if model.stochastic:
+        parts["noise_to_margin"] = []
     model.eval()
     for sl in _batches(len(ds), batch):
         x = as_float(ds.x[sl]).to(device)
         y = ds.y[sl].to(device)
-        mu = model.features(x)  # (B, D): one backbone pass serves all three below
+        mu = model.features(x)  # (B, D): one backbone pass serves all four below
         u = summarize(model.head(mu, model.sample_noise(samples, g)))
-        correct += int((u.label == y).sum())
-        correct_nf += int((model.head(mu, None)[0].argmax(-1) == y).sum())
-        mi.append(u.mutual_information.cpu())
+        parts["correct"].append((u.label == y).cpu())
+        parts["correct_noise_free"].append((model.head(mu, None)[0].argmax(-1) == y).cpu())
+        parts["mutual_information"].append(u.mutual_information.cpu())
         if model.stochastic:
-            ntm.append(noise_to_margin(model, mu=mu).cpu())
+            parts["noise_to_margin"].append(noise_to_margin(model, mu=mu).cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def clean_accuracy(
+    model: StochasticClassifier, ds: Dataset, samples: int = 32, batch: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Accuracy of the prediction rule over ``samples`` draws, and of the noise-free network."""
+    o = clean_outcomes(model, ds, samples, batch, seed)
     out = {
-        "accuracy": correct / len(ds),
-        "accuracy_noise_free": correct_nf / len(ds),
-        "mean_mutual_information": float(torch.cat(mi).mean()),
+        "accuracy": int(o["correct"].sum()) / len(ds),
+        "accuracy_noise_free": int(o["correct_noise_free"].sum()) / len(ds),
+        "mean_mutual_information": float(o["mutual_information"].mean()),
     }
-    if ntm:
-        out["noise_to_margin_median"] = float(torch.cat(ntm).median())
+    if "noise_to_margin" in o:
+        out["noise_to_margin_median"] = float(o["noise_to_margin"].median())
     return out
 
 
