@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=60, help="hey's per-request timeout (s)")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True, help="also admission off")
     p.add_argument("--hey", default=shutil.which("hey") or "hey")
+    p.add_argument(
+        "--workers", type=int, default=1, help="MFDV_WORKERS of the server (the service's own default: one per core)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if shutil.which(args.hey) is None:
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, env in configs:
         log.info("%s: serving %s", name, args.checkpoint)
-        env = {"MFDV_LOG_LEVEL": "warning", "MFDV_DRAIN_SECONDS": "0", **env}
+        env = {"MFDV_LOG_LEVEL": "warning", "MFDV_DRAIN_SECONDS": "0", "MFDV_WORKERS": str(args.workers), **env}
         with ServerProcess(args.checkpoint, env=env, args=["--no-access-log"]) as server:
             run_hey(args.hey, server.url, body, 8, 400, args.timeout)  # warm-up
             runs = []
@@ -186,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"hey closed loop, {args.per_client} requests per client (at least {args.min_requests} per run), "
-        "one 28x28 PNG per request (JSON, base64), default T; client and server share the machine"
+        f"one 28x28 PNG per request (JSON, base64), default T, {args.workers} worker(s); client and server "
+        "share the machine"
     )
     for name, runs in results:
         table(name, runs)

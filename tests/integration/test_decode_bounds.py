@@ -165,6 +165,7 @@ def test_ten_concurrent_large_decodes_stay_bounded_and_give_the_memory_back(
         peak = peak_rss(pid)
         after = settled_rss(pid, start + RETURN_BYTES)
     figures = f"{mode}: start {start / MB:.0f} MB, peak {peak / MB:.0f} MB, after {after / MB:.0f} MB"
+    print(figures)  # the note's figures: pytest -s -k ten_concurrent tests/integration/test_decode_bounds.py
     assert peak <= LIMIT_BYTES, figures
     assert peak - start <= DECODE_BOUND + REQUEST_SLACK, figures
     assert after <= start + RETURN_BYTES, figures

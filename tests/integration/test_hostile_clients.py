@@ -184,6 +184,7 @@ def test_sigterm_under_load_answers_every_request_it_read(hand_checkpoint: Path)
     finally:
         server.stop()
         server.close()
+    print(f"outcomes under SIGTERM: {dict(outcomes)}")  # pytest -s -k sigterm shows the counts
     answered = sum(n for k, n in outcomes.items() if k.isdigit())
     errors = sum(n for k, n in outcomes.items() if not k.isdigit() and k != "refused")
     assert set(outcomes) <= {"200", "503", "refused", "reset", "closed without an answer"}, outcomes
