@@ -33,10 +33,12 @@ import torch
 
 from models import load_checkpoint
 from models.attacks import run_suite
+from models.attacks.flag import default_signal
 from models.attacks.suite import get_suite, merge_results
 from models.uncertainty import wilson_interval
 from training.data import Dataset, as_float, load_dataset
 from training.evaluate import calibrate_suite_flag, clean_outcomes, held_out_images
+from training.train import flag_signal as objective_flag_signal
 
 from .readme import replace_block
 from .stats import compare_paired
@@ -58,12 +60,13 @@ def _unbits(text: str) -> np.ndarray:
 
 
 def flag_signal(manifest: dict[str, Any], model: Any) -> str:
-    """The checkpoint's own flag signal: ``max_prob`` for a model trained to be unconfident on attacks
-    (``--adv-objective ccat``) or without noise, else mutual information."""
+    """The checkpoint's own flag signal: a deterministic model's max-softmax (``default_signal``), else
+    the signal its training objective flags with (``training.train.flag_signal``: ``max_prob`` for
+    ``ccat``, mutual information otherwise)."""
     objective = (manifest.get("adversarial_training") or {}).get("objective")
-    if objective == "ccat" or not model.stochastic:
-        return "max_prob"
-    return "mutual_information"
+    if not model.stochastic or objective is None:
+        return default_signal(model)
+    return objective_flag_signal(objective)
 
 
 def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
