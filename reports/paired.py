@@ -139,13 +139,14 @@ def compare(results: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]
     return rows
 
 
-def unflagged_error(r: dict[str, Any]) -> tuple[float, tuple[float, float], int] | None:
-    """Share of the correctly classified (suite's judge) inputs that an attack turned into an unflagged error."""
+def unflagged_error(r: dict[str, Any]) -> tuple[float, tuple[float, float], int, int] | None:
+    """Share of the correctly classified (suite's judge) inputs that an attack turned into an unflagged
+    error: (share, Wilson interval, errors, correctly classified)."""
     if r["outcomes"]["evaded"] is None:
         return None
     ok, evaded = _unbits(r["outcomes"]["suite_clean"]), _unbits(r["outcomes"]["evaded"])
     k, n = int((evaded & ok).sum()), int(ok.sum())
-    return k / n, wilson_interval(k, n), k
+    return k / n, wilson_interval(k, n), k, n
 
 
 def command_line(paths: Sequence[Path], args: argparse.Namespace) -> str:
@@ -201,6 +202,20 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
+def _share(k: int, n: int, count: bool = False) -> str:
+    """``k / n`` in % with its Wilson 95% interval (and ``(k)`` with ``count``)."""
+    lo, hi = wilson_interval(k, n)
+    return f"{_pct(k / n)} [{_pct(lo)}, {_pct(hi)}]" + (f" ({k})" if count else "")
+
+
+def _figures(r: dict[str, Any], count: bool) -> tuple[str, str, str]:
+    """One checkpoint's robust, robust-or-flagged and unflagged-error cells, from its per-input outcomes."""
+    rob, rof = _unbits(r["outcomes"]["robust"]), _unbits(r["outcomes"]["robust_or_flagged"])
+    ue = unflagged_error(r)
+    ue_txt = _share(ue[2], ue[3], count) if ue else "-"
+    return _share(int(rob.sum()), rob.size), _share(int(rof.sum()), rof.size), ue_txt
+
+
 def render(results: dict[str, Any]) -> str:
     st = results["settings"]
     lines = [
@@ -223,15 +238,9 @@ def render(results: dict[str, Any]) -> str:
     ]
     for r in results["checkpoints"]:
         flag = r["flag"]["rule"] if r["flag"] else "-"
-        ue = unflagged_error(r)
-        ue_txt = f"{_pct(ue[0])} [{_pct(ue[1][0])}, {_pct(ue[1][1])}] ({ue[2]})" if ue else "-"
-        rob = _unbits(r["outcomes"]["robust"])
-        rof = _unbits(r["outcomes"]["robust_or_flagged"])
-        rci, fci = wilson_interval(int(rob.sum()), rob.size), wilson_interval(int(rof.sum()), rof.size)
+        robust, rof, ue = _figures(r, count=True)
         lines.append(
-            f"| {r['checkpoint']} ({r['method']}) | {flag} | {_pct(r['clean_accuracy'])} | "
-            f"{_pct(rob.mean())} [{_pct(rci[0])}, {_pct(rci[1])}] | {_pct(rof.mean())} [{_pct(fci[0])}, {_pct(fci[1])}] "
-            f"| {ue_txt} |"
+            f"| {r['checkpoint']} ({r['method']}) | {flag} | {_pct(r['clean_accuracy'])} | {robust} | {rof} | {ue} |"
         )
     lines += ["", "| A - B | measure | n | difference (points) | paired 95% interval | A only | B only | McNemar p |"]
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -257,15 +266,9 @@ def readme_block(results: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in results["checkpoints"]:
-        rob, rof = _unbits(r["outcomes"]["robust"]), _unbits(r["outcomes"]["robust_or_flagged"])
-        rci, fci = wilson_interval(int(rob.sum()), rob.size), wilson_interval(int(rof.sum()), rof.size)
-        ue = unflagged_error(r)
-        ue_txt = f"{_pct(ue[0])} [{_pct(ue[1][0])}, {_pct(ue[1][1])}]" if ue else "-"
         signal = r["flag"]["signal"] if r["flag"] else "-"
-        lines.append(
-            f"| {r['checkpoint']} | {signal} | {_pct(r['clean_accuracy'])} | {_pct(rob.mean())} "
-            f"[{_pct(rci[0])}, {_pct(rci[1])}] | {_pct(rof.mean())} [{_pct(fci[0])}, {_pct(fci[1])}] | {ue_txt} |"
-        )
+        robust, rof, ue = _figures(r, count=False)
+        lines.append(f"| {r['checkpoint']} | {signal} | {_pct(r['clean_accuracy'])} | {robust} | {rof} | {ue} |")
     p = results["pairs"][0]
     lines += ["", f"{p['a']} minus {p['b']}, paired on the same inputs:", ""]
     for m in MEASURES:
