@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from models import load_checkpoint
+from models.attacks.flag import default_signal
 from training.data import Dataset, load_dataset
 from training.detection import roc_auc, signals
 
@@ -91,6 +92,8 @@ def evaluate_checkpoint(path: Path, n: int, samples: int, seed: int = 0, dataset
         "method": str(manifest["method"]),
         "n_in_distribution": int(in_dist.shape[0]),
         "mi_threshold": threshold,
+        # the signal its flag would use (models.attacks.flag.default_signal), under this page's name
+        "flag_signal": {"max_prob": "max_softmax"}.get(default_signal(ckpt.model), default_signal(ckpt.model)),
         "flagged_in_distribution": float((neg["mutual_information"] > threshold).mean()),
         "sets": {},
     }
@@ -168,7 +171,7 @@ def readme_block(results: dict[str, Any]) -> str:
     """The README's summary: MNIST digits and the other sets, the served flag signal against the max-softmax baseline."""
     rows = ["| checkpoint | signal | " + " | ".join(OOD_SETS) + " |", "|---|---|" + "---:|" * len(OOD_SETS)]
     for ck in results["checkpoints"]:
-        signal = "mutual_information" if ck["method"] != "vanilla" else "max_softmax"
+        signal = ck["flag_signal"]
         cells = []
         for name in OOD_SETS:
             s = ck["sets"].get(name)
