@@ -24,9 +24,11 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import CliSettingsSource
 
-from models import CheckpointError, read_manifest
+from models import CheckpointError
 
 from .app import configure_logging
+from .compute.control import CONTROL_ENV
+from .compute.repository import read_source, scan
 from .config import Settings, default_workers
 from .edge.lifecycle import WorkerSupervisor
 from .edge.server import ConnectionLimits, http_protocol
@@ -106,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("invalid settings:\n%s", e)
         return 2
     configure_logging(settings.log_level)
-    try:
-        read_manifest(settings.model_dir, verify=False)  # fail fast; full sha256 check at load
-    except CheckpointError as e:
-        logger.error("%s (set MFDV_MODEL_DIR or --model-dir)", e)
+    problem = check_repository(settings)  # fail fast; each model's sha256s are checked as it loads
+    if problem:
+        logger.error("%s", problem)
         return 2
     common: dict[str, Any] = {
         "host": settings.host,
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         # count (each worker's default threads are its share of the cores).
         for key, value in {**overrides, "workers": settings.workers}.items():
             os.environ[f"MFDV_{key.upper()}"] = str(value)
-        logger.info("%d worker processes (MFDV_WORKERS), each loading the model", settings.workers)
-        with multiprocess_metrics_dir():
+        logger.info("%d worker processes (MFDV_WORKERS), each loading the models", settings.workers)
+        with multiprocess_metrics_dir(), repository_control_dir():
             config = uvicorn.Config(
                 "service.app:app_from_env",
                 factory=True,
@@ -147,6 +148,38 @@ def main(argv: list[str] | None = None) -> int:
             )
             WorkerSupervisor(config, sockets=[config.bind_socket()]).run()  # each SIGTERM reaches every worker
     return 0
+
+
+def check_repository(settings: Settings) -> str | None:
+    """Why ``settings`` name nothing to serve (None: something to serve, and the default model among it)."""
+    root, folders = settings.repository()
+    if settings.model_dir is not None:
+        try:
+            read_source(settings.model_dir)
+        except CheckpointError as e:
+            return f"{e} (set MFDV_MODEL_DIR or --model-dir to a checkpoint)"
+        return None
+    sources, skipped = scan(folders)
+    if not sources:
+        why = "; ".join(skipped) or "it is empty or missing"
+        return f"the model repository {root} has no model: {why} (set MFDV_MODEL_REPOSITORY or --model-repository)"
+    default = settings.default_model_name(sorted(sources))
+    if default not in sources:
+        return f"the default model {default!r} is not in the repository {root}; it has {sorted(sources)} (MFDV_DEFAULT_MODEL)"
+    return None
+
+
+@contextlib.contextmanager
+def repository_control_dir() -> Iterator[Path]:
+    """A directory the worker processes share to keep their model repositories in step
+    (``service.compute.control``), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="mfdv-repository-"))
+    os.environ[CONTROL_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ.pop(CONTROL_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

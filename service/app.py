@@ -11,18 +11,17 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from .compute.engine import InferenceEngine
-from .compute.inputs import InputSpec
+from .compute.control import RepositoryControl
 from .compute.pool import BoundedPool, lower_thread_priority
+from .compute.repository import Repository
 from .config import Settings
-from .deps import AppState, Serving
+from .deps import AppState
 from .edge.admission import Admission
 from .edge.lifecycle import Lifecycle
 from .edge.middleware import BodyLimits, EdgeMiddleware
 from .edge.openapi import install_openapi
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .probe.runner import probe_model
 from .routes import ROUTERS
 from .routes.playground import install_playground
 from .version import __version__
@@ -38,23 +37,9 @@ Same seed, same response bytes (the `timing` object aside). See docs/service.md.
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load, verify and warm up the model before serving; stop the batcher and pools after."""
+    """Load, verify and warm up the repository's models before serving; stop their batchers and the pools after."""
     state: AppState = app.state.mfdv
     settings = state.settings
-    try:
-        engine = await asyncio.to_thread(InferenceEngine.load, settings, state.metrics)
-    except Exception as e:
-        state.load_error = str(e)
-        logger.error("cannot serve %s: %s", settings.model_dir, e)
-        raise
-    state.metrics.set_model(
-        model_id=engine.model_id,
-        method=str(engine.manifest.get("method", "")),
-        arch=str(engine.manifest.get("arch", "")),
-        dataset=str(engine.manifest.get("dataset", "")),
-        backend=engine.backend.name,
-        device=engine.backend.device,
-    )
     attack_pool = BoundedPool(
         settings.attack_workers,
         settings.attack_queue_size,
@@ -63,27 +48,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     # Every admitted request may wait for a decode thread; the threads bound decode memory and CPU.
     decode_pool = BoundedPool(settings.decode_threads(), settings.queue_size, name="decode")
-    serving = Serving(
-        engine=engine,
-        decode_pool=decode_pool,
-        attack_pool=attack_pool,
-        probe_model=probe_model(engine.checkpoint.model),
-        input_spec=InputSpec(engine.input_shape, settings.max_image_pixels, settings.max_request_pixels),
-    )
-    engine.start()
-    state.serving = serving  # the routes that use the model serve from here on (503 before)
+    repository = Repository(settings, state.metrics, decode_pool, attack_pool)
+    control = RepositoryControl.from_env(repository)
+    try:
+        await (control.start() if control is not None else repository.start())
+    except Exception as e:
+        state.load_error = getattr(e, "message", None) or str(e)
+        logger.error("cannot serve %s: %s", repository.root, state.load_error)
+        await repository.stop()
+        await asyncio.to_thread(attack_pool.shutdown)
+        await asyncio.to_thread(decode_pool.shutdown)
+        raise
+    state.repository = repository  # the routes that use a model serve from here on (503 before)
+    state.control = control
     state.lifecycle.start(asyncio.get_running_loop())  # SIGTERM: drain, then uvicorn's shutdown
     # Everything allocated so far (the libraries, the model) lives as long as the process: out of the
     # collector's sight, a full collection scans only what requests allocate (about 2 ms, not 150 ms
     # that block the event loop every second under load).
     gc.freeze()
-    logger.info("ready: %s", engine.name)
+    logger.info("ready: %s (default %s)", ", ".join(s.name for s in repository.loaded()), repository.default)
     try:
         yield
     finally:
         gc.unfreeze()
         state.lifecycle.stop()  # /readyz answers 503 from here on (it did already while draining)
-        await engine.stop()
+        if control is not None:
+            await control.stop()
+        await repository.stop()
         await asyncio.to_thread(attack_pool.shutdown)
         await asyncio.to_thread(decode_pool.shutdown)
         state.metrics.close()

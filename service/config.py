@@ -15,7 +15,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_DIR = Path("checkpoints/fashion_mnist_mfdv")
+DEFAULT_MODEL_REPOSITORY = Path("checkpoints")
+"""The repository served when neither ``model_dir`` nor ``model_repository`` is set: the committed checkpoints."""
+DEFAULT_MODEL = "fashion_mnist_mfdv"
+"""The default model of ``DEFAULT_MODEL_REPOSITORY`` (the stochastic checkpoint) unless ``default_model`` says otherwise."""
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
@@ -71,7 +74,18 @@ class Settings(BaseSettings):
     """Configuration of one service process.
 
     Attributes:
-        model_dir: checkpoint directory (``weights.safetensors``, ``model.onnx``, ``manifest.json``).
+        model_dir: one model to serve, a repository of one: a checkpoint directory (``weights.safetensors``,
+            ``model.onnx``, ``manifest.json``) or a directory of numbered version folders, each a checkpoint.
+            Set it or ``model_repository``, not both; neither: the repository ``checkpoints/``.
+        model_repository: a directory of models (``service.compute.repository``): every folder in it that is a
+            checkpoint, or holds numbered version folders that are, is a model named by its manifest;
+            the highest version is served. Models load at start and can be loaded, reloaded and
+            unloaded while serving (``POST /v2/repository/...``).
+        default_model: the model the routes that name none serve (``/v1/predict``, ``/v1/attack-probe``).
+            Unset: the one model of ``model_dir``; for a repository, ``fashion_mnist_mfdv`` when the
+            repository is the default ``checkpoints/``, else the first model in name order.
+        max_loaded_models: most models loaded at once (each holds its weights, an onnxruntime session and
+            a batching queue); a load beyond it is refused with 409 until one is unloaded.
         host: interface uvicorn binds (``python -m service`` only).
         port: TCP port uvicorn binds (``python -m service`` only).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (fails when CUDA is missing).
@@ -168,7 +182,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MFDV_", extra="forbid", validate_assignment=True)
 
-    model_dir: Path = DEFAULT_MODEL_DIR
+    model_dir: Path | None = None
+    model_repository: Path | None = None
+    default_model: str | None = None
+    max_loaded_models: int = Field(8, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -231,8 +248,26 @@ class Settings(BaseSettings):
     def _lower_level(cls, v: object) -> object:
         return v.lower() if isinstance(v, str) else v
 
+    def repository(self) -> tuple[Path, list[Path]]:
+        """The repository's root and the model folders to serve: ``model_dir`` alone (a repository of one),
+        or every folder of ``model_repository`` (default ``checkpoints/``) in name order."""
+        if self.model_dir is not None:
+            return self.model_dir.parent, [self.model_dir]
+        root = self.model_repository or DEFAULT_MODEL_REPOSITORY
+        return root, sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def default_model_name(self, names: list[str]) -> str | None:
+        """The default model among the repository's ``names`` (``default_model``, documented above)."""
+        if self.default_model is not None:
+            return self.default_model
+        if self.model_dir is None and self.model_repository is None and DEFAULT_MODEL in names:
+            return DEFAULT_MODEL
+        return min(names) if names else None
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
+        if self.model_dir is not None and self.model_repository is not None:
+            raise ValueError("set model_dir (one model) or model_repository (a directory of models), not both")
         if self.default_samples > self.max_samples:
             raise ValueError(
                 f"default_samples ({self.default_samples}) must not exceed max_samples ({self.max_samples})"

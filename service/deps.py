@@ -2,47 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 
-from models import StochasticClassifier
-
-from .compute.engine import InferenceEngine
-from .compute.inputs import InputSpec
-from .compute.pool import BoundedPool
+from .compute.control import RepositoryControl
+from .compute.repository import Repository, Serving
 from .config import Settings
 from .edge.admission import Admission
 from .edge.lifecycle import Lifecycle
 from .errors import ModelNotReady, Unauthorized
 from .metrics import Metrics
 from .schemas.limits import validation_context
-
-
-@dataclass(frozen=True)
-class Serving:
-    """What the routes that use the model serve with, complete: built by the lifespan once the model
-    is loaded, verified and warmed up (``AppState.serving``). Routes reach it through ``ServingDep``
-    (or ``AppState.ready()`` on the hot path), which answer 503 ``ModelNotReady`` before it exists.
-
-    Attributes:
-        engine: the loaded model and its batcher.
-        decode_pool: ``Settings.decode_threads()`` threads for the requests' CPU work (parsing, decoding,
-            rendering responses).
-        attack_pool: bounded threads for attack probes.
-        probe_model: the torch model attack probes differentiate (a frozen copy of the checkpoint's,
-            whatever the backend).
-        input_spec: what an input must be for this model and these settings (``service.compute.inputs``).
-    """
-
-    engine: InferenceEngine
-    decode_pool: BoundedPool
-    attack_pool: BoundedPool
-    probe_model: StochasticClassifier
-    input_spec: InputSpec
 
 
 @dataclass
@@ -56,9 +32,11 @@ class AppState:
         lifecycle: where the process stands in its shutdown (``service.edge.lifecycle``).
         validation: the request models' validation context (``service.schemas.limits.validation_context``:
             the settings the request limits read), passed to ``service.edge.transport.read_body``.
-        serving: the model and its pools (``Serving``), set by the lifespan once they are ready;
-            routes get it through ``ready()``/``ServingDep``, never None.
-        load_error: why loading failed, if it did.
+        repository: the models (``service.compute.repository.Repository``), set by the lifespan once
+            the default model is loaded; routes get a model version through ``serve()``/``ServingDep``.
+        control: with several worker processes, what keeps their repositories in step
+            (``service.compute.control``); routes load and unload through it when it is set.
+        load_error: why the start failed, if it did.
     """
 
     settings: Settings
@@ -66,30 +44,47 @@ class AppState:
     admission: Admission
     lifecycle: Lifecycle
     validation: dict[str, Any] = field(init=False, repr=False)
-    serving: Serving | None = None
+    repository: Repository | None = None
+    control: RepositoryControl | None = None
     load_error: str | None = None
 
     def __post_init__(self) -> None:
         self.validation = validation_context(self.settings)
 
-    def ready(self) -> Serving:
-        """The model and its pools if they serve now.
+    def models(self) -> Repository:
+        """The repository, once the lifespan has loaded it.
 
         Raises:
-            ModelNotReady: not loaded yet, failed to load, or stopped.
+            ModelNotReady: the models are not loaded yet, or failed to load.
         """
-        serving = self.serving
-        if serving is None or not serving.engine.ready:
+        repository = self.repository
+        if repository is None:
             if self.load_error:
                 raise ModelNotReady(f"the model failed to load: {self.load_error}", retry_after=30)
             raise ModelNotReady()
-        return serving
+        return repository
+
+    def ready(self, name: str | None = None, version: str | None = None) -> Serving:
+        """The version that serves model ``name`` (None: the default model) if it serves now.
+
+        Raises:
+            ModelNotReady: the models are not loaded yet, failed to load, or stopped.
+            NotFound: no model ``name`` is loaded (``Repository.get``).
+        """
+        return self.models().get(name, version)
+
+    def serve(self, name: str | None = None, version: str | None = None) -> contextlib.AbstractContextManager[Serving]:
+        """``ready(name, version)``, held while the request is answered (``Serving.use``): a version that is
+        replaced or unloaded meanwhile finishes this request first."""
+        return self.ready(name, version).use()
 
     def readiness(self) -> Serving:
-        """The model and its pools if this replica should get traffic: ready and not shutting down.
+        """The default model's version if this replica should get traffic: it serves and the process is
+        not shutting down.
 
         Raises:
             ModelNotReady: not ready (see ``ready``), or draining before shutdown.
+            NotFound: the default model is unloaded.
         """
         serving = self.ready()
         if self.lifecycle.draining:
@@ -98,7 +93,7 @@ class AppState:
 
 
 def app_state(request: Request) -> AppState:
-    """The app's state, reached directly: what the prediction routes use (with ``AppState.ready()``)
+    """The app's state, reached directly: what the prediction routes use (with ``AppState.serve()``)
     instead of ``StateDep`` and ``ServingDep``, whose resolution by FastAPI costs about 40 us of
     event-loop CPU per request."""
     return request.app.state.mfdv
@@ -111,19 +106,17 @@ async def get_state(request: Request) -> AppState:  # async: no thread-pool hop 
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_serving(state: StateDep) -> Serving:
-    return state.ready()
+async def get_serving(request: Request, state: StateDep) -> AsyncIterator[Serving]:
+    """The version of the model the path names (``{name}``, ``{version}``; none: the default model), held
+    until the request is answered."""
+    params = request.path_params
+    with state.serve(params.get("name"), params.get("version")) as serving:
+        yield serving
 
 
 ServingDep = Annotated[Serving, Depends(get_serving)]
-"""The model and its pools; 503 ``ModelNotReady`` until the lifespan has built them."""
-
-
-async def get_engine(serving: ServingDep) -> InferenceEngine:
-    return serving.engine
-
-
-EngineDep = Annotated[InferenceEngine, Depends(get_engine)]
+"""The model version a route serves with; 503 ``ModelNotReady`` until the lifespan has loaded the models,
+404 for a model that is not loaded."""
 
 
 API_KEY_HEADER = APIKeyHeader(

@@ -71,6 +71,17 @@ class NotFound(ServiceError):  # noqa: N818  (KServe's names)
     status_code = 404
 
 
+class Conflict(ServiceError):  # noqa: N818  (KServe's names)
+    """The request conflicts with the server's state (e.g. too many models loaded to load one more)."""
+
+    status_code = 409
+
+
+class LoadFailed(InvalidInput):
+    """A model version failed to load (missing, altered or inconsistent checkpoint): 400, as Triton answers a
+    failed load; what was serving keeps serving."""
+
+
 class RequestTimeout(ServiceError):  # noqa: N818  (KServe's names)
     """The body did not arrive within ``body_timeout_seconds``."""
 

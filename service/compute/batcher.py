@@ -10,6 +10,7 @@ loop keeps accepting requests while the model runs). A full queue is an immediat
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from ..errors import ModelNotReady, Overloaded
-from ..metrics import Metrics
+from ..metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         metrics: where queue time, compute time and batch size are observed (optional).
         initializer: run once in the compute thread before its first batch (e.g. to set its
             intra-op threads).
+        executor: a one-thread compute pool shared with other batchers (one per model of a
+            repository: their batches take turns on the same cores); it outlives this batcher.
+            Unset: the batcher starts its own compute thread and stops it in ``stop``.
     """
 
     def __init__(
@@ -82,8 +86,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         max_batch: int,
         max_wait_s: float,
         queue_size: int,
-        metrics: Metrics | None = None,
+        metrics: ModelMetrics | None = None,
         initializer: Callable[[], None] | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_s >= 0")
@@ -97,7 +102,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._carry: _Pending[ItemT, ResultT] | None = None
         self._taken: list[_Pending[ItemT, ResultT]] = []  # out of the queue, not answered yet
         self._worker: asyncio.Task[None] | None = None
+        self._shared = executor
         self._executor: ThreadPoolExecutor | None = None
+        self._computing: concurrent.futures.Future[Sequence[ResultT]] | None = None
         self.batches = 0
 
     @property
@@ -109,7 +116,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if self.running:
             return
         self._queue = asyncio.Queue(maxsize=self.queue_size)
-        self._executor = ThreadPoolExecutor(
+        self._executor = self._shared or ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="mfdv-compute", initializer=self._initializer
         )
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="mfdv-batcher")
@@ -130,7 +137,13 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 p.future.set_exception(ModelNotReady("the service is shutting down; retry on another replica"))
         if self._executor is not None:
             executor, self._executor = self._executor, None
-            await asyncio.to_thread(executor.shutdown, wait=True)  # the batch in compute ends; the loop keeps serving
+            if executor is not self._shared:
+                await asyncio.to_thread(
+                    executor.shutdown, wait=True
+                )  # the batch in compute ends; the loop keeps serving
+            elif self._computing is not None:  # a shared pool outlives us: only our batch in compute must end
+                await asyncio.to_thread(concurrent.futures.wait, [self._computing])
+        self._computing = None
 
     async def submit(self, item: ItemT) -> Batched[ResultT]:
         """Queue ``item`` and wait for its result.
@@ -187,7 +200,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             size = sum(i.size for i in items)
             start = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self._process, items)
+                assert self._executor is not None
+                self._computing = self._executor.submit(self._process, items)
+                results = await asyncio.wrap_future(self._computing, loop=loop)
                 if len(results) != len(items):
                     raise RuntimeError(f"process returned {len(results)} results for {len(items)} items")
             except Exception as exc:

@@ -18,7 +18,9 @@ import os
 import random
 import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +28,7 @@ import torch
 from models import Checkpoint, Uncertainty, load_checkpoint, seeded_noise, summarize
 
 from ..config import Settings
-from ..metrics import Metrics
+from ..metrics import ModelMetrics
 from .backends import Backend, create_backend, resolve_device
 from .batcher import Batched, MicroBatcher
 
@@ -102,11 +104,17 @@ class InferenceEngine:
             for attack probes, whatever the backend).
         backend: the backend that computes logits.
         settings: batching limits and whether batches are padded to a fixed shape.
-        metrics: where batch metrics go (optional).
+        metrics: where batch metrics go (optional): the model's labelled series (``Metrics.model``).
+        executor: the compute thread, when shared with other models' engines (``MicroBatcher``).
     """
 
     def __init__(
-        self, checkpoint: Checkpoint, backend: Backend, settings: Settings, metrics: Metrics | None = None
+        self,
+        checkpoint: Checkpoint,
+        backend: Backend,
+        settings: Settings,
+        metrics: ModelMetrics | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.backend = backend
@@ -122,20 +130,31 @@ class InferenceEngine:
             queue_size=settings.queue_size,
             metrics=metrics,
             initializer=backend.init_thread,  # the compute thread's intra-op threads
+            executor=executor,
         )
 
     @classmethod
-    def load(cls, settings: Settings, metrics: Metrics | None = None) -> InferenceEngine:
-        """Load and verify the checkpoint (sha256), build the backend and warm it up (blocking).
+    def load(
+        cls,
+        settings: Settings,
+        metrics: ModelMetrics | None = None,
+        *,
+        path: Path | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> InferenceEngine:
+        """Load and verify the checkpoint at ``path`` (default ``settings.model_dir``; sha256), build the
+        backend and warm it up (blocking).
 
         Raises:
             models.CheckpointError: the checkpoint is missing, altered or inconsistent.
             service.compute.backends.BackendError: the backend or device cannot be used here.
         """
         device = resolve_device(settings.device)
-        checkpoint = load_checkpoint(settings.model_dir, device=device)
+        if path is None and settings.model_dir is None:
+            raise ValueError("no checkpoint: give a path or settings.model_dir")
+        checkpoint = load_checkpoint(path or settings.model_dir, device=device)  # type: ignore[arg-type]
         backend = create_backend(settings.backend, checkpoint, device, settings.compute_threads())
-        engine = cls(checkpoint, backend, settings, metrics)
+        engine = cls(checkpoint, backend, settings, metrics, executor)
         backend.init_thread()  # the warm-up computes in this thread
         engine.warmup()
         logger.info(

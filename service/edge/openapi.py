@@ -23,10 +23,12 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from ..errors import ServiceError
 from ..schemas.common import IMAGE_MEDIA_TYPES
 from ..schemas.limits import Deployment, DeploymentJsonSchema
 
 if TYPE_CHECKING:
+    from ..compute.engine import InferenceEngine
     from ..deps import AppState
 
 REF = "#/components/schemas/{model}"
@@ -80,7 +82,7 @@ def install_openapi(app: FastAPI, state: AppState) -> None:
             routes=app.routes,
         )
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        engine = state.serving.engine if state.serving is not None else None  # the model's shape, once loaded
+        engine = _default_engine(state)  # the default model's shape, once loaded
         deployment = Deployment(
             state.settings,
             engine.input_shape if engine is not None else None,
@@ -101,6 +103,15 @@ def install_openapi(app: FastAPI, state: AppState) -> None:
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _default_engine(state: AppState) -> InferenceEngine | None:
+    """The default model's engine once it serves: the shapes and classes the document shows (the routes
+    that name a model check its own)."""
+    try:
+        return state.ready().engine
+    except ServiceError:
+        return None
 
 
 def _validation_errors_are_error_bodies(doc: dict[str, Any]) -> None:

@@ -135,13 +135,14 @@ def run_probe(
     deadline: float,
     limit_s: float,
     metrics: Metrics,
+    model_name: str,
     threads: int,
     cancelled: threading.Event | None = None,
     shutdown_deadline: Callable[[], float | None] = lambda: None,
 ) -> ProbeRun:
     """Run the probe (blocking; in the attack pool) until it is done or stopped (``StopCheck``).
 
-    ``threads`` sets this worker thread's intra-op CPU threads (OpenMP's setting is per thread,
+    ``model_name`` labels the attack metrics. ``threads`` sets this worker thread's intra-op CPU threads (OpenMP's setting is per thread,
     so the prediction batcher keeps its own).
 
     Raises:
@@ -155,9 +156,9 @@ def run_probe(
 
     def after_attack(report: AttackReport, x_adv: torch.Tensor) -> bool:
         successes = sum(r.success for r in report.inputs)
-        metrics.attacks.labels(attack=report.name).inc(len(report.inputs))
-        metrics.attack_successes.labels(attack=report.name).inc(successes)
-        metrics.attack_duration.labels(attack=report.name).observe(report.wall_time_s)
+        metrics.attacks.labels(model=model_name, attack=report.name).inc(len(report.inputs))
+        metrics.attack_successes.labels(model=model_name, attack=report.name).inc(successes)
+        metrics.attack_duration.labels(model=model_name, attack=report.name).observe(report.wall_time_s)
         if job.return_adversarial:
             images.append([png_base64(im) for im in x_adv])
         return stop()

@@ -6,8 +6,8 @@ module-level ``router = APIRouter(...)`` and append it here.
 
 from fastapi import APIRouter
 
-from . import health, predict, probe, v2
+from . import health, predict, probe, repository, v2
 
-ROUTERS: list[APIRouter] = [health.router, predict.router, v2.router, probe.router]
+ROUTERS: list[APIRouter] = [health.router, predict.router, v2.router, repository.router, probe.router]
 
 __all__ = ["ROUTERS"]

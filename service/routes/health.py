@@ -20,12 +20,17 @@ async def healthz() -> HealthResponse:
 
 @router.get(
     "/readyz",
-    summary="Readiness: the model is loaded and warmed up",
-    responses=error_responses({503: "loading, failed to load, or shutting down: from SIGTERM on (Retry-After)"}),
+    summary="Readiness: the default model is loaded and warmed up",
+    responses=error_responses(
+        {
+            404: "the default model is unloaded (POST /v2/repository/models/NAME/load)",
+            503: "loading, failed to load, or shutting down: from SIGTERM on (Retry-After)",
+        }
+    ),
 )
 async def readyz(state: StateDep) -> ReadyResponse:
-    engine = state.readiness().engine
-    return ReadyResponse(status="ready", model=engine.name, model_id=engine.model_id)
+    serving = state.readiness()
+    return ReadyResponse(status="ready", model=serving.name, model_id=serving.engine.model_id)
 
 
 @router.get(

@@ -10,12 +10,14 @@ from fastapi import APIRouter, Request, Response
 
 from ..compute.engine import InferenceEngine, PredictJob, PredictOutput, random_seed
 from ..compute.inputs import InputSpec, decode_inputs
+from ..compute.repository import Serving
 from ..config import Settings
-from ..deps import EngineDep, StateDep, app_state
+from ..deps import ServingDep, StateDep, app_state
 from ..edge.admission import admission_controlled
 from ..edge.openapi import request_body
 from ..edge.transport import Body, BodyReader, read_body
 from ..schemas import (
+    ModelDetail,
     ModelsResponse,
     PredictForm,
     PredictRequest,
@@ -97,49 +99,68 @@ def render_prediction(engine: InferenceEngine, job: PredictJob, output: PredictO
     return json_bytes(head)[:-1]
 
 
-@router.post(
-    "/predict",
-    summary="Predict with T noise draws: mean probabilities and uncertainty per input",
-    response_model=PredictResponse,
-    response_model_exclude_unset=True,
-    responses=error_responses(
+_PREDICT = {
+    "response_model": PredictResponse,
+    "response_model_exclude_unset": True,
+    "responses": error_responses(
         {
             400: "bad input (the message says what to fix)",
+            404: "the model is not loaded (unknown, unloaded, or failed to load: the message says which)",
             408: "the body did not arrive within MFDV_BODY_TIMEOUT_SECONDS",
             413: "body over MFDV_MAX_BODY_BYTES",
             415: "not JSON or multipart",
             422: "body does not match the schema",
-            503: "model not ready, refused by admission before the body was read (MFDV_MAX_INFLIGHT, "
+            503: "model loading, refused by admission before the body was read (MFDV_MAX_INFLIGHT, "
             "MFDV_MAX_QUEUE_DELAY_MS), queue full, or cut at the end of the shutdown grace period (Retry-After)",
         }
     ),
-    openapi_extra=request_body(PredictRequest, PredictForm),
+    "openapi_extra": request_body(PredictRequest, PredictForm),
+}
+
+
+@router.post(
+    "/predict", summary="Predict with the default model: mean probabilities and uncertainty per input", **_PREDICT
 )
 @admission_controlled
 async def predict(request: Request) -> Response:
-    """JSON ``{"inputs": [...], "samples": T, "seed": S}`` or multipart ``file`` uploads.
+    """JSON ``{"inputs": [...], "samples": T, "seed": S}`` or multipart ``file`` uploads, to the default model.
 
     The same seed gives the same bytes (``timing`` aside), whatever else is batched with it.
     A small body is decoded on the event loop, a large one in the decode pool; the response
     (megabytes with ``return_samples``) is written by the compute thread with the batch's results.
     """
+    return await _predict(request, None)
+
+
+@router.post(
+    "/models/{name}/predict",
+    summary="Predict with the named model: mean probabilities and uncertainty per input",
+    **_PREDICT,
+)
+@admission_controlled
+async def predict_model(name: str, request: Request) -> Response:
+    """As ``/v1/predict``, with the model ``name`` of the repository (``GET /v1/models`` lists them)."""
+    return await _predict(request, name)
+
+
+async def _predict(request: Request, name: str | None) -> Response:
     arrived = time.perf_counter()
     state = app_state(request)  # not StateDep/ServingDep: the hot path skips FastAPI's dependency resolution
-    serving = state.ready()
-    engine = serving.engine
-    s = state.settings
-    prepare = partial(prepare_job, settings=s, spec=serving.input_spec, engine=engine)
-    job = await read_body(
-        request,
-        PREDICT_BODY,
-        max_files=INPUTS.maximum(s),
-        then=prepare,
-        pool=serving.decode_pool,
-        context=state.validation,
-        on_loop=partial(prepare, on_loop=True),
-    )
-    output = await engine.predict(job)
-    metrics = state.metrics
+    with state.serve(name) as serving:
+        engine = serving.engine
+        s = state.settings
+        prepare = partial(prepare_job, settings=s, spec=serving.input_spec, engine=engine)
+        job = await read_body(
+            request,
+            PREDICT_BODY,
+            max_files=INPUTS.maximum(s),
+            then=prepare,
+            pool=serving.decode_pool,
+            context=state.validation,
+            on_loop=partial(prepare, on_loop=True),
+        )
+        output = await engine.predict(job)
+    metrics = serving.metrics
     metrics.samples.observe(job.samples)
     for v in output.result.uncertainty.mutual_information.tolist():
         metrics.mutual_information.observe(v)
@@ -152,15 +173,14 @@ async def predict(request: Request) -> Response:
     return Response(output.result.body + b',"timing":' + json_bytes(timing) + b"}", media_type="application/json")
 
 
-@router.get(
-    "/models",
-    summary="The served model: classes, input shape, metrics, sigma, threshold",
-    responses=error_responses({503: "model not ready (Retry-After)"}),
-)
-async def models(state: StateDep, engine: EngineDep) -> ModelsResponse:
+def describe(serving: Serving, settings: Settings, *, default: bool) -> dict[str, Any]:
+    """What ``/v1/models`` says about a loaded model version (``ModelInfo``)."""
+    engine = serving.engine
     m = engine.checkpoint.info
-    info = {
-        "name": engine.name,
+    return {
+        "name": serving.name,
+        "version": serving.version,
+        "default": default,
         "id": engine.model_id,
         "method": m.method,
         "arch": m.arch,
@@ -174,6 +194,30 @@ async def models(state: StateDep, engine: EngineDep) -> ModelsResponse:
         "lambda": m.lambda_,
         "backend": engine.backend.name,
         "device": engine.backend.device,
-        "samples": {"default": SAMPLES.default(state.settings), "max": SAMPLES.maximum(state.settings)},
+        "samples": {"default": SAMPLES.default(settings), "max": SAMPLES.maximum(settings)},
     }
-    return ModelsResponse.model_validate({"models": [info]})
+
+
+@router.get(
+    "/models",
+    summary="The loaded models: classes, input shape, metrics, sigma, threshold; and the default",
+    responses=error_responses({503: "models not loaded yet (Retry-After)"}),
+)
+async def models(state: StateDep) -> ModelsResponse:
+    repository = state.models()
+    return ModelsResponse.model_validate(
+        {
+            "default": repository.default,
+            "models": [describe(s, state.settings, default=s.name == repository.default) for s in repository.loaded()],
+        }
+    )
+
+
+@router.get(
+    "/models/{name}",
+    summary="One loaded model: what /v1/models says of it, and its whole manifest",
+    responses=error_responses({404: "no such model loaded", 503: "models not loaded yet (Retry-After)"}),
+)
+async def model(name: str, state: StateDep, serving: ServingDep) -> ModelDetail:
+    info = describe(serving, state.settings, default=name == state.models().default)
+    return ModelDetail.model_validate({**info, "manifest": serving.engine.manifest})

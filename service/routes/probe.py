@@ -17,7 +17,8 @@ from typing import Any, get_args
 
 from fastapi import APIRouter, Request, Response
 
-from ..deps import ApiKeyDep, ServingDep, StateDep
+from ..compute.repository import Serving
+from ..deps import ApiKeyDep, AppState, ServingDep, StateDep
 from ..edge.openapi import request_body
 from ..edge.transport import BodyReader, json_text, read_body
 from ..errors import InvalidInput
@@ -60,24 +61,30 @@ PROBE_BODY: BodyReader[ProbeOptions] = BodyReader(
 )
 
 
-@router.post(
-    "/attack-probe",
-    summary="Attack the submitted inputs now and report, per input and attack, what happened",
+_PROBE = dict(
     response_model=ProbeResponse,
     response_model_exclude_unset=True,
     responses=error_responses(
         {
             400: "bad input, label or judge_samples (the message says what to fix)",
             401: "MFDV_API_KEY is set and X-API-Key is missing or wrong",
+            404: "the model is not loaded (unknown, unloaded, or failed to load: the message says which)",
             408: "the body did not arrive within MFDV_BODY_TIMEOUT_SECONDS",
             413: "body over MFDV_MAX_BODY_BYTES",
             415: "not JSON or multipart",
             422: "body does not match the schema, or a probe cap exceeded",
-            503: "model not ready, the attack pool is busy (a place is taken only once the whole body has "
+            503: "model loading, the attack pool is busy (a place is taken only once the whole body has "
             "arrived), or cut at the end of the shutdown grace period (Retry-After)",
         }
     ),
     openapi_extra=request_body(ProbeRequest, ProbeForm, json_fields=("labels", "attacks")),
+)
+
+
+@router.post(
+    "/attack-probe",
+    summary="Attack the submitted inputs now on the default model and report, per input and attack, what happened",
+    **_PROBE,
 )
 async def attack_probe(request: Request, state: StateDep, serving: ServingDep, _: ApiKeyDep) -> Response:
     """JSON ``{"inputs": [...], "labels": [...], "attacks": [{"name": "pgd", "eps": 0.1}]}`` or multipart.
@@ -85,6 +92,22 @@ async def attack_probe(request: Request, state: StateDep, serving: ServingDep, _
     ``attacks`` may also be a suite: ``"standard"``, ``"published"`` or ``"adaptive"``. See docs/attack-probe.md
     for every field, the defaults and the caps.
     """
+    return await _probe(request, state, serving)
+
+
+@router.post(
+    "/models/{name}/attack-probe",
+    summary="Attack the submitted inputs now on the named model and report, per input and attack, what happened",
+    **_PROBE,
+)
+async def attack_probe_model(
+    name: str, request: Request, state: StateDep, serving: ServingDep, _: ApiKeyDep
+) -> Response:
+    """As ``/v1/attack-probe``, on the model ``name`` of the repository (``GET /v1/models`` lists them)."""
+    return await _probe(request, state, serving)
+
+
+async def _probe(request: Request, state: AppState, serving: Serving) -> Response:
     arrived = time.perf_counter()
     s = state.settings
     engine, cpu, pool = serving.engine, serving.decode_pool, serving.attack_pool
@@ -109,6 +132,7 @@ async def attack_probe(request: Request, state: StateDep, serving: ServingDep, _
             deadline=arrived + s.max_probe_seconds,
             limit_s=s.max_probe_seconds,
             metrics=state.metrics,
+            model_name=serving.name,
             threads=s.attack_threads,
             cancelled=cancel,
             shutdown_deadline=state.lifecycle.answers_due,
@@ -116,7 +140,7 @@ async def attack_probe(request: Request, state: StateDep, serving: ServingDep, _
         )
     report = run.report
     response = ProbeResponse(
-        model=engine.name,
+        model=serving.name,
         model_id=engine.model_id,
         partial=run.partial_reason is not None,
         partial_reason=run.partial_reason,

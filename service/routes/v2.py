@@ -30,12 +30,13 @@ from pydantic import ValidationError
 
 from ..compute.engine import MAX_SEED, InferenceEngine, PredictJob, PredictOutput, random_seed
 from ..compute.inputs import InputSpec, check_batch
+from ..compute.repository import Serving
 from ..config import Settings
-from ..deps import AppState, EngineDep, Serving, StateDep, app_state
+from ..deps import AppState, ServingDep, StateDep, app_state
 from ..edge.admission import admission_controlled
 from ..edge.openapi import request_body
 from ..edge.transport import holds_booleans, integral_numbers, loads_json
-from ..errors import InvalidInput, NotFound, PayloadTooLarge, describe_validation_errors
+from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, describe_validation_errors
 from ..schemas import error_responses, json_bytes
 from ..schemas.limits import INPUTS, SAMPLES, OutOfRange, env_name, validation_context
 from ..schemas.v2 import (
@@ -57,7 +58,6 @@ from ..version import __version__
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
 HEADER_LENGTH = "inference-header-content-length"
-VERSION = "1"
 # integer datatypes: the inclusive range their JSON values must lie in
 INT_RANGES: dict[str, tuple[int, int]] = {"UINT8": (0, 255)}
 _NOT_READY = {503: "model not ready, or shutting down (Retry-After)"}
@@ -69,17 +69,9 @@ _INFER_ERRORS = {
 }
 
 
-def _model(engine: InferenceEngine, name: str, version: str | None = None) -> InferenceEngine:
-    if name != engine.name:
-        raise NotFound(f"unknown model {name!r}; this server serves {engine.name!r}")
-    if version not in (None, VERSION):
-        raise NotFound(f"model {name!r} has no version {version!r}; the only version is {VERSION!r}")
-    return engine
-
-
 @router.get("", summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="mfdv-snn", version=__version__, extensions=["binary_tensor_data"])
+    return ServerMetadata(name="mfdv-snn", version=__version__, extensions=["binary_tensor_data", "model_repository"])
 
 
 @router.get("/health/live", summary="Server live")
@@ -93,12 +85,13 @@ async def ready(state: StateDep) -> ServerReady:
     return ServerReady(ready=True)
 
 
-def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
+def model_metadata(serving: Serving) -> dict[str, Any]:
+    engine = serving.engine
     c, h, w = engine.input_shape
     k = len(engine.class_names)
     return {
-        "name": engine.name,
-        "versions": [VERSION],
+        "name": serving.name,
+        "versions": [serving.version],
         "platform": "onnxruntime_onnx" if engine.backend.name == "onnx" else "pytorch_libtorch",
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, c, h, w]}],
         "outputs": [
@@ -110,8 +103,8 @@ def model_metadata(engine: InferenceEngine) -> dict[str, Any]:
 
 
 @router.get("/models/{name}", summary="Model metadata", responses=error_responses({**_UNKNOWN, **_NOT_READY}))
-async def metadata(name: str, engine: EngineDep) -> ModelMetadata:
-    return ModelMetadata.model_validate(model_metadata(_model(engine, name)))
+async def metadata(name: str, serving: ServingDep) -> ModelMetadata:
+    return ModelMetadata.model_validate(model_metadata(serving))
 
 
 @router.get(
@@ -119,26 +112,33 @@ async def metadata(name: str, engine: EngineDep) -> ModelMetadata:
     summary="Model metadata",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
-async def metadata_version(name: str, version: str, engine: EngineDep) -> ModelMetadata:
-    return ModelMetadata.model_validate(model_metadata(_model(engine, name, version)))
+async def metadata_version(name: str, version: str, serving: ServingDep) -> ModelMetadata:
+    return ModelMetadata.model_validate(model_metadata(serving))
+
+
+def _model_ready(state: AppState, name: str, version: str | None = None) -> ModelReady:
+    serving = state.ready(name, version)
+    if state.lifecycle.draining:
+        raise ModelNotReady("the service is shutting down; send requests to another replica")
+    return ModelReady(name=serving.name, ready=True)
 
 
 @router.get(
     "/models/{name}/ready",
-    summary="Model ready (else 503 or 404)",
+    summary="Model ready (else 503, or 404 when not loaded)",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
 async def model_ready(name: str, state: StateDep) -> ModelReady:
-    return ModelReady(name=_model(state.readiness().engine, name).name, ready=True)
+    return _model_ready(state, name)
 
 
 @router.get(
     "/models/{name}/versions/{version}/ready",
-    summary="Model ready (else 503 or 404)",
+    summary="Model ready (else 503, or 404 when not loaded)",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
 async def model_version_ready(name: str, version: str, state: StateDep) -> ModelReady:
-    return ModelReady(name=_model(state.readiness().engine, name, version).name, ready=True)
+    return _model_ready(state, name, version)
 
 
 # -- inference ------------------------------------------------------------------------------
@@ -427,18 +427,16 @@ _INFER = {
 @admission_controlled
 async def infer(name: str, request: Request) -> Response:
     state = app_state(request)  # not StateDep/ServingDep: the hot path skips FastAPI's dependency resolution
-    serving = state.ready()
-    _model(serving.engine, name)
-    return await _infer(request, state, serving)
+    with state.serve(name) as serving:
+        return await _infer(request, state, serving)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
 @admission_controlled
 async def infer_version(name: str, version: str, request: Request) -> Response:
     state = app_state(request)
-    serving = state.ready()
-    _model(serving.engine, name, version)
-    return await _infer(request, state, serving)
+    with state.serve(name, version) as serving:
+        return await _infer(request, state, serving)
 
 
 async def _infer(request: Request, state: AppState, serving: Serving) -> Response:
@@ -455,16 +453,17 @@ async def _infer(request: Request, state: AppState, serving: Serving) -> Respons
     )
     images = torch.from_numpy(np.array(req.images, dtype=np.float32, order="C"))
     # the compute thread writes the response with the batch's results, off the event loop
-    job = PredictJob(images, req.samples, req.seed, render=partial(infer_response, engine, req))
+    job = PredictJob(images, req.samples, req.seed, render=partial(infer_response, serving, req))
     out = await engine.predict(job)
-    state.metrics.samples.observe(req.samples)
+    serving.metrics.samples.observe(req.samples)
     for v in out.result.uncertainty.mutual_information.tolist():
-        state.metrics.mutual_information.observe(v)
+        serving.metrics.mutual_information.observe(v)
     return out.result.body
 
 
-def infer_response(engine: InferenceEngine, req: InferRequest, job: PredictJob, output: PredictOutput) -> Response:
+def infer_response(serving: Serving, req: InferRequest, job: PredictJob, output: PredictOutput) -> Response:
     """The v2 response: JSON, or JSON + binary tensors when any output is binary."""
+    engine = serving.engine
     u = output.uncertainty
     outputs, chunks = [], []
     for oname, binary in req.outputs:
@@ -479,8 +478,8 @@ def infer_response(engine: InferenceEngine, req: InferRequest, job: PredictJob, 
             entry["data"] = _json_data(values, datatype)
         outputs.append(entry)
     resp: dict[str, Any] = {
-        "model_name": engine.name,
-        "model_version": VERSION,
+        "model_name": serving.name,
+        "model_version": serving.version,
         "parameters": {"samples": req.samples, "seed": req.seed, "model_id": engine.model_id},
         "outputs": outputs,
     }

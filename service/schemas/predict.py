@@ -88,7 +88,11 @@ class PredictResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    name: str
+    name: str = Field(description="The name routes use (`/v1/models/{name}/predict`), from the manifest.")
+    version: str = Field(
+        description="The version served (a numbered folder of the model; `1` for a single checkpoint)."
+    )
+    default: bool = Field(description="Whether the routes that name no model (`/v1/predict`) serve this one.")
     id: str
     method: str
     arch: str
@@ -106,7 +110,12 @@ class ModelInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    models: list[ModelInfo]
+    default: str | None = Field(description="The model the routes that name none serve.")
+    models: list[ModelInfo] = Field(description="The loaded models, by name.")
+
+
+class ModelDetail(ModelInfo):
+    manifest: dict[str, Any] = Field(description="The checkpoint's whole manifest.json.")
 
 
 class HealthResponse(BaseModel):

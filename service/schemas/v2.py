@@ -182,3 +182,47 @@ class InferenceResponse(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] = Field(description="`samples`, `seed` and `model_id`.")
     outputs: list[OutputTensor]
+
+
+# -- the repository extension -------------------------------------------------------------------------
+
+
+class RepositoryIndexRequest(BaseModel):
+    """``POST /v2/repository/index``'s optional body."""
+
+    model_config = ConfigDict(extra="forbid")
+    ready: bool = Field(False, description="Only the models that are ready.")
+
+
+class RepositoryIndexEntry(BaseModel):
+    name: str
+    version: str = Field(description="The version served, or the newest in the repository when none is.")
+    state: Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
+    reason: str = Field("", description="Why the model does not serve (unloaded, or why its load failed).")
+
+
+class LoadParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: (
+        Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)]
+        | None
+    ) = Field(None, description="The version to load (a numbered folder of the model); default: the highest.")
+
+
+class LoadRequest(BaseModel):
+    """``POST /v2/repository/models/{name}/load``'s optional body."""
+
+    model_config = ConfigDict(extra="forbid")
+    parameters: LoadParameters = Field(default_factory=LoadParameters)
+
+
+class UnloadParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    unload_dependents: bool = Field(False, description="Accepted for tritonclient; models here have no dependents.")
+
+
+class UnloadRequest(BaseModel):
+    """``POST /v2/repository/models/{name}/unload``'s optional body."""
+
+    model_config = ConfigDict(extra="forbid")
+    parameters: UnloadParameters = Field(default_factory=UnloadParameters)

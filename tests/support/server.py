@@ -39,7 +39,8 @@ class ServerProcess(ManagedProcess):
     """``python -m service`` in a subprocess, ready when the context is entered.
 
     Args:
-        model_dir: checkpoint to serve (``--model-dir``).
+        model_dir: checkpoint to serve (``--model-dir``), or with ``repository`` a model repository
+            (``--model-repository``).
         env: extra ``MFDV_*`` variables.
         args: extra command-line flags.
         ready_timeout: seconds to wait for ``/readyz``.
@@ -56,11 +57,13 @@ class ServerProcess(ManagedProcess):
         args: list[str] | None = None,
         ready_timeout: float = 90.0,
         port: int | None = None,
+        repository: bool = False,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = free_port(self.host) if port is None else port
         self.url = f"http://{self.host}:{self.port}"
         self.model_dir = Path(model_dir)
+        self.repository = repository
         self.env = dict(env or {})
         self.args = list(args or [])
         self.ready_timeout = ready_timeout
@@ -74,7 +77,7 @@ class ServerProcess(ManagedProcess):
 
     def start(self) -> ServerProcess:
         cmd = [sys.executable, "-m", "service", "--host", self.host, "--port", str(self.port)]
-        cmd += ["--model-dir", str(self.model_dir), *self.args]
+        cmd += ["--model-repository" if self.repository else "--model-dir", str(self.model_dir), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MFDV_DRAIN_SECONDS": "0", "MFDV_WORKERS": "1", **self.env}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.wait_ready(self._ready_status, "/readyz")

@@ -104,9 +104,14 @@ def test_every_prediction_route_is_admission_controlled_and_the_probe_is_not(han
     post = {r.path: is_admission_controlled(r) for r in routes if "POST" in (r.methods or ())}
     assert post == {
         "/v1/predict": True,
+        "/v1/models/{name}/predict": True,
         "/v2/models/{name}/infer": True,
         "/v2/models/{name}/versions/{version}/infer": True,
         "/v1/attack-probe": False,
+        "/v1/models/{name}/attack-probe": False,
+        "/v2/repository/index": False,
+        "/v2/repository/models/{name}/load": False,
+        "/v2/repository/models/{name}/unload": False,
     }
     assert not any(is_admission_controlled(r) for r in routes if "POST" not in (getattr(r, "methods", None) or ()))
     # the edge decides from the routers' routes (create_app): the same routes, in the same order

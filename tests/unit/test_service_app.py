@@ -70,11 +70,17 @@ def test_not_ready_before_the_lifespan_has_loaded_the_model(hand_checkpoint: Pat
     assert c.post("/v1/predict", json={"inputs": []}).status_code == 503
     assert c.get("/v2/health/ready").status_code == 503
     assert c.get("/v2/health/live").status_code == 200
-    # every route that uses the model: 503 until the lifespan has built what it serves with (AppState.serving)
-    assert app.state.mfdv.serving is None
+    # every route that uses a model: 503 until the lifespan has loaded the repository (AppState.repository)
+    assert app.state.mfdv.repository is None
     for method, path in [
         ("GET", "/v1/models"),
+        ("GET", "/v1/models/tiny_mfdv"),
+        ("POST", "/v1/models/tiny_mfdv/predict"),
         ("POST", "/v1/attack-probe"),
+        ("POST", "/v1/models/tiny_mfdv/attack-probe"),
+        ("POST", "/v2/repository/index"),
+        ("POST", "/v2/repository/models/tiny_mfdv/load"),
+        ("POST", "/v2/repository/models/tiny_mfdv/unload"),
         ("GET", "/v2/models/tiny_mfdv"),
         ("GET", "/v2/models/tiny_mfdv/versions/1"),
         ("GET", "/v2/models/tiny_mfdv/ready"),
@@ -295,7 +301,7 @@ def test_vanilla_model_has_no_uncertainty(hand_vanilla_checkpoint: Path) -> None
 
 
 def test_v2_server_and_model_metadata(client: TestClient) -> None:
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository"]
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2/models/tiny_mfdv/ready").json() == {"name": "tiny_mfdv", "ready": True}

@@ -253,7 +253,7 @@ def test_full_queue_answers_503_with_retry_after(hand_checkpoint: Path) -> None:
     body = {"inputs": [np.zeros((SIZE, SIZE)).tolist()], "samples": 2}
     computing, release = threading.Event(), threading.Event()
     with TestClient(app) as c:
-        backend = app.state.mfdv.serving.engine.backend
+        backend = app.state.mfdv.ready().engine.backend
         real = backend.backbone
 
         def blocked(x: torch.Tensor) -> torch.Tensor:
@@ -399,7 +399,7 @@ def engine_app(hand_checkpoint: Path) -> Iterator[TestClient]:
 
 
 def test_app_has_an_attack_pool_and_the_torch_model_for_probes(engine_app: TestClient) -> None:
-    serving = engine_app.app.state.mfdv.serving  # type: ignore[attr-defined]
+    serving = engine_app.app.state.mfdv.ready()  # type: ignore[attr-defined]
     assert serving.attack_pool.workers == 2
     assert isinstance(serving.engine.checkpoint.model, torch.nn.Module)
 

@@ -278,9 +278,9 @@ def test_v2_bad_input(client: TestClient, request_kwargs: dict[str, Any], status
 
 def test_v2_unknown_model_is_404(client: TestClient) -> None:
     r = client.post("/v2/models/other/infer", json=v2_request())
-    assert r.status_code == 404 and "serves 'tiny_mfdv'" in r.json()["error"]
+    assert r.status_code == 404 and "unknown model 'other'; the repository has ['tiny_mfdv']" in r.json()["error"]
     r = client.post("/v2/models/tiny_mfdv/versions/2/infer", json=v2_request())
-    assert r.status_code == 404 and "only version is '1'" in r.json()["error"]
+    assert r.status_code == 404 and "serves version '1', not '2'" in r.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -553,7 +553,7 @@ def test_decoding_on_the_event_loop_stops_at_its_budget_before_any_pixel(monkeyp
 
 
 def test_small_bodies_are_decoded_on_the_event_loop_large_ones_in_the_decode_pool(client: TestClient) -> None:
-    pool = client.app.state.mfdv.serving.decode_pool  # type: ignore[attr-defined]
+    pool = client.app.state.mfdv.ready().decode_pool  # type: ignore[attr-defined]
     calls: list[str] = []
     real = pool.run
 

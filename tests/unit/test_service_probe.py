@@ -277,12 +277,13 @@ def test_a_cancelled_probe_stops_between_steps(hand_checkpoint: Path, monkeypatc
             target=lambda: out.setdefault(
                 "run",
                 probe_runner.run_probe(
-                    state.serving.probe_model,
+                    state.ready().probe_model,
                     job,
                     mi_threshold=0.05,
                     deadline=float("inf"),
                     limit_s=60,
                     metrics=state.metrics,
+                    model_name="tiny_mfdv",
                     threads=1,
                     cancelled=cancel,
                 ),
@@ -453,7 +454,7 @@ def test_api_key_is_enforced_when_configured(hand_checkpoint: Path, headers: dic
 
 def metric(client: TestClient, name: str, attack: str) -> float:
     text = client.get("/metrics").text
-    m = re.search(rf'^{name}\{{attack="{attack}"\}} (\S+)$', text, re.M)
+    m = re.search(rf'^{name}\{{attack="{attack}",model="tiny_mfdv"\}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -512,7 +513,7 @@ def test_predict_answers_while_a_probe_runs_and_a_full_pool_gets_503(
 
 
 def test_probe_model_is_a_frozen_copy(app: FastAPI, client: TestClient) -> None:
-    serving = app.state.mfdv.serving
+    serving = app.state.mfdv.ready()
     served = serving.engine.checkpoint.model
     assert serving.probe_model is not served and not serving.probe_model.training
     assert not any(p.requires_grad for p in serving.probe_model.parameters())
