@@ -4,8 +4,9 @@
 #   CUDA image:            docker build --build-arg TORCH_VARIANT=cu128 --build-arg ONNXRUNTIME=onnxruntime-gpu -t mfdv-snn:cu128 .
 #   Run:                   docker run --rm -p 8000:8000 mfdv-snn:cpu
 #
-# The runtime needs no dataset: it serves the committed checkpoint in checkpoints/
-# (mount another directory over /app/checkpoints and set MFDV_MODEL_DIR to serve others).
+# The runtime needs no dataset: it serves the committed checkpoints in checkpoints/ as its model
+# repository, fashion_mnist_mfdv the default (mount another repository over /app/checkpoints,
+# and set MFDV_DEFAULT_MODEL, to serve others; docs/service.md#model-repository).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -54,7 +55,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     MFDV_HOST=0.0.0.0 \
     MFDV_PORT=8000 \
     MFDV_WORKERS=1 \
-    MFDV_MODEL_DIR=/app/checkpoints/fashion_mnist_mfdv
+    MFDV_MODEL_REPOSITORY=/app/checkpoints \
+    MFDV_DEFAULT_MODEL=fashion_mnist_mfdv
 
 WORKDIR /app
 COPY --chown=mfdv:mfdv models/ ./models/

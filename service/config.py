@@ -243,6 +243,12 @@ class Settings(BaseSettings):
             return None
         return v
 
+    @field_validator("default_model", mode="before")
+    @classmethod
+    def _empty_name_is_none(cls, v: object) -> object:
+        """``MFDV_DEFAULT_MODEL=`` (empty) means the rule above."""
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_level(cls, v: object) -> object:

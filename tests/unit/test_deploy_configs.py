@@ -302,11 +302,10 @@ def test_compose_services_and_ports() -> None:
         published = [compose_default(p) for p in svc["ports"]]
         assert all(p.split(":")[-1] == container_port for p in published), (name, published)
         assert env["MFDV_HOST"] == "0.0.0.0"
-        # The checkpoint volume is mounted where MFDV_MODEL_DIR points.
+        # The model repository volume is mounted where MFDV_MODEL_REPOSITORY points.
         mounts = [compose_default(v).split(":") for v in svc["volumes"]]
         targets = [m[1] for m in mounts]
-        model_dir = compose_default(env["MFDV_MODEL_DIR"])
-        assert any(model_dir.startswith(t.rstrip("/") + "/") for t in targets), (model_dir, targets)
+        assert compose_default(env["MFDV_MODEL_REPOSITORY"]) in targets, (env["MFDV_MODEL_REPOSITORY"], targets)
         assert all(m[-1] == "ro" for m in mounts if m[1] == "/app/checkpoints"), "checkpoints must be read-only"
 
     # Default host ports do not collide (the gpu variant runs beside the cpu one).
@@ -335,9 +334,10 @@ def test_compose_env_matches_settings() -> None:
         field = key.removeprefix("MFDV_").lower()
         assert field in fields, f"compose sets {key}, which is not a field of service.config.Settings"
         default = compose_default(raw)
-        if raw.startswith("${") and default and fields[field].default_factory is None:
-            # (a default computed from the machine, as MFDV_WORKERS's one per core, is the image's to choose)
-            app_default = fields[field].default
+        app_default = fields[field].default
+        if raw.startswith("${") and default and fields[field].default_factory is None and app_default is not None:
+            # (a default computed from the machine, as MFDV_WORKERS's one per core, or by a rule, as
+            # MFDV_DEFAULT_MODEL's from the repository, is the image's to choose)
             assert str(getattr(app_default, "value", app_default)) == default, (
                 f"compose's default for {key} is {default!r} but the app's is {app_default!r}"
             )
@@ -468,9 +468,13 @@ def test_dashboard_covers_the_required_panels() -> None:
     assert any(t for t, e in targets if "mfdv_compute_seconds" in e and t in queue_vs_compute), (
         "queue and compute time belong in one panel"
     )
-    assert has(r"mfdv_attack_success_total.*\)\s*/\s*sum by \(attack\) \(increase\(mfdv_attack_total"), (
-        "attack success ratio"
+    assert has(r"mfdv_attack_success_total.*\)\s*/\s*sum by \(model, attack\) \(increase\(mfdv_attack_total"), (
+        "attack success ratio, per model"
     )
+    # a repository serves several models: their loaded versions and their traffic, side by side
+    assert has(r"by \([^)]*\bmodel, version\b[^)]*\) \(mfdv_model_info"), "loaded models and versions"
+    assert has(r"sum by \(model, version\) \(rate\(mfdv_samples_count"), "predictions per model"
+    assert has(r"sum by \(le, model\) \(rate\(mfdv_queue_seconds_bucket"), "queue time per model"
     dash = json.loads(DASHBOARD.read_text())
     heatmaps = [p for p in dash["panels"] if p["type"] == "heatmap"]
     assert any("mfdv_mutual_information_bucket" in t["expr"] for p in heatmaps for t in p["targets"]), (
@@ -754,12 +758,18 @@ def test_kserve_inference_service(app: Any) -> None:
     assert annotations["prometheus.kserve.io/port"] == container_env(container)["MFDV_PORT"]
 
 
-def test_model_dir_is_the_baked_checkpoint() -> None:
-    """Dockerfile, compose and manifests all point MFDV_MODEL_DIR at the image's default checkpoint."""
-    image_dir = dockerfile_env(final_stage())["MFDV_MODEL_DIR"]
-    assert image_dir == "/app/checkpoints/fashion_mnist_mfdv"
+def test_the_model_repository_is_the_baked_checkpoints() -> None:
+    """Dockerfile, compose and manifests all serve the image's checkpoints/ as the model repository, with the
+    stochastic checkpoint as the default model (both committed checkpoints are in it)."""
+    image_env = dockerfile_env(final_stage())
+    repository, default = image_env["MFDV_MODEL_REPOSITORY"], image_env["MFDV_DEFAULT_MODEL"]
+    assert (repository, default) == ("/app/checkpoints", "fashion_mnist_mfdv")
+    assert "MFDV_MODEL_DIR" not in image_env
+    for name in ("fashion_mnist_mfdv", "fashion_mnist_vanilla"):
+        assert (REPO / "checkpoints" / name / "manifest.json").is_file()
     compose_env = env_dict(load_yaml(COMPOSE)["services"]["service"]["environment"])
-    assert compose_default(compose_env["MFDV_MODEL_DIR"]) == image_dir
+    assert compose_default(compose_env["MFDV_MODEL_REPOSITORY"]) == repository
+    assert compose_default(compose_env["MFDV_DEFAULT_MODEL"]) == default
     for doc in k8s_docs():
         if doc["kind"] == "Deployment":
             containers = doc["spec"]["template"]["spec"]["containers"]
@@ -767,7 +777,41 @@ def test_model_dir_is_the_baked_checkpoint() -> None:
             containers = doc["spec"]["predictor"]["containers"]
         else:
             continue
-        assert all(container_env(c)["MFDV_MODEL_DIR"] == image_dir for c in containers)
+        for c in containers:
+            env = container_env(c)
+            assert (env["MFDV_MODEL_REPOSITORY"], env["MFDV_DEFAULT_MODEL"]) == (repository, default)
+            assert "MFDV_MODEL_DIR" not in env
+
+
+def test_the_k8s_overlay_mounts_a_repository_volume_where_the_service_reads_it() -> None:
+    """``deploy/k8s-model-repository``: the base plus a PVC mounted read-only over MFDV_MODEL_REPOSITORY."""
+    overlay = REPO / "deploy" / "k8s-model-repository"
+    kustomization = load_yaml(overlay / "kustomization.yaml")
+    assert kustomization["resources"] == ["../k8s", "pvc.yaml"]
+    pvc = load_yaml(overlay / "pvc.yaml")
+    (patch,) = kustomization["patches"]
+    assert patch["target"] == {"kind": "Deployment", "name": "mfdv-snn"}
+    (deployment,) = k8s_kind("Deployment")
+    assert deployment["metadata"]["name"] == "mfdv-snn"
+    spec = json.loads(json.dumps(deployment["spec"]))
+    for op in load_yaml(overlay / patch["path"]):  # the JSON patch, applied as kustomize would
+        assert op["op"] == "add" and op["path"].startswith("/spec/") and op["path"].endswith("/-")
+        node: Any = {"spec": spec}
+        for key in op["path"].strip("/").split("/")[:-1]:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node.append(op["value"])
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "model-repository"]
+    assert mount["mountPath"] == container_env(container)["MFDV_MODEL_REPOSITORY"] and mount["readOnly"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "model-repository"]
+    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert pvc["kind"] == "PersistentVolumeClaim" and "ReadOnlyMany" in pvc["spec"]["accessModes"]
+    kubectl = shutil.which("kubectl")
+    if kubectl:  # the real renderer, where it is installed
+        out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True).stdout
+        rendered = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"]
+        assert rendered[0]["spec"]["template"]["spec"] == pod
 
 
 # ---------------------------------------------------------------------------
