@@ -5,6 +5,10 @@
 
 const API = {
   models: "../v1/models",
+  // One model of the repository, by name ({name}: encodeURIComponent'd).
+  modelPredict: "../v1/models/{name}/predict",
+  modelProbe: "../v1/models/{name}/attack-probe",
+  // A service whose /v1/models has no "default" (one model, before the model repository).
   predict: "../v1/predict",
   probe: "../v1/attack-probe",
 };
@@ -27,7 +31,11 @@ const SKETCH_BG = "#000000";
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  model: null, // /v1/models entry
+  models: [], // /v1/models entries
+  defaultName: null,
+  routed: false, // the service answers /v1/models/{name}/...: /v1/models says which model is the default
+  model: null, // the picked /v1/models entry
+  compare: null, // compare mode: the second model's entry; null otherwise
   channels: 1,
   height: 28,
   width: 28,
@@ -107,13 +115,12 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-// -- the model -------------------------------------------------------------------------------
+// -- the models ------------------------------------------------------------------------------
 
-async function loadModel() {
+async function loadModels() {
   for (;;) {
     try {
-      const body = await call(API.models);
-      return body.models[0];
+      return await call(API.models);
     } catch (err) {
       if (err.status === 503) {
         $("model-info").textContent = "The model is loading… (retrying)";
@@ -125,45 +132,270 @@ async function loadModel() {
   }
 }
 
-function describeModel(m) {
+// The URL a model's predict or probe goes to.
+function endpoint(kind, m) {
+  if (!state.routed) return kind === "predict" ? API.predict : API.probe;
+  return (kind === "predict" ? API.modelPredict : API.modelProbe).replace("{name}", encodeURIComponent(m.name));
+}
+
+const byName = (name) => state.models.find((m) => m.name === name) || null;
+const deterministic = (m) => !(m.sigma && m.sigma.max > 0);
+const hasFlag = (m) => m.mi_threshold > 0;
+// The models each image and probe go to: the picked one, then the compared one.
+const activeModels = () => (state.compare ? [state.model, state.compare] : [state.model]);
+// The suffix of a side's element ids: the picked model's are the page's own, the compared one's end in -b.
+const SIDES = ["", "-b"];
+
+function sameList(a, b) {
+  return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+// Why a model cannot be compared with the picked one (null: it can).
+function incompatibility(m, other) {
+  if (m.name === other.name) return "the picked model";
+  if (!sameList(m.input_shape, other.input_shape)) return `input ${m.input_shape.join("×")}`;
+  if (!sameList(m.class_names, other.class_names)) return "other classes";
+  return null;
+}
+
+function modelTitle(m) {
+  const version = m.version ? ` v${m.version}` : "";
+  const isDefault = m.name === state.defaultName ? ", default" : "";
+  return `${m.name}${version} (${m.method}${isDefault})`;
+}
+
+function flagRule(m, short = false) {
+  if (hasFlag(m)) return `flags ${short ? "MI" : "mutual information"} above ${fmt(m.mi_threshold)}`;
+  if (short) return deterministic(m) ? "deterministic: no MI flag" : "no flag threshold";
+  return deterministic(m) ? "deterministic: no noise, so no mutual-information flag" : "no calibrated flag threshold";
+}
+
+function modelDetails(m) {
   const [c, h, w] = m.input_shape;
   const details = [
     `${m.method} · ${m.arch} · ${m.dataset}`,
     `${c}×${h}×${w} input`,
     `${m.class_names.length} classes`,
-    `${m.backend} on ${m.device}`,
   ];
-  $("model-info").replaceChildren(el("b", { text: m.name }), ` · ${details.join(" · ")}`);
+  const accuracy = m.metrics?.clean?.accuracy;
+  if (typeof accuracy === "number") details.push(`clean accuracy ${pct(accuracy)}`);
+  details.push(flagRule(m), `${m.backend} on ${m.device}`);
+  return details.join(" · ");
 }
 
-function setupModel(m) {
-  state.model = m;
-  [state.channels, state.height, state.width] = m.input_shape;
-  state.modelCanvas.width = state.width;
-  state.modelCanvas.height = state.height;
-  for (const id of ["model-view", "clean-img", "heat"]) {
-    $(id).width = state.width;
-    $(id).height = state.height;
+function describeModels() {
+  const m = state.model;
+  const version = m.version ? ` v${m.version}` : "";
+  $("model-info").replaceChildren(el("b", { text: m.name + version }), ` · ${modelDetails(m)}`);
+  const info = $("compare-info");
+  info.hidden = !state.compare;
+  if (state.compare) {
+    const b = state.compare;
+    info.replaceChildren("compared with ", el("b", { text: b.name + (b.version ? ` v${b.version}` : "") }), ` · ${modelDetails(b)}`);
   }
-  $("model-view-caption").textContent = `what the model sees (${state.width}×${state.height}${state.channels === 1 ? ", grey" : ""})`;
-  describeModel(m);
+}
+
+// A copy of a side (#predict-side, #probe-side) for the compared model: every id gets "-b".
+function cloneSide(id) {
+  const copy = $(id).cloneNode(true);
+  for (const node of [copy, ...copy.querySelectorAll("[id]")]) node.id += "-b";
+  copy.hidden = true;
+  $(id).parentNode.append(copy);
+}
+
+// The list of models (/v1/models); `wanted`: the names to keep picked, where still listed.
+function listModels(body, wanted) {
+  const models = body.models || [];
+  if (!models.length) throw new Error("the service lists no model");
+  state.models = models;
+  // A service with the model repository says which model is the default (null: none loaded) and
+  // answers /v1/models/{name}/...; one before it lists its one model, no default, no version.
+  state.routed = "default" in body || models.some((m) => "version" in m);
+  state.defaultName = body.default ?? models.find((m) => m.default === true)?.name ?? null;
+
+  const picker = $("model");
+  picker.replaceChildren(...models.map((m) => el("option", { value: m.name, text: modelTitle(m) })));
+  picker.disabled = models.length < 2;
+  picker.title = picker.disabled ? "The service serves this one model." : "";
+  picker.value = byName(wanted.model)?.name || byName(state.defaultName)?.name || models[0].name;
+  fillCompareChoices(wanted.compare || "");
+}
+
+function setupModels(body) {
+  cloneSide("predict-side");
+  cloneSide("probe-side");
+  const hash = new URLSearchParams(location.hash.slice(1));
+  listModels(body, { model: hash.get("model"), compare: hash.get("compare") });
+  applySelection();
+}
+
+// The list again (a model was loaded or unloaded: the repository's /v2/repository routes). Picked
+// models still listed stay picked; the page follows only when what it sends to changed.
+async function refreshModels() {
+  const before = activeModels().map((m) => `${m.name}@${m.id}`).join(" ");
+  const wanted = { model: state.model.name, compare: state.compare?.name };
+  const body = await call(API.models);
+  listModels(body, wanted);
+  const gone = [wanted.model, wanted.compare].filter((name) => name && !byName(name));
+  $("models-status").textContent = gone.length
+    ? `${gone.join(" and ")} ${gone.length > 1 ? "are" : "is"} no longer served: the page switched to what is.`
+    : `${state.models.length} model${state.models.length > 1 ? "s" : ""} served.`;
+  const after = [$("model").value, $("compare-model").value].map(byName).filter(Boolean);
+  if (after.map((m) => `${m.name}@${m.id}`).join(" ") !== before) applySelection();
+  else {
+    state.model = after[0];
+    state.compare = after[1] || null;
+    describeModels();
+  }
+}
+
+// A model route's 404: the model was unloaded since the page listed it; list the models again.
+function refreshAfterNotFound(errors) {
+  if (state.routed && errors.some((e) => e && e.status === 404)) {
+    refreshModels().catch((err) => ($("models-status").textContent = `Could not list the models: ${err.message}`));
+  }
+}
+
+// The compare picker: every other model, those that cannot take the same image disabled with the reason.
+function fillCompareChoices(wanted) {
+  const picked = byName($("model").value);
+  const select = $("compare-model");
+  const note = $("compare-note");
+  const others = state.models.filter((m) => m.name !== picked.name);
+  const options = [el("option", { value: "", text: "nothing: one model" })];
+  for (const m of others) {
+    const why = incompatibility(m, picked);
+    const option = el("option", { value: m.name, text: why ? `${modelTitle(m)}: ${why}` : modelTitle(m) });
+    option.disabled = Boolean(why);
+    options.push(option);
+  }
+  select.replaceChildren(...options);
+  const usable = others.filter((m) => !incompatibility(m, picked));
+  if (!state.routed || !usable.length) {
+    select.disabled = true;
+    select.value = "";
+    note.textContent = !others.length
+      ? "Compare mode needs a second model: this service serves one."
+      : !state.routed
+        ? "Compare mode needs the service's per-model routes (/v1/models/{name}/predict)."
+        : "No other model takes the same input and classes as this one.";
+    return;
+  }
+  select.disabled = false;
+  select.value = usable.some((m) => m.name === wanted) ? wanted : "";
+  note.textContent = "Pick a second model to send every image and probe to both, side by side.";
+}
+
+// After a pick: the model panel, the image size, the controls and the layout follow the models,
+// the probe's results (for the models before) go, and the image is predicted again.
+function applySelection() {
+  const m = byName($("model").value);
+  const b = $("compare-model").value ? byName($("compare-model").value) : null;
+  const resized = !state.model || !sameList(state.model.input_shape, m.input_shape);
+  state.model = m;
+  state.compare = b;
+  const hash = new URLSearchParams();
+  if (state.routed && m.name !== state.defaultName) hash.set("model", m.name);
+  if (b) hash.set("compare", b.name);
+  const fragment = hash.toString();
+  if (fragment !== location.hash.slice(1)) history.replaceState(null, "", fragment ? `#${fragment}` : location.pathname + location.search);
+
+  describeModels();
+  if (resized) resizeModelCanvas();
 
   const samples = $("samples");
-  samples.max = m.samples.max;
-  samples.value = m.samples.default;
+  const max = Math.min(...activeModels().map((x) => x.samples.max));
+  const current = Number(samples.value);
+  samples.max = max;
+  if (!samples.dataset.set || !(current >= 1 && current <= max)) samples.value = Math.min(m.samples.default, max);
+  samples.dataset.set = "1";
 
   const labels = $("true-label");
-  m.class_names.forEach((name, i) => labels.append(el("option", { value: String(i), text: `${i}: ${name}` })));
+  const chosenLabel = labels.value;
+  labels.replaceChildren(
+    el("option", { value: "", text: "the clean prediction" }),
+    ...m.class_names.map((name, i) => el("option", { value: String(i), text: `${i}: ${name}` })),
+  );
+  if (chosenLabel !== "" && Number(chosenLabel) < m.class_names.length) labels.value = chosenLabel;
 
   const attack = $("attack");
+  const chosenAttack = attack.value;
+  attack.replaceChildren();
   for (const [name, spec] of Object.entries(ATTACKS)) {
-    if (spec.needsThreshold && !(m.mi_threshold > 0)) continue; // no calibrated detector to evade
+    if (spec.needsThreshold && !activeModels().every(hasFlag)) continue; // no calibrated detector to evade
     attack.append(el("option", { value: name, text: spec.title }));
   }
-  $("eps").value = state.width <= 28 ? "0.1" : (8 / 255).toFixed(4); // models.attacks.default_eps
-  selectAttack();
-  clearImage();
+  if (chosenAttack && [...attack.options].some((o) => o.value === chosenAttack)) attack.value = chosenAttack;
+  else selectAttack();
+  if (resized) $("eps").value = state.width <= 28 ? "0.1" : (8 / 255).toFixed(4); // models.attacks.default_eps
+
+  const comparing = Boolean(b);
+  $("page").classList.toggle("comparing", comparing);
+  if (!comparing) $("predict-summary").hidden = true;
+  for (const side of ["predict-side", "probe-side"]) {
+    $(`${side}-b`).hidden = !comparing;
+  }
+  for (const id of ["pred-model", "probe-model"]) {
+    for (const [i, s] of SIDES.entries()) {
+      const head = $(id + s);
+      head.hidden = !comparing;
+      const x = activeModels()[i];
+      if (!x) continue;
+      head.replaceChildren(
+        el("span", { class: "tag", text: i ? "B" : "A" }),
+        ` ${x.name} `,
+        el("span", { class: "sub", text: `${x.method} · ${flagRule(x, true)}` }),
+      );
+    }
+  }
+  $("probe-sub").textContent = comparing
+    ? "attack this image now, against both models: the same attack, settings and seed"
+    : "attack this image now, against the selected model";
+  $("predict").textContent = comparing ? "Predict with both" : "Predict";
+
+  clearProbe("The models changed: run the attack again to see what it does to them.");
+  if (state.hasImage) predict();
+  else clearPrediction();
 }
+
+function resizeModelCanvas() {
+  [state.channels, state.height, state.width] = state.model.input_shape;
+  const had = state.hasImage;
+  state.modelCanvas.width = state.width;
+  state.modelCanvas.height = state.height;
+  for (const s of SIDES) {
+    for (const id of ["clean-img", "heat"]) {
+      $(id + s).width = state.width;
+      $(id + s).height = state.height;
+    }
+  }
+  $("model-view").width = state.width;
+  $("model-view").height = state.height;
+  $("model-view-caption").textContent = `what the model sees (${state.width}×${state.height}${state.channels === 1 ? ", grey" : ""})`;
+  if (had) modelFromSketch(); // the drawing (or the image) again, at the new size
+  else clearImage();
+}
+
+$("model").addEventListener("change", () => {
+  fillCompareChoices($("compare-model").value);
+  applySelection();
+});
+$("compare-model").addEventListener("change", applySelection);
+// The picks are in the address (#model=...&compare=...): a link, or the address edited, picks them.
+window.addEventListener("hashchange", () => {
+  if (!state.model) return;
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const model = byName(hash.get("model"))?.name || byName(state.defaultName)?.name || state.models[0].name;
+  if (model === $("model").value && (hash.get("compare") || "") === $("compare-model").value) return;
+  $("model").value = model;
+  fillCompareChoices(hash.get("compare") || "");
+  applySelection();
+});
+$("model-form").addEventListener("submit", (ev) => ev.preventDefault());
+$("reload-models").addEventListener("click", () => {
+  if (!state.model) return;
+  refreshModels().catch((err) => ($("models-status").textContent = `Could not list the models: ${err.message}`));
+});
 
 // -- the image: drawing, files, drops, paste --------------------------------------------------
 
@@ -186,10 +418,19 @@ function clearImage() {
   m.fillStyle = SKETCH_BG;
   m.fillRect(0, 0, state.width, state.height);
   state.hasImage = false;
-  state.predictSeq++; // a prediction still on its way was for the old image
-  $("predict").disabled = false;
   renderModelView();
-  $("prediction").hidden = true;
+  clearPrediction();
+}
+
+function clearPrediction() {
+  state.predictSeq++; // a prediction still on its way was for the old image or models
+  $("predict").disabled = false;
+  for (const s of SIDES) {
+    $(`prediction${s}`).hidden = true;
+    $(`prediction${s}`).classList.remove("stale");
+    showError(`pred-error${s}`, null);
+  }
+  $("predict-summary").hidden = true;
   $("predict-empty").hidden = false;
   showError("predict-error", null);
 }
@@ -332,32 +573,104 @@ function canvasBlob(canvas) {
   );
 }
 
+// Request errors, one per model (null: it answered): the same error from every model (a 401, a service
+// that does not answer) once, in the panel's own box; otherwise each in its model's column.
+function showSideErrors(panelId, sideId, errors) {
+  const failed = errors.filter(Boolean);
+  const same = failed.length === errors.length && failed.every((e) => e.message === failed[0].message);
+  showError(panelId, same ? failed[0] : null);
+  errors.forEach((err, i) => showError(sideId + SIDES[i], same ? null : err));
+}
+
+// The service must say the model it was asked for answered (a routed service's responses name it).
+function checkAnswer(body, m) {
+  if (state.routed && typeof body.model === "string" && body.model !== m.name) {
+    throw new Error(`Asked ${m.name}, but ${body.model} answered.`);
+  }
+  return body;
+}
+
 async function predict() {
   if (!state.model || !state.hasImage) return;
   const seq = ++state.predictSeq;
   showError("predict-error", null);
+  const models = activeModels();
   let samples, seed;
   try {
-    samples = readInt("samples", "Samples T", 1, state.model.samples.max);
+    samples = readInt("samples", "Samples T", 1, Math.min(...models.map((m) => m.samples.max)));
     seed = readInt("seed", "The seed", 0, MAX_SEED);
   } catch (err) {
     showError("predict-error", err);
     return;
   }
-  const form = new FormData();
-  form.append("file", await canvasBlob(state.modelCanvas), "input.png");
-  form.append("samples", String(samples));
-  form.append("seed", String(seed));
-  form.append("return_samples", "true");
+  for (const s of SIDES) $(`prediction${s}`).classList.add("stale"); // until the answer for these settings comes
+  $("predict-summary").classList.add("stale");
+  const image = await canvasBlob(state.modelCanvas);
+  const form = () => {
+    const f = new FormData();
+    f.append("file", image, "input.png");
+    f.append("samples", String(samples));
+    f.append("seed", String(seed));
+    f.append("return_samples", "true");
+    return f;
+  };
   const button = $("predict");
   button.disabled = true;
-  try {
-    const body = await call(API.predict, { method: "POST", body: form });
-    if (seq === state.predictSeq) renderPrediction(body);
-  } catch (err) {
-    if (seq === state.predictSeq) showError("predict-error", err);
-  } finally {
-    if (seq === state.predictSeq) button.disabled = false;
+  // The same image, samples and seed to every model at once (the service batches them).
+  const results = await Promise.allSettled(
+    models.map((m) => call(endpoint("predict", m), { method: "POST", body: form() }).then((b) => checkAnswer(b, m))),
+  );
+  if (seq !== state.predictSeq) return; // the image, the settings or the models changed meanwhile
+  button.disabled = false;
+  const bodies = results.map((r) => (r.status === "fulfilled" ? r.value : null));
+  bodies.forEach((body, i) => {
+    $(`prediction${SIDES[i]}`).classList.remove("stale");
+    if (body) renderPrediction(body, models[i], SIDES[i]);
+    else $(`prediction${SIDES[i]}`).hidden = true; // no stale answer beside a fresh one
+  });
+  const errors = results.map((r) => (r.status === "rejected" ? r.reason : null));
+  showSideErrors("predict-error", "pred-error", errors);
+  renderPredictSummary(models, bodies);
+  refreshAfterNotFound(errors);
+}
+
+const flagWords = (flags, models) => {
+  if (flags.every((f) => !f)) return "neither flags it";
+  if (flags.every(Boolean)) return "both flag it";
+  return `only ${models[flags.indexOf(true)].name} flags it`;
+};
+
+// Compare mode: do the two models agree? Each side's bars also mark the class the other one predicts.
+function renderPredictSummary(models, bodies) {
+  const box = $("predict-summary");
+  box.classList.remove("stale");
+  for (const s of SIDES) for (const n of $(`bars${s}`).querySelectorAll(".name.other")) n.classList.remove("other");
+  if (models.length < 2 || !bodies.every(Boolean)) {
+    box.hidden = true;
+    return;
+  }
+  const [pa, pb] = bodies.map((b) => b.predictions[0]);
+  const [a, b] = models;
+  const agree = pa.label === pb.label;
+  box.className = `banner ${agree ? "agree" : "disagree"}`;
+  box.dataset.agree = String(agree);
+  const head = agree
+    ? `The models agree: both predict ${pa.class_name}`
+    : `The models disagree: ${a.name} predicts ${pa.class_name}, ${b.name} predicts ${pb.class_name}`;
+  const details = [`p̄ ${fmt(pa.probs[pa.label])} vs ${fmt(pb.probs[pb.label])}`];
+  if (!agree) {
+    details.push(`${a.name} gives ${pb.class_name} ${fmt(pa.probs[pb.label])}, ${b.name} gives ${pa.class_name} ${fmt(pb.probs[pa.label])}`);
+  }
+  details.push(`mutual information ${fmt(pa.uncertainty.mutual_information)} vs ${fmt(pb.uncertainty.mutual_information)}`);
+  details.push(flagWords([pa.flagged, pb.flagged], models));
+  box.replaceChildren(head, el("span", { class: "small", text: ` — ${details.join("; ")}.` }));
+  box.hidden = false;
+  if (!agree) {
+    [[pb, SIDES[0], "B"], [pa, SIDES[1], "A"]].forEach(([other, s, tag]) => {
+      const name = $(`bars${s}`).children[3 * other.label];
+      name.classList.add("other");
+      name.title = `model ${tag}'s prediction`;
+    });
   }
 }
 
@@ -377,22 +690,26 @@ function spread(draws, k) {
   return { sd, lo: quantile(vals, 0.05), hi: quantile(vals, 0.95) };
 }
 
-function renderPrediction(body) {
+function renderPrediction(body, m, s = "") {
   const p = body.predictions[0];
   const u = p.uncertainty;
-  const threshold = state.model.mi_threshold;
+  const threshold = m.mi_threshold;
   $("predict-empty").hidden = true;
-  $("prediction").hidden = false;
+  $(`prediction${s}`).hidden = false;
 
-  const label = $("pred-label");
+  const label = $(`pred-label${s}`);
   label.textContent = p.class_name;
   label.dataset.label = String(p.label);
-  $("pred-prob").textContent = `p = ${fmt(p.probs[p.label])}`;
-  const flag = $("pred-flag");
-  flag.textContent = p.flagged ? "flagged: mutual information above the threshold" : "not flagged";
+  $(`pred-prob${s}`).textContent = `p = ${fmt(p.probs[p.label])}`;
+  const flag = $(`pred-flag${s}`);
+  flag.textContent = p.flagged
+    ? "flagged: mutual information above the threshold"
+    : hasFlag(m)
+      ? "not flagged"
+      : `not flagged (${deterministic(m) ? "deterministic model" : "no threshold"})`;
   flag.className = `chip ${p.flagged ? "warn" : "ok"}`;
 
-  const bars = $("bars");
+  const bars = $(`bars${s}`);
   bars.replaceChildren();
   p.probs.forEach((mean, k) => {
     const s = p.draws ? spread(p.draws, k) : { sd: 0, lo: mean, hi: mean };
@@ -417,19 +734,23 @@ function renderPrediction(body) {
   const rows = [
     ["predictive entropy", fmt(u.predictive_entropy), "total uncertainty H[p̄], nats"],
     ["expected entropy", fmt(u.expected_entropy), "aleatoric: mean entropy of single draws"],
-    ["mutual information", fmt(u.mutual_information), `epistemic: their difference; flagged above ${fmt(threshold)}`],
+    [
+      "mutual information",
+      fmt(u.mutual_information),
+      `epistemic: their difference; ${hasFlag(m) ? `flagged above ${fmt(threshold)}` : "no flag threshold"}`,
+    ],
     ["vote agreement", pct(u.vote_agreement), "share of draws whose argmax is the prediction"],
     ["top-prob std error", fmt(u.top_prob_stderr), "Monte Carlo standard error of p̄ of the prediction"],
   ];
-  const tbody = $("uncertainty").tBodies[0];
+  const tbody = $(`uncertainty${s}`).tBodies[0];
   tbody.replaceChildren(
     ...rows.map(([name, value, note]) =>
-      el("tr", {}, el("th", { text: name }), el("td", { class: "num", text: value }), el("td", { class: "note", text: note })),
+      el("tr", {}, el("th", { text: name, title: note }), el("td", { class: "num", text: value }), el("td", { class: "note", text: note })),
     ),
   );
-  $("pred-meta").textContent =
+  $(`pred-meta${s}`).textContent =
     `T = ${body.samples} draws, seed ${body.seed}: the same seed gives the same answer. ` +
-    `Model ${body.model_id.slice(0, 12)}…, computed in ${fmt(body.timing.compute_ms, 1)} ms ` +
+    `Model ${body.model ?? m.name} (${body.model_id.slice(0, 12)}…), computed in ${fmt(body.timing.compute_ms, 1)} ms ` +
     `(batch of ${body.timing.batch_size}).`;
 }
 
@@ -454,7 +775,8 @@ function selectAttack() {
 }
 $("attack").addEventListener("change", selectAttack);
 
-function attackSpec() {
+// The attack as the probe request gives it; an attack on the flag takes each model's own threshold.
+function attackSpec(m) {
   const name = $("attack").value;
   const spec = { name, eps: readNumber("eps", "eps") };
   for (const field of FIELD_NAMES) {
@@ -462,8 +784,30 @@ function attackSpec() {
       spec[field] = readInt(field, field, 1, 1e9);
     }
   }
-  if (ATTACKS[name].needsThreshold) spec.threshold = state.model.mi_threshold;
+  if (ATTACKS[name].needsThreshold) spec.threshold = m.mi_threshold;
   return spec;
+}
+
+const probeButtonText = () => (state.compare ? "Run on both" : "Run attack");
+
+// The probe's results go (the models changed); `why` says so where the results were.
+function clearProbe(why) {
+  state.probeSeq++; // a probe still on its way was for other models
+  const button = $("run-probe");
+  button.disabled = false;
+  button.textContent = probeButtonText();
+  const shown = SIDES.some((s) => !$(`probe-result${s}`).hidden);
+  for (const s of SIDES) {
+    $(`probe-result${s}`).hidden = true;
+    $(`probe-result${s}`).classList.remove("stale");
+    showError(`probe-side-error${s}`, null);
+  }
+  $("probe-summary").hidden = true;
+  showError("probe-error", null);
+  const empty = $("probe-empty");
+  if (!empty.dataset.text) empty.dataset.text = empty.textContent;
+  empty.textContent = shown && why ? why : empty.dataset.text;
+  empty.hidden = false;
 }
 
 async function runProbe(ev) {
@@ -475,50 +819,96 @@ async function runProbe(ev) {
     return;
   }
   const seq = ++state.probeSeq;
-  let body;
+  const models = activeModels();
+  let bodies;
   try {
-    body = {
+    const common = {
       inputs: [state.modelCanvas.toDataURL("image/png")],
-      attacks: [attackSpec()],
-      judge_samples: readInt("judge", "Judging draws", 1, state.model.samples.max),
+      judge_samples: readInt("judge", "Judging draws", 1, Math.min(...models.map((m) => m.samples.max))),
       seed: readInt("seed", "The seed", 0, MAX_SEED),
       return_adversarial: true,
     };
+    if ($("true-label").value !== "") common.labels = [Number($("true-label").value)];
+    bodies = models.map((m) => ({ ...common, attacks: [attackSpec(m)] }));
   } catch (err) {
     showError("probe-error", err);
     return;
   }
-  if ($("true-label").value !== "") body.labels = [Number($("true-label").value)];
   // The pixels sent, to compare the adversarial image with.
   const clean = modelCtx().getImageData(0, 0, state.width, state.height);
   const button = $("run-probe");
   button.disabled = true;
-  button.textContent = "Running…";
-  try {
-    const report = await call(API.probe, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    });
-    if (seq === state.probeSeq) await renderProbe(report, clean);
-  } catch (err) {
-    if (seq === state.probeSeq) showError("probe-error", err);
-  } finally {
-    if (seq === state.probeSeq) {
-      button.disabled = false;
-      button.textContent = "Run attack";
+  $("probe-summary").hidden = true;
+  for (const s of SIDES) $(`probe-result${s}`).classList.add("stale");
+  // One model after the other: attacks share the service's attack workers, and the first result shows sooner.
+  const errors = models.map(() => null);
+  const reports = models.map(() => null);
+  for (const [i, m] of models.entries()) {
+    const s = SIDES[i];
+    button.textContent = models.length > 1 ? `Running on ${m.name}…` : "Running…";
+    try {
+      const report = checkAnswer(
+        await call(endpoint("probe", m), {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify(bodies[i]),
+        }),
+        m,
+      );
+      if (seq !== state.probeSeq) return;
+      reports[i] = report;
+      await renderProbe(report, clean, m, s);
+    } catch (err) {
+      if (seq !== state.probeSeq) return;
+      errors[i] = err;
+      $(`probe-result${s}`).hidden = true;
     }
+    $(`probe-result${s}`).classList.remove("stale");
   }
+  button.disabled = false;
+  button.textContent = probeButtonText();
+  showSideErrors("probe-error", "probe-side-error", errors);
+  renderProbeSummary(models, reports);
+  refreshAfterNotFound(errors);
 }
 $("probe-form").addEventListener("submit", runProbe);
 
-function loadImage(src) {
+function loadImage(src, s) {
   return new Promise((resolve, reject) => {
-    const img = $("adv-img");
+    const img = $(`adv-img${s}`);
     img.onload = () => resolve(img);
     img.onerror = () => reject(new Error("the adversarial image could not be decoded"));
     img.src = src;
   });
+}
+
+// What an attack did to one model: held, fooled, or fooled but flagged.
+function probeOutcome(report) {
+  const r = report.attacks[0]?.inputs[0];
+  if (!r) return { kind: "none", text: "did not run" };
+  if (!r.success) return { kind: "held", text: `held (still ${className(r.adv_label)})` };
+  const how = `${className(r.clean_label)} → ${className(r.adv_label)}`;
+  return r.flagged ? { kind: "flagged", text: `fooled (${how}) but flagged` } : { kind: "fooled", text: `fooled (${how}), not flagged` };
+}
+
+// Compare mode: the attack's outcome on each model, in one line.
+function renderProbeSummary(models, reports) {
+  const box = $("probe-summary");
+  if (models.length < 2 || !reports.every(Boolean)) {
+    box.hidden = true;
+    return;
+  }
+  const outcomes = reports.map(probeOutcome);
+  const kinds = outcomes.map((o) => o.kind);
+  let head;
+  if (kinds.every((k) => k === "held")) head = "Both models held";
+  else if (kinds.every((k) => k !== "held" && k !== "none")) head = "Both models were fooled";
+  else if (kinds.includes("none")) head = "The attack did not run on both models";
+  else head = `Only ${models[kinds.findIndex((k) => k !== "held")].name} was fooled`;
+  box.className = `banner ${kinds.includes("fooled") ? "fooled" : kinds.every((k) => k === "held") ? "held" : "disagree"}`;
+  box.dataset.outcomes = kinds.join(",");
+  box.replaceChildren(head, el("span", { class: "small", text: ` — ${models.map((m, i) => `${m.name}: ${outcomes[i].text}`).join("; ")}.` }));
+  box.hidden = false;
 }
 
 // Model-channel values of an RGBA ImageData: grey (PIL's "L" conversion) or R, G, B.
@@ -539,7 +929,7 @@ function colour(t) {
   return STOPS[i].map((c, j) => Math.round(c + (STOPS[i + 1][j] - c) * f));
 }
 
-function drawHeatMap(clean, adv) {
+function drawHeatMap(clean, adv, s) {
   const n = state.width * state.height;
   const delta = new Float32Array(n);
   let max = 0;
@@ -551,14 +941,14 @@ function drawHeatMap(clean, adv) {
     delta[p] = d;
     max = Math.max(max, d);
   }
-  const ctx = $("heat").getContext("2d");
+  const ctx = $(`heat${s}`).getContext("2d");
   const out = ctx.createImageData(state.width, state.height);
   for (let p = 0; p < n; p++) {
     const [r, g, b] = colour(max > 0 ? delta[p] / max : 0);
     out.data.set([r, g, b, 255], 4 * p);
   }
   ctx.putImageData(out, 0, 0);
-  $("heat-scale").textContent = max > 0 ? `brightest = ${fmt(max)} (×${fmt(1 / max, 1)})` : "no change";
+  $(`heat-scale${s}`).textContent = max > 0 ? `brightest = ${fmt(max)} (×${fmt(1 / max, 1)})` : "no change";
 }
 
 function flipRow(name, cls, flipProb, ci) {
@@ -572,19 +962,18 @@ function flipRow(name, cls, flipProb, ci) {
   return row;
 }
 
-async function renderProbe(report, clean) {
+async function renderProbe(report, clean, m, s = "") {
   const c = report.clean[0];
   const attack = report.attacks[0];
   $("probe-empty").hidden = true;
-  $("probe-result").hidden = false;
+  $(`probe-result${s}`).hidden = false;
   if (!attack) {
-    showError("probe-error", new Error(report.partial_reason || "The attack did not run."));
-    $("probe-result").hidden = true;
-    return;
+    $(`probe-result${s}`).hidden = true;
+    throw new Error(report.partial_reason || "The attack did not run.");
   }
   const r = attack.inputs[0];
 
-  const verdict = $("probe-verdict");
+  const verdict = $(`probe-verdict${s}`);
   verdict.className = `banner ${r.success ? "fooled" : "held"}`;
   verdict.replaceChildren(
     r.success
@@ -597,18 +986,18 @@ async function renderProbe(report, clean) {
     }),
   );
 
-  $("clean-img").getContext("2d").putImageData(clean, 0, 0);
-  $("clean-label").textContent = className(c.label);
-  $("adv-label").textContent = className(r.adv_label);
-  const img = await loadImage(`data:image/png;base64,${r.adversarial}`);
+  $(`clean-img${s}`).getContext("2d").putImageData(clean, 0, 0);
+  $(`clean-label${s}`).textContent = className(c.label);
+  $(`adv-label${s}`).textContent = className(r.adv_label);
+  const img = await loadImage(`data:image/png;base64,${r.adversarial}`, s);
   const scratch = document.createElement("canvas");
   scratch.width = state.width;
   scratch.height = state.height;
   const sctx = scratch.getContext("2d", { willReadFrequently: true });
   sctx.drawImage(img, 0, 0);
-  drawHeatMap(clean, sctx.getImageData(0, 0, state.width, state.height));
+  drawHeatMap(clean, sctx.getImageData(0, 0, state.width, state.height), s);
 
-  $("flip").replaceChildren(
+  $(`flip${s}`).replaceChildren(
     flipRow("clean", "clean", c.flip_prob, c.flip_ci),
     flipRow("adversarial", "adv", r.flip_prob, r.flip_ci),
   );
@@ -622,10 +1011,10 @@ async function renderProbe(report, clean) {
     ["mutual information", fmt(c.mutual_information), fmt(r.mutual_information)],
     [`flagged (MI > ${fmt(report.mi_threshold)})`, flagText(c.flagged), flagText(r.flagged)],
   ];
-  $("before-after").tBodies[0].replaceChildren(
+  $(`before-after${s}`).tBodies[0].replaceChildren(
     ...rows.map(([name, a, b]) => el("tr", {}, el("td", { text: name }), el("td", { class: "num", text: a }), el("td", { class: "num", text: b }))),
   );
-  $("probe-meta").textContent =
+  $(`probe-meta${s}`).textContent =
     `Perturbation: L∞ ${fmt(r.linf)}, L2 ${fmt(r.l2)}, ${r.l0} of ${state.channels * state.width * state.height} values changed; ` +
     `${r.fools_after_rounding ? "still fools" : "does not fool"} after rounding to 8-bit pixels. ` +
     `${attack.grad_evals} backward passes, ${attack.draws} noise draws, ${attack.queries} queries, ` +
@@ -639,8 +1028,8 @@ $("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
 $("api-key").addEventListener("change", () => sessionStorage.setItem(KEY_STORE, $("api-key").value.trim()));
 $("key-form").addEventListener("submit", (ev) => ev.preventDefault());
 
-loadModel()
-  .then(setupModel)
+loadModels()
+  .then(setupModels)
   .catch((err) => {
     $("model-info").textContent = `Cannot reach the model: ${err.message}`;
   });

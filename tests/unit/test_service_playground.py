@@ -17,8 +17,15 @@ from models.attacks import get_attack, list_attacks
 from service import Settings, create_app
 from service.routes.playground import STATIC_DIR
 
-PUBLIC_API = {"../v1/models", "../v1/predict", "../v1/attack-probe"}
+PUBLIC_API = {
+    "../v1/models",
+    "../v1/models/{name}/predict",
+    "../v1/models/{name}/attack-probe",
+    "../v1/predict",  # a service without the model repository
+    "../v1/attack-probe",
+}
 JS = (STATIC_DIR / "playground.js").read_text()
+HTML = (STATIC_DIR / "index.html").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +91,28 @@ def test_the_script_calls_only_the_public_api(client: TestClient) -> None:
     assert JS.count("fetch(") == 1  # one helper, `call`, makes every request
     paths = client.get("/openapi.json").json()["paths"]
     assert {p.removeprefix("..") for p in PUBLIC_API} <= set(paths)
+    assert JS.count('.replace("{name}", encodeURIComponent(m.name))') == 1  # the one place a model's name goes in
+
+
+def test_every_element_the_script_looks_up_is_on_the_page() -> None:
+    """``$("id")`` and ``$(`id${s}`)`` (a compare column's copy: the page's own id + "-b") name elements of index.html."""
+    ids = set(re.findall(r'\bid="([\w-]+)"', HTML))
+    looked_up = set(re.findall(r'\$\("([\w-]+)"\)', JS)) | set(re.findall(r"\$\(`([\w-]+)\$\{s\}`\)", JS))
+    assert looked_up and not looked_up - ids, f"not on the page: {sorted(looked_up - ids)}"
+    for side in ("predict-side", "probe-side"):  # the columns playground.js copies for compare mode
+        assert f'id="{side}"' in HTML and f"cloneSide({side!r})".replace("'", '"') in JS
+    assert 'id="page"' in HTML and "-b" in JS
+
+
+def test_every_control_has_a_label() -> None:
+    """Each input and select is inside a label or named by one (``for``), or has an aria-label."""
+    labelled = set(re.findall(r'<label for="([\w-]+)"', HTML))
+    for m in re.finditer(r"<(input|select)\b[^>]*>", HTML):
+        tag = m.group(0)
+        control_id = re.search(r'id="([\w-]+)"', tag).group(1)
+        before = HTML[: m.start()]
+        inside_label = before.rfind("<label") > before.rfind("</label>")
+        assert inside_label or control_id in labelled or "aria-label" in tag, f"{control_id} has no label"
 
 
 def test_the_attack_panel_mirrors_the_attack_specs() -> None:
