@@ -19,6 +19,8 @@ DEFAULT_MODEL_REPOSITORY = Path("checkpoints")
 """The repository served when neither ``model_dir`` nor ``model_repository`` is set: the committed checkpoints."""
 DEFAULT_MODEL = "fashion_mnist_mfdv"
 """The default model of ``DEFAULT_MODEL_REPOSITORY`` (the stochastic checkpoint) unless ``default_model`` says otherwise."""
+DEFAULT_MODEL_DIR = DEFAULT_MODEL_REPOSITORY / DEFAULT_MODEL
+"""That model's checkpoint folder (what the benchmarks serve by default)."""
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 

@@ -160,7 +160,7 @@ def port_in_use(family: socket.AddressFamily, host: str, port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def server(default_checkpoint: Path) -> Iterator[ServerProcess]:
-    """``python -m service`` on 127.0.0.1:8000 with the default checkpoint, as ``scripts/serve`` starts it."""
+    """``python -m service`` on 127.0.0.1:8000 with the repository ``checkpoints/``, as ``scripts/serve`` starts it."""
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         if port_in_use(family, host, PORT):
             pytest.fail(
@@ -168,7 +168,7 @@ def server(default_checkpoint: Path) -> Iterator[ServerProcess]:
                 "stop whatever listens on it and rerun"
             )
     env = {"MFDV_API_KEY": ""}  # the examples run as right after scripts/serve: no key
-    with ServerProcess(default_checkpoint, env=env, port=PORT) as s:
+    with ServerProcess(default_checkpoint.parent, env=env, port=PORT, repository=True) as s:
         yield s
 
 
