@@ -7,8 +7,9 @@ schema), adding only images and its own fields.
 Attacks are typed specs (``models.attacks.AttackSpec``: validated once, where they come in),
 or a named evaluation suite (``SuiteSpec``: ``standard``, ``published`` or ``adaptive``), which
 runs all its attacks and reports the per-input worst case as one entry. ``adaptive`` attacks the
-flag too: by default the service's own (mutual information above ``mi_threshold``), and an input
-counts as a success when it was wrong when clean or some attack made it wrong without a flag.
+flag too: by default the model's own (``flag``: a ``FlagRule``, the checkpoint's calibrated signal and
+threshold; mutual information above ``mi_threshold`` when only that is given), and an input counts
+as a success when it was wrong when clean or some attack made it wrong without a flag.
 
 Each outcome is judged the way the service predicts (``models.prediction.predict_label``:
 the argmax of the mean softmax over ``judge_samples`` fresh noise draws, one backbone pass),
@@ -62,33 +63,37 @@ class SuiteSpec(BaseModel):
     )
     flag_signal: FlagSignal | None = Field(
         None,
-        description="adaptive only: the flag to evade: mutual_information (default: the service's flagged) or "
-        "max_prob (1 - max mean softmax; needs flag_threshold).",
+        description="adaptive only: the flag to evade: mutual_information or max_prob (1 - max mean softmax); "
+        "default: the model's own flag (the service's `flagged`). Another signal than the model's needs flag_threshold.",
     )
     flag_threshold: float | None = Field(
-        None, ge=0, description="adaptive only: the flag threshold (default: the model's mi_threshold)."
+        None, ge=0, description="adaptive only: the flag threshold (default: the model's own flag's)."
     )
 
     @model_validator(mode="after")
     def _flag_settings(self) -> SuiteSpec:
         if self.suite != "adaptive" and (self.flag_signal is not None or self.flag_threshold is not None):
             raise ValueError(f"flag_signal and flag_threshold apply to the adaptive suite only, not {self.suite!r}")
-        if self.flag_signal == "max_prob" and self.flag_threshold is None:
-            raise ValueError("flag_signal max_prob needs flag_threshold (mi_threshold is on mutual information)")
         return self
 
-    def flag_rule(self, mi_threshold: float | None) -> FlagRule | None:
-        """The flag an adaptive suite evades (None for the other suites).
+    def flag_rule(self, default: FlagRule | None) -> FlagRule | None:
+        """The flag an adaptive suite evades (None for the other suites): the spec's signal and threshold
+        where given, else the model's own flag ``default``.
 
         Raises:
-            ValueError: adaptive without ``flag_threshold`` and without a model threshold.
+            ValueError: adaptive without a threshold to use: no ``flag_threshold`` and no model flag, or
+                a ``flag_signal`` other than the model flag's without ``flag_threshold``.
         """
         if self.suite != "adaptive":
             return None
-        threshold = self.flag_threshold if self.flag_threshold is not None else mi_threshold
-        if threshold is None:
-            raise ValueError("the adaptive suite needs a flag threshold: the model's mi_threshold or flag_threshold")
-        return FlagRule(self.flag_signal or "mutual_information", float(threshold))
+        signal = self.flag_signal or (default.signal if default is not None else "mutual_information")
+        if self.flag_threshold is not None:
+            return FlagRule(signal, float(self.flag_threshold))
+        if default is None:
+            raise ValueError("the adaptive suite needs a flag threshold: the model's flag or flag_threshold")
+        if signal != default.signal:
+            raise ValueError(f"flag_signal {signal} needs flag_threshold: the model's own flag is on {default.signal}")
+        return default
 
     @property
     def name(self) -> str:
@@ -111,8 +116,7 @@ class SuiteSpec(BaseModel):
     def settings(self) -> dict[str, Any]:
         out = get_suite(self.suite).describe(self.radius())
         if self.suite == "adaptive":
-            signal = self.flag_signal or "mutual_information"
-            out["flag"] = {"signal": signal, "threshold": self.flag_threshold, "threshold_default": "mi_threshold"}
+            out["flag"] = {"signal": self.flag_signal, "threshold": self.flag_threshold, "default": "the model's flag"}
         return out
 
     def draws(self) -> int:
@@ -148,7 +152,9 @@ class CleanResult(BaseModel):
     mean_probs: list[float]
     predictive_entropy: float
     mutual_information: float
-    flagged: bool | None = Field(description="Mutual information above mi_threshold (null without a threshold).")
+    flagged: bool | None = Field(
+        description="Flagged by the model's flag rule (`flag` of the report; null without one)."
+    )
 
 
 class InputResult(BaseModel):
@@ -164,7 +170,9 @@ class InputResult(BaseModel):
     mean_probs: list[float]
     predictive_entropy: float
     mutual_information: float
-    flagged: bool | None = Field(description="Mutual information above mi_threshold (null without a threshold).")
+    flagged: bool | None = Field(
+        description="Flagged by the model's flag rule (`flag` of the report; null without one)."
+    )
     linf: float
     l2: float
     l0: int = Field(description="Entries (pixels x channels) changed by more than 1e-6.")
@@ -218,6 +226,9 @@ class ProbeReport(BaseModel):
     seed: int
     judge_samples: int
     mi_threshold: float | None
+    flag: dict[str, Any] | None = Field(
+        None, description="The rule `flagged` follows: signal, threshold and the rule in words (null: no flag)."
+    )
     clean: list[CleanResult]
     attacks: list[AttackReport]
     summary: ProbeSummary
@@ -253,8 +264,18 @@ def _judge(
     return _Judgement(label, flips, u.mean_probs, u.predictive_entropy, u.mutual_information), y
 
 
-def _flagged(mi: float, threshold: float | None) -> bool | None:
-    return None if threshold is None else bool(mi > threshold)
+def _flagged(rule: FlagRule | None, j: _Judgement, i: int) -> bool | None:
+    """Whether ``rule`` flags input ``i`` of judgement ``j`` (None without a rule): the service's computation."""
+    if rule is None:
+        return None
+    return bool(rule.flags_summary(j.mean_probs[i : i + 1], j.mi[i : i + 1])[0])
+
+
+def model_flag(flag: FlagRule | None, mi_threshold: float | None) -> FlagRule | None:
+    """The flag a probe judges with: ``flag``, else mutual information above ``mi_threshold``, else none."""
+    if flag is not None:
+        return flag
+    return None if mi_threshold is None else FlagRule("mutual_information", float(mi_threshold))
 
 
 def _ci(successes: int, n: int) -> list[float]:
@@ -317,14 +338,15 @@ def _run_item(
     y: torch.Tensor,
     seed: int,
     should_stop: StopFn | None,
-    mi_threshold: float | None = None,
+    flag: FlagRule | None = None,
 ) -> tuple[AttackResult, torch.Tensor | None]:
     """Run one attack (or suite); returns its result and the suite's per-input verdict (None for
     an attack: the probe judges it). A flag-aware suite's verdict: wrong when clean, or an
     unflagged error under some attack."""
     if isinstance(item, SuiteSpec):
-        flag = item.flag_rule(mi_threshold)
-        res = run_suite(model, x, y, item.suite, eps=item.radius(), seed=seed, should_stop=should_stop, flag=flag)
+        res = run_suite(
+            model, x, y, item.suite, eps=item.radius(), seed=seed, should_stop=should_stop, flag=item.flag_rule(flag)
+        )
         grad = sum(a.grad_evals for a in res.attacks)
         queries = sum(a.queries for a in res.attacks)
         extras: dict[str, Any] = {"suite": res.summary(), "fooled_by": res.fooled_by.tolist()}
@@ -345,12 +367,12 @@ class _Probe:
     clean: list[CleanResult]
     judge_samples: int
     seed: int
-    mi_threshold: float | None
+    flag: FlagRule | None
     should_stop: StopFn | None
 
 
 def _judge_clean(
-    model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor | None, n: int, seed: int, mi_threshold: float | None
+    model: StochasticClassifier, x: torch.Tensor, y: torch.Tensor | None, n: int, seed: int, flag: FlagRule | None
 ) -> tuple[list[CleanResult], torch.Tensor]:
     """The clean inputs judged with ``n`` fresh draws; ``y=None``: the clean prediction is the label."""
     clean, y = _judge(model, x, y, n, derive_seed(seed, "clean"))
@@ -366,7 +388,7 @@ def _judge_clean(
             mean_probs=clean.mean_probs[i].tolist(),
             predictive_entropy=float(clean.entropy[i]),
             mutual_information=float(clean.mi[i]),
-            flagged=_flagged(float(clean.mi[i]), mi_threshold),
+            flagged=_flagged(flag, clean, i),
         )
         for i in range(len(yl))
     ]
@@ -378,7 +400,7 @@ def _attack(p: _Probe, a: int, item: ProbeItem) -> tuple[AttackReport, torch.Ten
     x, y, n, b = p.x, p.y, p.judge_samples, p.x.shape[0]
     attack_seed = derive_seed(p.seed, a, item.name, "attack")
     start = time.perf_counter()
-    res, verdict = _run_item(item, p.model, x, y, attack_seed, p.should_stop, p.mi_threshold)
+    res, verdict = _run_item(item, p.model, x, y, attack_seed, p.should_stop, p.flag)
     wall = time.perf_counter() - start
     x_adv = res.x_adv.detach().to(x.device)
     if x_adv.shape != x.shape:
@@ -411,7 +433,7 @@ def _attack(p: _Probe, a: int, item: ProbeItem) -> tuple[AttackReport, torch.Ten
             mean_probs=adv.mean_probs[i].tolist(),
             predictive_entropy=float(adv.entropy[i]),
             mutual_information=float(adv.mi[i]),
-            flagged=_flagged(float(adv.mi[i]), p.mi_threshold),
+            flagged=_flagged(p.flag, adv, i),
             linf=linf[i],
             l2=l2[i],
             l0=int(l0[i]),
@@ -441,7 +463,7 @@ def _attack(p: _Probe, a: int, item: ProbeItem) -> tuple[AttackReport, torch.Ten
     return report, x_adv, res.stopped
 
 
-def summarise(clean: list[CleanResult], attacks: list[AttackReport], mi_threshold: float | None) -> ProbeSummary:
+def summarise(clean: list[CleanResult], attacks: list[AttackReport], flag: FlagRule | None) -> ProbeSummary:
     """Clean accuracy and, per attack (in order), its rates and wall time."""
     b = len(clean)
     return ProbeSummary(
@@ -453,7 +475,7 @@ def summarise(clean: list[CleanResult], attacks: list[AttackReport], mi_threshol
                 success_rate=r.success_rate,
                 success_ci=r.success_ci,
                 fools_after_rounding_rate=sum(i.fools_after_rounding for i in r.inputs) / b,
-                flagged_rate=None if mi_threshold is None else sum(bool(i.flagged) for i in r.inputs) / b,
+                flagged_rate=None if flag is None else sum(bool(i.flagged) for i in r.inputs) / b,
                 wall_time_s=r.wall_time_s,
             )
             for r in attacks
@@ -470,6 +492,7 @@ def probe(
     judge_samples: int = DEFAULT_JUDGE_SAMPLES,
     seed: int = 0,
     mi_threshold: float | None = None,
+    flag: FlagRule | None = None,
     after_attack: Callable[[AttackReport, torch.Tensor], bool] | None = None,
     should_stop: StopFn | None = None,
 ) -> ProbeReport:
@@ -485,8 +508,10 @@ def probe(
             An unset ``eps`` becomes ``default_eps`` of the model's input size (``resolve_items``).
         judge_samples: fresh draws per judgement (default 64).
         seed: the request seed; every random stream derives from it (``derive_seed``).
-        mi_threshold: inputs whose mutual information exceeds it are ``flagged``; the flag the
-            ``adaptive`` suite evades unless its spec names another.
+        mi_threshold: inputs whose mutual information exceeds it are ``flagged`` (when no ``flag``).
+        flag: the model's flag rule (``models.attacks.flag.FlagRule``: signal and threshold, e.g. the
+            checkpoint's calibrated flag); what ``flagged`` follows and the ``adaptive`` suite evades
+            unless its spec names another. Supersedes ``mi_threshold``.
         after_attack: called after each attack with its report and its adversarial inputs
             [B, C, H, W]; returning True skips the remaining attacks (the report then covers
             the attacks run so far). The service uses it for metrics and images.
@@ -510,6 +535,7 @@ def probe(
         judge_samples=judge_samples,
         seed=seed,
         mi_threshold=mi_threshold,
+        flag=flag,
         after_attack=after_attack,
         should_stop=should_stop,
     )
@@ -524,6 +550,7 @@ def probe_items(
     judge_samples: int = DEFAULT_JUDGE_SAMPLES,
     seed: int = 0,
     mi_threshold: float | None = None,
+    flag: FlagRule | None = None,
     after_attack: Callable[[AttackReport, torch.Tensor], bool] | None = None,
     should_stop: StopFn | None = None,
 ) -> ProbeReport:
@@ -535,17 +562,16 @@ def probe_items(
             threshold (nothing is run then).
     """
     _validate_inputs(model, x, y, judge_samples, seed, mi_threshold)
+    rule = model_flag(flag, mi_threshold)
     for item in items:
         if item.eps is None:
             raise ValueError(f"{item.name}: eps is not resolved; resolve the attacks first (resolve_items)")
         if isinstance(item, SuiteSpec):
-            item.flag_rule(mi_threshold)  # an adaptive suite without a threshold fails before anything runs
+            item.flag_rule(rule)  # an adaptive suite without a threshold fails before anything runs
     dev = model.proj.weight.device
     x = x.detach().to(dev, torch.float32)
-    clean, labels = _judge_clean(
-        model, x, None if y is None else y.to(dev, torch.long), judge_samples, seed, mi_threshold
-    )
-    p = _Probe(model, x, labels, clean, judge_samples, seed, mi_threshold, should_stop)
+    clean, labels = _judge_clean(model, x, None if y is None else y.to(dev, torch.long), judge_samples, seed, rule)
+    p = _Probe(model, x, labels, clean, judge_samples, seed, rule, should_stop)
     reports: list[AttackReport] = []
     for a, item in enumerate(items):
         report, x_adv, stopped = _attack(p, a, item)
@@ -557,7 +583,8 @@ def probe_items(
         seed=seed,
         judge_samples=judge_samples,
         mi_threshold=mi_threshold,
+        flag=None if rule is None else rule.describe(),
         clean=clean,
         attacks=reports,
-        summary=summarise(clean, reports, mi_threshold),
+        summary=summarise(clean, reports, rule),
     )

@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import load_checkpoint
+from models import Checkpoint, load_checkpoint
 from models.attacks import run_suite
-from models.attacks.flag import default_signal
-from models.attacks.suite import get_suite, merge_results
+from models.attacks.flag import FlagCalibration
+from models.attacks.suite import Suite, SuiteResult, get_suite, merge_results
 from models.uncertainty import wilson_interval
 from training.data import Dataset, as_float, load_dataset
 from training.evaluate import calibrate_suite_flag, clean_outcomes, held_out_images
-from training.train import flag_signal as objective_flag_signal
+from training.flag import checkpoint_signal
 
 from .readme import replace_block
 from .stats import compare_paired
@@ -59,14 +59,65 @@ def _unbits(text: str) -> np.ndarray:
     return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
 
 
-def flag_signal(manifest: dict[str, Any], model: Any) -> str:
-    """The checkpoint's own flag signal: a deterministic model's max-softmax (``default_signal``), else
-    the signal its training objective flags with (``training.train.flag_signal``: ``max_prob`` for
-    ``ccat``, mutual information otherwise)."""
-    objective = (manifest.get("adversarial_training") or {}).get("objective")
-    if not model.stochastic or objective is None:
-        return default_signal(model)
-    return objective_flag_signal(objective)
+def make_suite(args: argparse.Namespace) -> Suite:
+    """The suite ``args`` name, reduced to ``--steps``/``--eot``/``--queries`` when ``--steps`` is set."""
+    suite = get_suite(args.suite)
+    if args.steps:
+        suite = suite.reduced(steps=args.steps, eot=args.eot, queries=args.queries)
+    return suite
+
+
+def calibrate(path: Path, ckpt: Checkpoint, suite: Suite, args: argparse.Namespace) -> FlagCalibration | None:
+    """A flag-aware suite's flag for checkpoint ``path``, calibrated on its held-out training images
+    (clean data: it does not depend on eps); None for a suite without a flag."""
+    if not suite.flag_aware:
+        return None
+    held, source = held_out_images(ckpt.manifest)
+    if held is None:
+        raise SystemExit(f"{path}: its held-out training images cannot be rebuilt, so its flag cannot be calibrated")
+    signal = checkpoint_signal(ckpt.manifest, ckpt.model) if args.flag_signal == "auto" else args.flag_signal
+    return calibrate_suite_flag(ckpt.model, held, signal=signal, rate=args.flag_rate, seed=args.seed, source=source)
+
+
+def attack_batches(
+    model: Any,
+    attacked: Dataset,
+    suite: Suite,
+    flag: FlagCalibration | None,
+    eps: float,
+    args: argparse.Namespace,
+    cache_dir: Path,
+    label: str,
+) -> SuiteResult:
+    """The suite at ``eps`` on ``attacked``, one cache file per ``--batch`` inputs in ``cache_dir``
+    (``batch{start:06d}.pt``): a killed run resumes where it stopped."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for start in range(0, len(attacked), args.batch):  # one cache entry per batch: a killed run resumes
+        sl = slice(start, min(start + args.batch, len(attacked)))
+        part_file = cache_dir / f"batch{start:06d}.pt"
+        if part_file.exists():
+            parts.append(torch.load(part_file, weights_only=False))
+            continue
+        x, y = as_float(attacked.x[sl]), attacked.y[sl]
+        part = run_suite(model, x, y, suite, eps=eps, seed=args.seed, offset=start, flag=flag)
+        part.x_adv = part.x_adv[:0]  # the images are not needed here
+        tmp = part_file.with_suffix(".tmp")
+        torch.save(part, tmp)
+        tmp.replace(part_file)
+        log.info("%s: inputs %d-%d done (robust %d of %d)", label, sl.start, sl.stop, int(part.robust.sum()), part.n)
+        parts.append(part)
+    return merge_results(parts)
+
+
+def suite_outcomes(res: SuiteResult) -> dict[str, str | None]:
+    """A suite result's per-input outcomes as bit strings (the results file's ``outcomes``, less ``clean``)."""
+    return {
+        "suite_clean": _bits(res.clean_correct.cpu()),
+        "robust": _bits(res.robust.cpu()),
+        "robust_or_flagged": _bits(res.robust_or_flagged.cpu()),
+        "evaded": _bits(res.evaded.cpu()) if res.evaded is not None else None,
+    }
 
 
 def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
@@ -77,38 +128,10 @@ def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[
     test = load_dataset(args.dataset or str(manifest["dataset"]), "test")
     clean_ds = Dataset(test.x[: args.clean_n], test.y[: args.clean_n], test.class_names, test.name)
     attacked = Dataset(test.x[: args.n], test.y[: args.n], test.class_names, test.name)
-    suite = get_suite(args.suite)
-    if args.steps:
-        suite = suite.reduced(steps=args.steps, eot=args.eot, queries=args.queries)
-    flag = None
-    if suite.flag_aware:
-        held, source = held_out_images(manifest)
-        if held is None:
-            raise SystemExit(
-                f"{path}: its held-out training images cannot be rebuilt, so its flag cannot be calibrated"
-            )
-        signal = flag_signal(manifest, model) if args.flag_signal == "auto" else args.flag_signal
-        flag = calibrate_suite_flag(model, held, signal=signal, rate=args.flag_rate, seed=args.seed, source=source)
+    suite = make_suite(args)
+    flag = calibrate(path, ckpt, suite, args)
     clean = clean_outcomes(model, clean_ds, args.samples, seed=args.seed)["correct"].numpy()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for start in range(0, len(attacked), args.batch):  # one cache entry per batch: a killed run resumes
-        sl = slice(start, min(start + args.batch, len(attacked)))
-        part_file = cache_dir / f"batch{start:06d}.pt"
-        if part_file.exists():
-            parts.append(torch.load(part_file, weights_only=False))
-            continue
-        x, y = as_float(attacked.x[sl]), attacked.y[sl]
-        part = run_suite(model, x, y, suite, eps=args.eps, seed=args.seed, offset=start, flag=flag)
-        part.x_adv = part.x_adv[:0]  # the images are not needed here
-        tmp = part_file.with_suffix(".tmp")
-        torch.save(part, tmp)
-        tmp.replace(part_file)
-        log.info(
-            "%s: inputs %d-%d done (robust %d of %d)", path.name, sl.start, sl.stop, int(part.robust.sum()), part.n
-        )
-        parts.append(part)
-    res = merge_results(parts)
+    res = attack_batches(model, attacked, suite, flag, args.eps, args, cache_dir, path.name)
     summary = res.summary()
     return {
         "checkpoint": path.name,
@@ -118,13 +141,7 @@ def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[
         "suite": summary.get("settings", {}).get("suite", suite.name),
         "clean_accuracy": float(clean.mean()),
         "summary": {k: v for k, v in summary.items() if k != "per_attack"},
-        "outcomes": {
-            "clean": _bits(clean),
-            "suite_clean": _bits(res.clean_correct.cpu()),
-            "robust": _bits(res.robust.cpu()),
-            "robust_or_flagged": _bits(res.robust_or_flagged.cpu()),
-            "evaded": _bits(res.evaded.cpu()) if res.evaded is not None else None,
-        },
+        "outcomes": {"clean": _bits(clean), **suite_outcomes(res)},
     }
 
 

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,7 +35,7 @@ from pydantic_settings import CliPositionalArg
 from tqdm import tqdm
 
 from models import StochasticClassifier, noise_to_margin, summarize
-from models.attacks import SUITES, SuiteName, default_eps, predict_draws, run_suite
+from models.attacks import SUITES, SuiteName, default_eps, run_suite
 from models.attacks.flag import (
     FlagCalibration,
     FlagRule,
@@ -143,19 +142,6 @@ def evaluate_suite(
 
 
 @torch.no_grad()
-def calibrate_mi_threshold(
-    model: StochasticClassifier, ds: Dataset, samples: int = 32, quantile: float = 0.95, seed: int = 0
-) -> float:
-    """The ``quantile`` of mutual information on clean held-out data (flag inputs above it)."""
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    mi = []
-    for sl in _batches(len(ds), 1000):
-        u = summarize(predict_draws(model, as_float(ds.x[sl]).to(device), samples, g))
-        mi.append(u.mutual_information.cpu().double())
-    return float(np.quantile(torch.cat(mi).numpy(), quantile))
-
-
 def calibrate_suite_flag(
     model: StochasticClassifier,
     ds: Dataset,

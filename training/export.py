@@ -13,6 +13,7 @@ import platform
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,12 +164,33 @@ def update_metrics(path: Path, metrics: dict[str, Any]) -> None:
     The weights and graph are untouched, so their sha256 stay valid; the model id (the
     manifest's sha256) changes.
     """
+
+    def update(manifest: dict[str, Any]) -> None:
+        old = manifest.get("metrics", {})
+        manifest["metrics"] = {**old, **{k: v for k, v in metrics.items() if k != "evaluation"}}
+        if "evaluation" in metrics:
+            manifest["evaluation"] = metrics["evaluation"]
+
+    rewrite_manifest(path, update)
+
+
+def update_flag(path: Path, flag: dict[str, Any], mi_threshold: float) -> None:
+    """Set a checkpoint's served flag (``flag``: signal, threshold, rule, calibration; ``training.flag``) and
+    ``mi_threshold``, atomically; as ``update_metrics``, the model id changes, the files' sha256 stay valid."""
+
+    def update(manifest: dict[str, Any]) -> None:
+        manifest["flag"] = flag
+        manifest["mi_threshold"] = float(mi_threshold)
+        manifest.pop("mi_threshold_calibration", None)  # the flag's calibration says how (one rule)
+
+    rewrite_manifest(path, update)
+
+
+def rewrite_manifest(path: Path, update: Callable[[dict[str, Any]], None]) -> None:
+    """Apply ``update`` to a checkpoint's ``manifest.json`` and write it back atomically."""
     manifest_path = Path(path) / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    old = manifest.get("metrics", {})
-    manifest["metrics"] = {**old, **{k: v for k, v in metrics.items() if k != "evaluation"}}
-    if "evaluation" in metrics:
-        manifest["evaluation"] = metrics["evaluation"]
+    update(manifest)
     tmp = manifest_path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.chmod(0o644)

@@ -31,14 +31,14 @@ from tqdm import tqdm
 
 from models import ModelConfig, StochasticClassifier, build_model, resolve_device
 from models.attacks import default_eps
-from models.attacks.flag import FlagSignal
 from models.checkpoint import MANIFEST
 
 from .adversarial import AdvConfig, adversarial_loss, perturb
 from .config import TrainConfig, parse_args
 from .data import Dataset, as_float, channel_stats, load_dataset
-from .evaluate import calibrate_mi_threshold, evaluate, held_out_source
+from .evaluate import evaluate, held_out_source
 from .export import export_checkpoint
+from .flag import objective_signal, served_flag
 
 log = logging.getLogger("training")
 
@@ -169,12 +169,6 @@ FLAG_DRAWS = 8
 """Noise draws the held-out check's flag is judged on."""
 
 
-def flag_signal(objective: str) -> FlagSignal:
-    """The uncertainty a split objective trains for (``models.attacks.flag``): low confidence (ccat:
-    ``max_prob``, 1 - max mean probability) or disagreement of the draws (``mutual_information``)."""
-    return "max_prob" if objective == "ccat" else "mutual_information"
-
-
 def selection_metric(adv: AdvConfig) -> str:
     """The held-out figure that picks the kept epoch: robust accuracy, or robust-or-flagged for ccat/disagree."""
     return "robust_or_flagged" if adv.split else "robust"
@@ -200,7 +194,7 @@ def val_robust_accuracy(
     g_flag = torch.Generator().manual_seed(seed + 778)  # apart, so the single-draw figures do not move
     correct = robust = 0
     name, steps, eot = CHECK_ATTACK["name"], CHECK_ATTACK["steps"], CHECK_ATTACK["eot"] if model.stochastic else 1
-    signal = flag_signal(adv.objective)
+    signal = objective_signal(adv.objective)
     clean_scores, clean_ok, adv_ok, adv_logits = [], [], [], []
     for i in range(0, len(val), 500):
         x = as_float(val.x[i : i + 500]).to(device)
@@ -436,7 +430,7 @@ def adversarial_summary(args: TrainConfig, img_size: int, stats: dict[str, Any])
             **(
                 {
                     "selects_on": selection_metric(adv),
-                    "flag": flag_signal(adv.objective),
+                    "flag": objective_signal(adv.objective),
                     "flag_keeps_clean": FLAG_KEEP,
                     "flag_draws": FLAG_DRAWS,
                 }
@@ -514,7 +508,13 @@ def run(args: TrainConfig, argv: list[str] | None = None) -> Path | None:
         calibration_source=held_out_source(args.dataset, args.val_size, args.seed, len(val)),
     )
     metrics["train"] = train_stats
-    threshold = calibrate_mi_threshold(model, val, samples=args.eval_samples, seed=args.seed)
+    adv = adv_config(args, model.cfg.img_size)
+    flag, mi_threshold = served_flag(
+        model,
+        adv.objective if adv.active else None,
+        val,
+        held_out_source(args.dataset, args.val_size, args.seed, len(val)),
+    )
     command = "python -m training.train " + shlex.join(argv if argv is not None else sys.argv[1:])
     path = export_checkpoint(
         model,
@@ -523,11 +523,11 @@ def run(args: TrainConfig, argv: list[str] | None = None) -> Path | None:
         dataset=ds_name,
         train_args=args.model_dump(),
         metrics=metrics,
-        mi_threshold=threshold,
+        mi_threshold=mi_threshold,
         command=command,
         overwrite=args.overwrite or not (out / MANIFEST).exists(),  # a folder with only our state is ours
         extra={
-            "mi_threshold_calibration": {"quantile": 0.95, "n": len(val), "samples": args.eval_samples},
+            "flag": flag.describe(),
             "adversarial_training": adversarial_summary(args, model.cfg.img_size, train_stats),
         },
     )

@@ -52,15 +52,21 @@ def signal_score(signal: str, logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown flag signal {signal!r}; choose one of {list(FLAG_SIGNALS)}")
 
 
+def summary_signal(signal: str, mean_probs: torch.Tensor, mutual_information: torch.Tensor) -> torch.Tensor:
+    """The signal [B] from a summary's mean probabilities [B, K] and mutual information [B]
+    (``models.uncertainty.summarize``'s fields: what the service has when it answers)."""
+    if signal == "mutual_information":
+        return mutual_information
+    if signal == "max_prob":
+        return 1.0 - mean_probs.amax(-1)
+    raise ValueError(f"unknown flag signal {signal!r}; choose one of {list(FLAG_SIGNALS)}")
+
+
 @torch.no_grad()
 def signal_value(signal: str, logits: torch.Tensor) -> torch.Tensor:
     """The signal [B] as the service computes it (``summarize``: double precision, MI floored at 1e-9 -> 0)."""
     u = summarize(logits)
-    if signal == "mutual_information":
-        return u.mutual_information
-    if signal == "max_prob":
-        return 1.0 - u.mean_probs.amax(-1)
-    raise ValueError(f"unknown flag signal {signal!r}; choose one of {list(FLAG_SIGNALS)}")
+    return summary_signal(signal, u.mean_probs, u.mutual_information)
 
 
 def default_signal(model: StochasticClassifier) -> FlagSignal:
@@ -88,6 +94,19 @@ class FlagRule:
     def flagged(self, logits: torch.Tensor) -> torch.Tensor:
         """Which inputs [B] are flagged (the exact, service-side computation)."""
         return signal_value(self.signal, logits) > self.threshold
+
+    def flags_summary(self, mean_probs: torch.Tensor, mutual_information: torch.Tensor) -> torch.Tensor:
+        """Which inputs [B] are flagged, from a summary's mean probabilities [B, K] and mutual information [B]."""
+        return summary_signal(self.signal, mean_probs, mutual_information) > self.threshold
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> FlagRule:
+        """A checkpoint's served flag: its manifest's ``flag`` (signal and threshold, calibrated by
+        ``training.flag``), else mutual information above ``mi_threshold`` (older manifests)."""
+        flag = manifest.get("flag")
+        if isinstance(flag, dict) and "signal" in flag and "threshold" in flag:
+            return cls(flag["signal"], float(flag["threshold"]))
+        return cls("mutual_information", float(manifest.get("mi_threshold", 0.0)))
 
     def penalty(self, logits: torch.Tensor, margin: float) -> torch.Tensor:
         """How far [B] the signal lies above ``margin`` x threshold, in units of the threshold (0 below).

@@ -13,6 +13,7 @@ loop only sends it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from models import Checkpoint, Uncertainty, load_checkpoint, seeded_noise, summarize
+from models.attacks.flag import FlagRule
 
 from ..config import Settings
 from ..metrics import ModelMetrics
@@ -202,6 +204,17 @@ class InferenceEngine:
     @property
     def mi_threshold(self) -> float:
         return float(self.manifest.get("mi_threshold", 0.0))
+
+    @functools.cached_property
+    def flag(self) -> FlagRule:
+        """The rule ``flagged`` follows: the manifest's calibrated ``flag`` (signal and threshold: mutual
+        information, or 1 - max mean probability for a deterministic model), else mutual information above
+        ``mi_threshold`` (``models.attacks.flag.FlagRule.from_manifest``)."""
+        return FlagRule.from_manifest(self.manifest)
+
+    def flagged(self, u: Uncertainty) -> list[bool]:
+        """Which inputs of the summary ``u`` the flag rule flags."""
+        return self.flag.flags_summary(u.mean_probs, u.mutual_information).tolist()
 
     # -- compute --------------------------------------------------------------------------
 

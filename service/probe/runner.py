@@ -24,6 +24,7 @@ from PIL import Image
 
 from models import StochasticClassifier
 from models.attacks import AttackCost
+from models.attacks.flag import FlagRule
 from models.probe import AttackReport, ProbeItem, ProbeReport, probe_items
 
 from ..errors import ValidationFailed
@@ -132,6 +133,7 @@ def run_probe(
     job: ProbeJob,
     *,
     mi_threshold: float,
+    flag: FlagRule | None = None,
     deadline: float,
     limit_s: float,
     metrics: Metrics,
@@ -172,6 +174,7 @@ def run_probe(
             judge_samples=job.judge_samples,
             seed=job.seed,
             mi_threshold=mi_threshold,
+            flag=flag,
             after_attack=after_attack,
             should_stop=stop,
         )

@@ -69,7 +69,7 @@ def render_prediction(engine: InferenceEngine, job: PredictJob, output: PredictO
     probs = u.mean_probs.numpy()
     pe, ee, mi = u.predictive_entropy.numpy(), u.expected_entropy.numpy(), u.mutual_information.numpy()
     va, se = u.vote_agreement.numpy(), u.top_prob_stderr.numpy()
-    flagged = (u.mutual_information > engine.mi_threshold).tolist()
+    flagged = engine.flagged(u)
     draws = output.draws.transpose(0, 1).contiguous().numpy() if output.draws is not None else None  # (n, T, K)
     predictions = []
     for i, label in enumerate(u.label.tolist()):
@@ -173,6 +173,13 @@ async def _predict(request: Request, name: str | None) -> Response:
     return Response(output.result.body + b',"timing":' + json_bytes(timing) + b"}", media_type="application/json")
 
 
+def flag_info(engine: InferenceEngine) -> dict[str, Any]:
+    """The rule ``flagged`` follows, as ``/v1/models`` shows it: signal, threshold, the rule in words, and how the
+    threshold was calibrated (the manifest's ``flag.calibration``; absent for an older manifest)."""
+    calibration = (engine.manifest.get("flag") or {}).get("calibration")
+    return {**engine.flag.describe(), **({"calibration": calibration} if calibration else {})}
+
+
 def describe(serving: Serving, settings: Settings, *, default: bool) -> dict[str, Any]:
     """What ``/v1/models`` says about a loaded model version (``ModelInfo``)."""
     engine = serving.engine
@@ -189,6 +196,7 @@ def describe(serving: Serving, settings: Settings, *, default: bool) -> dict[str
         "input_shape": list(engine.input_shape),
         "feature_dim": engine.feature_dim,
         "mi_threshold": engine.mi_threshold,
+        "flag": flag_info(engine),
         "sigma": m.sigma,
         "metrics": m.metrics,
         "lambda": m.lambda_,

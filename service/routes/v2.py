@@ -375,7 +375,7 @@ def _output_values(name: str, engine: InferenceEngine, u: Any) -> np.ndarray:
     if name == "class_name":
         return np.array([engine.class_names[i] for i in u.label.tolist()], dtype=object)
     if name == "flagged":
-        return (u.mutual_information > engine.mi_threshold).numpy()
+        return np.array(engine.flagged(u), dtype=np.bool_)
     return getattr(u, name).numpy().astype(np.float32)
 
 

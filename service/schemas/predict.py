@@ -63,7 +63,10 @@ class PredictionOut(BaseModel):
     class_name: str
     probs: list[float] = Field(description="Mean softmax over the T draws.")
     uncertainty: UncertaintyOut
-    flagged: bool = Field(description="Mutual information above the checkpoint's calibrated threshold.")
+    flagged: bool = Field(
+        description="The checkpoint's flag rule (`flag` in /v1/models): its signal (mutual information, or 1 - max "
+        "mean probability for a deterministic model) above its calibrated threshold."
+    )
     draws: list[list[float]] | None = Field(
         None, description="Per-draw probabilities [T][K]; present only with return_samples."
     )
@@ -101,6 +104,10 @@ class ModelInfo(BaseModel):
     input_shape: list[int]
     feature_dim: int
     mi_threshold: float
+    flag: dict[str, Any] = Field(
+        description="The rule `flagged` follows: `signal`, `threshold`, `rule` in words, and `calibration` (how the "
+        "threshold was fixed: at most `rate` of the correctly classified held-out clean inputs flagged)."
+    )
     sigma: dict[str, Any]
     metrics: dict[str, Any] = Field(description="Clean and robust accuracy, each with the attack settings used.")
     lambda_: float | None = Field(None, alias="lambda")

@@ -140,7 +140,10 @@ function endpoint(kind, m) {
 
 const byName = (name) => state.models.find((m) => m.name === name) || null;
 const deterministic = (m) => !(m.sigma && m.sigma.max > 0);
-const hasFlag = (m) => m.mi_threshold > 0;
+// The rule `flagged` follows (/v1/models' `flag`: signal and threshold); an older server only has mi_threshold.
+const flagOf = (m) => m.flag || { signal: "mutual_information", threshold: m.mi_threshold };
+const hasFlag = (m) => (m.flag ? true : m.mi_threshold > 0);
+const onMI = (m) => flagOf(m).signal === "mutual_information";
 // The models each image and probe go to: the picked one, then the compared one.
 const activeModels = () => (state.compare ? [state.model, state.compare] : [state.model]);
 // The suffix of a side's element ids: the picked model's are the page's own, the compared one's end in -b.
@@ -164,8 +167,20 @@ function modelTitle(m) {
   return `${m.name}${version} (${m.method}${isDefault})`;
 }
 
+// The flag rule in words: what the numbers count (at most 5% of correctly classified held-out images flagged).
+function flagText(flag, short = false) {
+  if (flag.signal === "max_prob") {
+    return short ? `flags top p̄ < ${fmt(1 - flag.threshold)}` : `flags a top mean probability below ${fmt(1 - flag.threshold)}`;
+  }
+  return `flags ${short ? "MI" : "mutual information"} above ${fmt(flag.threshold)}`;
+}
+
 function flagRule(m, short = false) {
-  if (hasFlag(m)) return `flags ${short ? "MI" : "mutual information"} above ${fmt(m.mi_threshold)}`;
+  if (hasFlag(m)) {
+    const rate = m.flag && m.flag.calibration ? m.flag.calibration.rate : null;
+    const calibrated = !short && rate !== null ? ` (calibrated to flag at most ${pct(rate)} of correctly classified held-out images)` : "";
+    return flagText(flagOf(m), short) + calibrated;
+  }
   if (short) return deterministic(m) ? "deterministic: no MI flag" : "no flag threshold";
   return deterministic(m) ? "deterministic: no noise, so no mutual-information flag" : "no calibrated flag threshold";
 }
@@ -693,7 +708,6 @@ function spread(draws, k) {
 function renderPrediction(body, m, s = "") {
   const p = body.predictions[0];
   const u = p.uncertainty;
-  const threshold = m.mi_threshold;
   $("predict-empty").hidden = true;
   $(`prediction${s}`).hidden = false;
 
@@ -703,7 +717,9 @@ function renderPrediction(body, m, s = "") {
   $(`pred-prob${s}`).textContent = `p = ${fmt(p.probs[p.label])}`;
   const flag = $(`pred-flag${s}`);
   flag.textContent = p.flagged
-    ? "flagged: mutual information above the threshold"
+    ? onMI(m)
+      ? "flagged: mutual information above the threshold"
+      : "flagged: top probability below the threshold"
     : hasFlag(m)
       ? "not flagged"
       : `not flagged (${deterministic(m) ? "deterministic model" : "no threshold"})`;
@@ -737,7 +753,7 @@ function renderPrediction(body, m, s = "") {
     [
       "mutual information",
       fmt(u.mutual_information),
-      `epistemic: their difference; ${hasFlag(m) ? `flagged above ${fmt(threshold)}` : "no flag threshold"}`,
+      `epistemic: their difference; ${hasFlag(m) && onMI(m) ? `flagged above ${fmt(flagOf(m).threshold)}` : hasFlag(m) ? flagText(flagOf(m), true) : "no flag threshold"}`,
     ],
     ["vote agreement", pct(u.vote_agreement), "share of draws whose argmax is the prediction"],
     ["top-prob std error", fmt(u.top_prob_stderr), "Monte Carlo standard error of p̄ of the prediction"],
@@ -784,7 +800,7 @@ function attackSpec(m) {
       spec[field] = readInt(field, field, 1, 1e9);
     }
   }
-  if (ATTACKS[name].needsThreshold) spec.threshold = m.mi_threshold;
+  if (ATTACKS[name].needsThreshold) spec.threshold = m.mi_threshold; // the detector-aware attack's MI threshold
   return spec;
 }
 
@@ -1002,14 +1018,14 @@ async function renderProbe(report, clean, m, s = "") {
     flipRow("adversarial", "adv", r.flip_prob, r.flip_ci),
   );
 
-  const flagText = (f) => (f === null || f === undefined ? "–" : f ? "yes" : "no");
+  const yesNo = (f) => (f === null || f === undefined ? "–" : f ? "yes" : "no");
   const rows = [
     ["prediction", className(c.label), className(r.adv_label)],
     ["p̄ of the true label", fmt(c.mean_probs[c.true_label]), fmt(r.mean_probs[r.true_label])],
     ["flip probability", fmt(c.flip_prob, 2), fmt(r.flip_prob, 2)],
     ["predictive entropy", fmt(c.predictive_entropy), fmt(r.predictive_entropy)],
     ["mutual information", fmt(c.mutual_information), fmt(r.mutual_information)],
-    [`flagged (MI > ${fmt(report.mi_threshold)})`, flagText(c.flagged), flagText(r.flagged)],
+    [`flagged (${report.flag ? flagText(report.flag, true) : `MI > ${fmt(report.mi_threshold)}`})`, yesNo(c.flagged), yesNo(r.flagged)],
   ];
   $(`before-after${s}`).tBodies[0].replaceChildren(
     ...rows.map(([name, a, b]) => el("tr", {}, el("td", { text: name }), el("td", { class: "num", text: a }), el("td", { class: "num", text: b }))),

@@ -264,15 +264,35 @@ def test_the_probe_runs_adaptive_with_the_services_flag(data: tuple[torch.Tensor
 
 def test_the_probe_validates_adaptive_settings(data: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = data
-    with pytest.raises(ValueError, match="mi_threshold"):
+    with pytest.raises(ValueError, match="the model's flag or flag_threshold"):
         probe(trained_model("mfdv"), x[:2], y[:2], "adaptive", mi_threshold=None)
-    with pytest.raises(ValueError, match="flag_threshold"):
-        SuiteSpec(suite="adaptive", flag_signal="max_prob")
     with pytest.raises(ValueError, match="adaptive suite only"):
         SuiteSpec(suite="standard", flag_threshold=0.1)
-    rule = SuiteSpec(suite="adaptive", flag_signal="max_prob", flag_threshold=0.2).flag_rule(0.05)
+    mi = FlagRule("mutual_information", 0.05)
+    rule = SuiteSpec(suite="adaptive", flag_signal="max_prob", flag_threshold=0.2).flag_rule(mi)
     assert rule == FlagRule("max_prob", 0.2)
-    assert SuiteSpec(suite="adaptive").flag_rule(0.05) == FlagRule("mutual_information", 0.05)
+    assert SuiteSpec(suite="adaptive").flag_rule(mi) == mi  # the model's own flag by default
+    assert SuiteSpec(suite="adaptive").flag_rule(FlagRule("max_prob", 0.3)) == FlagRule("max_prob", 0.3)
+    assert SuiteSpec(suite="adaptive", flag_threshold=0.2).flag_rule(mi) == FlagRule("mutual_information", 0.2)
+    with pytest.raises(ValueError, match="needs flag_threshold: the model's own flag is on mutual_information"):
+        SuiteSpec(suite="adaptive", flag_signal="max_prob").flag_rule(mi)
+
+
+def test_the_probe_flags_by_the_models_rule(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """``flag`` (a FlagRule) decides ``flagged`` in the report, as the service's predictions do: a max_prob rule
+    on a deterministic model flags its unconfident inputs, where mutual information never could."""
+    x, y = data
+    model = trained_model("vanilla")
+    logits = predict_draws(model, x, 8, torch.Generator().manual_seed(0))
+    threshold = float((1 - torch.softmax(logits, -1).mean(0).amax(-1)).median())  # about half flagged
+    rule = FlagRule("max_prob", threshold)
+    rep = probe(model, x, y, [{"name": "fgsm", "eps": 0.05}], judge_samples=8, seed=0, flag=rule)
+    assert rep.flag is not None and rep.flag["signal"] == "max_prob" and rep.flag["threshold"] == threshold
+    flagged = [c.flagged for c in rep.clean]
+    assert flagged == [1 - max(c.mean_probs) > threshold for c in rep.clean]
+    assert 0 < sum(flagged) < len(flagged)
+    mi_only = probe(model, x, y, [{"name": "fgsm", "eps": 0.05}], judge_samples=8, seed=0, mi_threshold=0.0)
+    assert not any(c.flagged for c in mi_only.clean)
 
 
 # ---- training.evaluate ------------------------------------------------------------------------------

@@ -90,7 +90,8 @@ def report(data: tuple[torch.Tensor, torch.Tensor]) -> ProbeReport:
 def test_report_has_every_field_and_is_json(report: ProbeReport, data: tuple[torch.Tensor, torch.Tensor]) -> None:
     d = report.to_dict()
     json.dumps(d, allow_nan=False)
-    assert set(d) == {"seed", "judge_samples", "mi_threshold", "clean", "attacks", "summary"}
+    assert set(d) == {"seed", "judge_samples", "mi_threshold", "flag", "clean", "attacks", "summary"}
+    assert d["flag"]["signal"] == "mutual_information" and d["flag"]["threshold"] == 0.01
     assert d["seed"] == 5 and d["judge_samples"] == 32
     assert len(d["clean"]) == 10 and all(set(c) == CLEAN_FIELDS for c in d["clean"])
     assert [a["name"] for a in d["attacks"]] == [s["name"] for s in SPECS]
