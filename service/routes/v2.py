@@ -81,7 +81,11 @@ async def live() -> ServerLive:
 
 @router.get("/health/ready", summary="Server ready (else 503)", responses=error_responses(_NOT_READY))
 async def ready(state: StateDep) -> ServerReady:
-    state.readiness()
+    """The server takes requests: its repository is loaded and it is not shutting down (each model's own
+    readiness: ``/v2/models/{name}/ready``)."""
+    state.models()
+    if state.lifecycle.draining:
+        raise ModelNotReady("the service is shutting down; send requests to another replica")
     return ServerReady(ready=True)
 
 

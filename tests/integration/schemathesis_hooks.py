@@ -6,7 +6,7 @@ cannot say about this API, told to the generator. Nothing here touches the check
 - Multipart probe cases with ``[]`` in a JSON field are dropped: the client sends no part for an
   empty list, so the server sees the field absent (its default), not ``[]``.
 - Positive cases only, for rules that relate two fields (JSON Schema cannot):
-  ``/v1/attack-probe``: one label per input (labels are trimmed or repeated to the inputs' count),
+  ``/v1/attack-probe`` (and ``/v1/models/{name}/attack-probe``): one label per input (labels are trimmed or repeated to the inputs' count),
   and the whole request within the probe caps (cases over them are dropped: the server refuses
   them by design, with 422, and the cost formula is the attacks' own, ``spec.cost``);
   ``/v2/.../infer``: ``data`` holds ``prod(shape)`` values (the shape is kept, the data refitted).
@@ -65,7 +65,7 @@ def map_case(context: Any, case: Any) -> Any:
         return case
     path = context.operation.path if context.operation is not None else ""
     body = case.body
-    if path == "/v1/attack-probe":
+    if path.endswith("/attack-probe"):
         inputs = body.get("inputs", body.get("file")) or []
         labels = body.get("labels")
         if isinstance(labels, list) and inputs:
@@ -84,7 +84,7 @@ def filter_case(context: Any, case: Any) -> bool:
     """Drop positive probe cases the caps refuse (422 by design), and multipart cases with an empty list
     in a JSON field: the client sends no part for it, which is the field's absence, not ``[]``."""
     path = context.operation.path if context.operation is not None else ""
-    if path != "/v1/attack-probe" or not isinstance(case.body, dict):
+    if not path.endswith("/attack-probe") or not isinstance(case.body, dict):
         return True
     if "file" in case.body and any(case.body.get(k) == [] for k in ("labels", "attacks")):
         return False
