@@ -4,8 +4,9 @@ No Docker engine is needed: the Dockerfile's final stage is parsed for its
 ``ENV``, ``WORKDIR``, ``COPY``, ``CMD`` and ``HEALTHCHECK``; ``CMD`` runs as a
 subprocess from the repository root (the image's ``/app`` holds the same
 ``models/``, ``service/`` and ``checkpoints/`` folders) with the image's
-environment, except for a free port (``MFDV_PORT``), loopback host and a local
-checkpoint (``MFDV_MODEL_DIR``). The test polls ``/readyz``, runs the image's
+environment, except for a free port (``MFDV_PORT``), loopback host and the image's model
+repository mapped to its local folder (``MFDV_MODEL_REPOSITORY``: ``checkpoints/``, both
+committed checkpoints). The test polls ``/readyz``, runs the image's
 healthcheck command against it, and stops the server with SIGTERM as
 ``docker stop`` does.
 """
@@ -96,15 +97,6 @@ def get_status(url: str) -> int | None:
         return None
 
 
-@pytest.fixture(scope="module")
-def checkpoint(request: pytest.FixtureRequest) -> Path:
-    """The image's default checkpoint when it is committed, else the tiny test checkpoint."""
-    default = REPO / "checkpoints" / "fashion_mnist_mfdv"
-    if (default / "manifest.json").is_file():
-        return default
-    return request.getfixturevalue("tiny_checkpoint")
-
-
 def test_image_layout_matches_repo() -> None:
     """The local run is representative: WORKDIR mirrors the repo root for the code and checkpoints."""
     stage = final_stage()
@@ -112,11 +104,12 @@ def test_image_layout_matches_repo() -> None:
     paths = image_paths(stage)
     for name in ("models", "service", "checkpoints"):
         assert paths[f"{workdir}/{name}"] == REPO / name
-    assert image_env(stage)["MFDV_MODEL_DIR"].startswith(f"{workdir}/checkpoints/")
+    env = image_env(stage)
+    assert env["MFDV_MODEL_REPOSITORY"] == f"{workdir}/checkpoints" and "MFDV_MODEL_DIR" not in env
 
 
 @pytest.mark.parametrize("workers", ["image", "2"])
-def test_start_command_serves_ready(checkpoint: Path, tmp_path: Path, workers: str) -> None:
+def test_start_command_serves_ready(tmp_path: Path, workers: str) -> None:
     stage = final_stage()
     paths = image_paths(stage)
     cmd = json.loads(next(args for op, args in stage if op == "CMD"))
@@ -125,7 +118,8 @@ def test_start_command_serves_ready(checkpoint: Path, tmp_path: Path, workers: s
 
     port = free_port()
     env = {**os.environ, **{k: v for k, v in image_env(stage).items() if k != "PATH"}}
-    env.update(MFDV_PORT=str(port), MFDV_HOST="127.0.0.1", MFDV_MODEL_DIR=str(checkpoint))
+    repository = paths[env["MFDV_MODEL_REPOSITORY"]]  # the image's checkpoints/, here
+    env.update(MFDV_PORT=str(port), MFDV_HOST="127.0.0.1", MFDV_MODEL_REPOSITORY=str(repository))
     if workers != "image":
         env["MFDV_WORKERS"] = workers  # env-configurable workers, as `docker run -e MFDV_WORKERS=2`
     base = f"http://127.0.0.1:{port}"
@@ -151,6 +145,10 @@ def test_start_command_serves_ready(checkpoint: Path, tmp_path: Path, workers: s
         assert get_status(f"{base}/healthz") == 200
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
             assert "mfdv_model_info" in resp.read().decode()
+        with urllib.request.urlopen(f"{base}/v1/models", timeout=5) as resp:
+            listed = json.loads(resp.read())
+        assert listed["default"] == env["MFDV_DEFAULT_MODEL"]  # both committed checkpoints, the stochastic one default
+        assert [m["name"] for m in listed["models"]] == ["fashion_mnist_mfdv", "fashion_mnist_vanilla"]
 
         # The image's HEALTHCHECK command, run the way docker runs it (same env).
         hc = subprocess.run(local_argv(hc_cmd, paths), env=env, capture_output=True, timeout=30, check=False)
