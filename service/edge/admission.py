@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from re import Pattern
 from typing import Any, TypeVar
 
@@ -33,6 +34,10 @@ from starlette.types import Scope
 
 ROUTE_LABEL = "mfdv.route"
 """Scope key where a refusal leaves its route template, for the metrics (no router has run)."""
+
+HEAD_REFUSER = "mfdv.head_refuser"
+"""Lifespan-state key where ``EdgeMiddleware`` leaves itself for the HTTP protocol (``service.edge.server``),
+which asks it for admission's refusals from a request's head and answers them before any ASGI task exists."""
 
 MARKER = "__mfdv_admission_controlled__"
 """The endpoint attribute ``admission_controlled`` sets."""
@@ -99,6 +104,23 @@ class AdmittedRoutes:
         return None
 
 
+@dataclass(frozen=True)
+class HeadRefusal:
+    """Admission's refusal of a request from its head alone: a 503 with ``Retry-After``.
+
+    Attributes:
+        route: the route template the refusal is counted under.
+        message: the reason (the ``{"error": ...}`` body).
+        retry_after: seconds for ``Retry-After``.
+        close: answer with ``Connection: close`` (the service is draining).
+    """
+
+    route: str
+    message: str
+    retry_after: int
+    close: bool = False
+
+
 class ThroughputEstimator:
     """Completions per second while busy: an EWMA over windows of ``window_s`` busy seconds.
 
@@ -147,11 +169,12 @@ class ThroughputEstimator:
             self.rate = sample if self.rate is None else (1 - self.weight) * self.rate + self.weight * sample
             self._busy, self._completed, self._busy_since = 0.0, 0, now
 
-    def expected_wait(self) -> float:
-        """Seconds a request arriving now would wait for those in flight (0 before any estimate)."""
-        if self.rate is None or self.inflight == 0:
+    def expected_wait(self, pending: int = 0) -> float:
+        """Seconds a request arriving now would wait for those in flight and ``pending`` more (0 before any
+        estimate)."""
+        if self.rate is None or self.inflight + pending == 0:
             return 0.0
-        return self.inflight / self.rate
+        return (self.inflight + pending) / self.rate
 
 
 class Admission:
@@ -175,22 +198,25 @@ class Admission:
     def inflight(self) -> int:
         return self.estimator.inflight
 
-    def refusal(self, take: bool = True) -> str | None:
+    def refusal(self, take: bool = True, pending: int = 0) -> str | None:
         """Why a request arriving now is refused, or None: admit it.
 
         Args:
             take: count an admitted request in flight (its body has arrived); False only looks
                 (a request whose body is still on its way holds nothing).
+            pending: requests admitted from their heads a moment ago and not counted yet (they will be
+                once their bodies are in, a moment later): counted as in flight for this decision.
         """
         est = self.estimator
-        if est.inflight >= self.max_inflight:
+        inflight = est.inflight + pending
+        if inflight >= self.max_inflight:
             reason = (
-                f"the server is handling {est.inflight} prediction requests, its limit (MFDV_MAX_INFLIGHT); "
+                f"the server is handling {inflight} prediction requests, its limit (MFDV_MAX_INFLIGHT); "
                 "retry after a second or on another replica"
             )
-        elif self.max_queue_delay_s > 0 and (wait := est.expected_wait()) > self.max_queue_delay_s:
+        elif self.max_queue_delay_s > 0 and (wait := est.expected_wait(pending)) > self.max_queue_delay_s:
             reason = (
-                f"a request arriving now would wait about {wait * 1e3:.0f} ms behind {est.inflight} in flight, "
+                f"a request arriving now would wait about {wait * 1e3:.0f} ms behind {inflight} in flight, "
                 f"over the limit of {self.max_queue_delay_s * 1e3:.0f} ms (MFDV_MAX_QUEUE_DELAY_MS); "
                 "retry after a second or on another replica"
             )

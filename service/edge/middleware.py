@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import CLIENT_CLOSED, error_response
 from ..metrics import Metrics
-from .admission import ROUTE_LABEL, Admission, AdmittedRoutes
+from .admission import HEAD_REFUSER, ROUTE_LABEL, Admission, AdmittedRoutes, HeadRefusal
 from .lifecycle import Lifecycle, cut_response
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,9 @@ class EdgeMiddleware:
        generic JSON 500 (no internals), unless the response had started;
     4. **admission from the headers** (``admission``, for the routes among ``routes`` marked
        ``service.edge.admission.admission_controlled``: ``AdmittedRoutes``): a request that would be refused
-       now is refused before its body is read (503 + ``Retry-After`` and the reason), holding nothing;
+       now is refused before its body is read (503 + ``Retry-After`` and the reason), holding nothing.
+       Under ``python -m service`` the HTTP protocol asks first (``head_refusal``; it finds this middleware
+       in the lifespan state) and answers such a refusal itself, before any ASGI task exists;
     5. **the body** (``body``, every method but GET/HEAD/OPTIONS): read whole within its size, pace
        and time limits (``BodyLimits``); the app then receives it as one message, and the real
        ``receive`` after it (disconnect notices);
@@ -202,9 +204,12 @@ class EdgeMiddleware:
         self.admission = admission
         self.admitted = AdmittedRoutes(routes)
         self.body = body
+        self._heads = 0  # admitted by head_refusal in this turn of the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan" and "state" in scope:
+                scope["state"][HEAD_REFUSER] = self  # for the protocol of service.edge.server (head_refusal)
             await self.app(scope, receive, send)
             return
         status = 500
@@ -237,11 +242,47 @@ class EdgeMiddleware:
                 raise
             await error_response(500, "internal server error; the incident was logged")(scope, receive, send_wrapper)
         finally:
-            if metrics is not None and self.labels is not None:
+            if metrics is not None:
                 metrics.inflight.dec()
-                latency, count = self.labels.observers(scope, status)
-                latency.observe(time.perf_counter() - start)
-                count.inc()
+                self.record(scope, status, time.perf_counter() - start)
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        """Count an answer and its latency under its route template, method and status (``RouteLabels``)."""
+        if self.labels is not None:
+            latency, count = self.labels.observers(scope, status)
+            latency.observe(seconds)
+            count.inc()
+
+    def head_refusal(self, scope: Scope) -> HeadRefusal | None:
+        """Admission's refusal of a request from its head alone, or None: run it (``__call__``).
+
+        The HTTP protocol (``service.edge.server``) asks when a request's headers are complete, answers
+        a refusal itself (the same 503, ``Retry-After`` and reason as ``__call__``'s) and counts it with
+        ``record``: a refusal leaves its route template in ``scope``, as ``__call__``'s does.
+
+        The heads admitted in one turn of the event loop count as in flight for the others of that turn:
+        their tasks run on the next turn, before any new request is read, and take their places once their
+        bodies are in (a burst of heads shares the free places, rather than each seeing all of them and the
+        rest being refused by ``__call__`` after all).
+        """
+        admission = self.admission
+        if admission is None:
+            return None
+        template = self.admitted.template(scope)
+        if template is None:
+            return None
+        reason = admission.refusal(take=False, pending=self._heads)
+        if reason is None:
+            if not self._heads:
+                asyncio.get_running_loop().call_soon(self._forget_heads)
+            self._heads += 1
+            return None
+        scope[ROUTE_LABEL] = template
+        draining = self.lifecycle is not None and self.lifecycle.draining
+        return HeadRefusal(template, reason, admission.retry_after(), close=draining)
+
+    def _forget_heads(self) -> None:
+        self._heads = 0
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]

@@ -22,6 +22,14 @@ hostile or careless clients needs before any request reaches the app:
 - **Shutdown answers what comes** (``shutdown``): a connection with no request in progress when
   uvicorn shuts down is not cut: a request arriving on it within ``SHUTDOWN_IDLE_SECONDS`` gets a
   JSON 503 with ``Retry-After``, then it closes (lingering).
+- **Admission refusals from the head** (httptools): when a request's headers are complete and the
+  app's admission refuses it (``EdgeMiddleware.head_refusal``, which the app leaves in the lifespan
+  state under ``HEAD_REFUSER``), the protocol writes the JSON 503 with ``Retry-After`` itself, in one
+  write, before any ASGI task exists, and counts it in the metrics (``EdgeMiddleware.record``). Its
+  body, if any, is read and dropped and the connection stays open for the next request
+  (``Connection: close`` while draining, for HTTP/1.0 or ``Expect: 100-continue``). Under 2,000
+  clients nearly every answer is such a refusal: a task, the middleware stack and two sends each made
+  the event loop the bottleneck. With h11 the middleware refuses them, as without this protocol.
 
 ``http_protocol(settings)`` gives uvicorn the class for the parser it would pick (httptools when
 installed, else h11) with these limits bound; a ``functools.partial`` of a module-level class,
@@ -33,14 +41,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from ..errors import error_body, error_response
+from .admission import HEAD_REFUSER, HeadRefusal
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -86,6 +97,23 @@ def _json_response(status: int, reason: str, message: str, extra: tuple[tuple[by
     return b"".join([*head, b"\r\n", body])
 
 
+REFUSED = b"HTTP/1.1 503 Service Unavailable\r\n"
+
+
+@functools.lru_cache(maxsize=512)
+def _refusal_rest(message: str, retry_after: int, close: bool) -> bytes:
+    """A refusal's headers after uvicorn's own (``date``, ``server``) and its JSON body: rendered once per
+    message, since under overload the same few repeat."""
+    body = error_body(message)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after).encode()),
+        *([(b"connection", b"close")] if close else []),
+    ]
+    return b"".join([*(name + b": " + value + b"\r\n" for name, value in headers), b"\r\n", body])
+
+
 def _refusal_app(status: int, message: str, retry_after: int = 1) -> Callable[[Scope, Receive, Send], Any]:
     """An ASGI app that answers every request with ``status`` and ``message`` (JSON) and closes."""
     response = error_response(status, message, {"Retry-After": str(retry_after), "Connection": "close"})
@@ -94,6 +122,14 @@ def _refusal_app(status: int, message: str, retry_after: int = 1) -> Callable[[S
         await response(scope, receive, send)
 
     return app
+
+
+class HeadRefuser(Protocol):
+    """What the protocol asks about a request whose headers are complete (``EdgeMiddleware``)."""
+
+    def head_refusal(self, scope: Scope) -> HeadRefusal | None: ...
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None: ...
 
 
 OVER_CAP = (
@@ -108,6 +144,7 @@ class _LingeringTransport:
 
     def __init__(self, transport: asyncio.Transport, protocol: _GuardMixin) -> None:
         self._t = transport
+        self.write = transport.write  # every answer's path: no __getattr__
         self._protocol = protocol
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
@@ -157,6 +194,8 @@ class _GuardMixin:
     cycle: Any
     connections: set[Any]
     app: Any
+    app_state: dict[str, Any]
+    timeout_keep_alive_task: asyncio.TimerHandle | None
 
     def _init_guards(self, limits: ConnectionLimits | None) -> None:
         self.limits = limits or ConnectionLimits()
@@ -164,6 +203,8 @@ class _GuardMixin:
         self._header_timer: asyncio.TimerHandle | None = None
         self._partial_request = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._in_head = True  # bytes after a complete request are a new request's head (h11: always assumed)
+        self._head_refuser: HeadRefuser | None = None
 
     def _idle(self) -> bool:
         """No request being handled: the connection is between requests (or before its first)."""
@@ -196,13 +237,15 @@ class _GuardMixin:
         self._arm_header_timer()
         if len(self.connections) > self.limits.max_connections:
             self.app = _refusal_app(503, OVER_CAP.format(n=len(self.connections) - 1))
+        else:
+            self._head_refuser = self.app_state.get(HEAD_REFUSER)
 
     def _guard_data_received(self, data: bytes) -> bool:
         """Whether to parse ``data`` (False: the connection is closing; its bytes are dropped)."""
         if self._lingering or self.transport.is_closing():
             return False
         if self._idle():
-            self._partial_request = True
+            self._partial_request = self._in_head  # (not: the rest of a body answered before it arrived)
         return True
 
     def _guard_connection_lost(self) -> None:
@@ -217,6 +260,7 @@ class _GuardMixin:
         if not self._idle():
             return False
         self.app = _refusal_app(503, SHUTTING_DOWN)
+        self._head_refuser = None
         if not self.transport.is_closing():
             self._idle_timer = self.loop.call_later(SHUTDOWN_IDLE_SECONDS, self._close_if_idle)
         return True
@@ -246,9 +290,11 @@ class _GuardedProtocol(_GuardMixin):
         if self._guard_data_received(data):
             super().data_received(data)  # type: ignore[misc]
             # Part of a request's head is in and the rest is not: its clock starts (an idle keep-alive
-            # connection is uvicorn's keep-alive timeout's; a whole head costs no timer at all).
-            if self._idle() and self._header_timer is None and not self.transport.is_closing():
-                self._arm_header_timer(partial=True)
+            # connection is uvicorn's keep-alive timeout's; a whole head costs no timer at all). The rest of
+            # the body of a request answered before it arrived (uvicorn drops it) gets as long, then a close.
+            idle = self._idle() and self.timeout_keep_alive_task is None
+            if idle and self._header_timer is None and not self.transport.is_closing():
+                self._arm_header_timer(partial=self._in_head)
 
     def shutdown(self) -> None:
         if not self._guard_shutdown():
@@ -273,9 +319,74 @@ if HttpToolsProtocol is not None:
     class JsonErrorsHttpToolsProtocol(_GuardedProtocol, HttpToolsProtocol):
         """uvicorn's httptools protocol with the guards of this module; an unparseable request gets a JSON 400."""
 
+        def on_message_begin(self) -> None:
+            self._in_head = True
+            self._unset_keepalive_if_required()  # armed in this same read by a refusal's answer: the head's timer now
+            super().on_message_begin()
+
         def on_headers_complete(self) -> None:
+            self._in_head = False
             self._cancel_header_timer()  # the body has its own limits
-            super().on_headers_complete()
+            self._head_complete = True  # for _start_asgi_task: a request started now, not a pipelined one
+            try:
+                super().on_headers_complete()
+            finally:
+                self._head_complete = False
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            cycle = self.cycle
+            answered = cycle is not None and cycle.response_complete
+            if answered and self.timeout_keep_alive_task is None and not self.transport.is_closing():
+                # Answered before the rest of its body came (dropped): the connection waits for its next request.
+                self._cancel_header_timer()
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+
+        _head_complete = False
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            """uvicorn starts a request's ASGI task: unless admission refuses it now, answered here
+            (``_answer_head_refusal``). Only as its head completes on an idle connection: a pipelined request,
+            started as the one before it finishes (still holding its place), goes to the middleware's admission,
+            as does one whose connection has answers waiting to be written (the task waits for them to drain)."""
+            refuser = self._head_refuser
+            if refuser is not None and self._head_complete and app is self.app and not self.flow.write_paused:
+                started = time.perf_counter()
+                refusal = refuser.head_refusal(cycle.scope)
+                if refusal is not None:
+                    self._answer_head_refusal(cycle, refusal, refuser, started)
+                    return
+            super()._start_asgi_task(cycle, app)
+
+        def _answer_head_refusal(self, cycle: Any, refusal: HeadRefusal, refuser: HeadRefuser, started: float) -> None:
+            """The refusal's 503 in one write, and what uvicorn does once a response is complete: the body that
+            follows is dropped (``on_body``: the response is complete), and the connection is kept alive for
+            the next request (its keep-alive timer; a pipelined request starts) or closed (lingering)."""
+            keep_alive = cycle.keep_alive and not refusal.close and not cycle.waiting_for_100_continue
+            head = [REFUSED]
+            for name, value in self.server_state.default_headers:  # uvicorn's date and server, as on its answers
+                head += [name, b": ", value, b"\r\n"]
+            head.append(_refusal_rest(refusal.message, refusal.retry_after, not keep_alive))
+            self.transport.write(b"".join(head))
+            cycle.response_started = cycle.response_complete = True
+            cycle.waiting_for_100_continue = False
+            cycle.keep_alive = keep_alive
+            scope = cycle.scope
+            if self.access_log:
+                self.access_logger.info(
+                    '%s - "%s %s HTTP/%s" %d',
+                    get_client_addr(scope),
+                    scope["method"],
+                    get_path_with_query_string(scope),
+                    scope["http_version"],
+                    503,
+                )
+            refuser.record(scope, 503, time.perf_counter() - started)
+            if not keep_alive:
+                self.transport.close()
+            self.on_response_complete()
 
 
 def protocol_class() -> type[asyncio.Protocol]:

@@ -97,7 +97,18 @@ def test_a_busy_attack_pool_refuses_after_the_key(server: ServerProcess) -> None
         assert status == 401 and "www-authenticate" in headers
 
 
+def counted_503s(server: ServerProcess, route: str) -> float:
+    """``mfdv_requests_total`` of ``POST route`` answered 503, from ``/metrics``."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    series = f'mfdv_requests_total{{method="POST",route="{route}",status="503"}} '
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(series))
+
+
 def test_a_burst_gets_only_200s_and_json_503s(server: ServerProcess) -> None:
+    """Every 503 is counted in /metrics, whether the protocol answered it from the head (no ASGI task) or the
+    middleware did (once the body was in)."""
+    before = counted_503s(server, "/v1/predict")
+
     async def burst() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
@@ -110,5 +121,6 @@ def test_a_burst_gets_only_200s_and_json_503s(server: ServerProcess) -> None:
     refused = [r for r in responses if r.status_code == 503]
     assert refused, "200 concurrent requests against 4 places: some must be refused"
     assert all(r.headers["retry-after"] and set(r.json()) == {"error"} for r in refused)
+    assert counted_503s(server, "/v1/predict") - before == len(refused)
     ok = [r for r in responses if r.status_code == 200]
     assert ok and all(r.json()["predictions"][0]["label"] in range(4) for r in ok)

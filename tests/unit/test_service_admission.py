@@ -80,6 +80,23 @@ def test_admission_refuses_over_the_in_flight_limit_and_the_expected_wait() -> N
     assert adm.retry_after() == 1 and adm.refused == 2
 
 
+def test_heads_admitted_a_moment_ago_count_as_in_flight_for_the_decision() -> None:
+    """``pending``: requests admitted from their heads whose bodies are not counted yet (the protocol's burst)."""
+    clock = Clock()
+    est = ThroughputEstimator(window_s=0.5, min_completions=1, weight=1.0, clock=clock)
+    adm = Admission(max_inflight=3, max_queue_delay_s=0.5, estimator=est)
+    assert adm.refusal(take=False, pending=2) is None
+    assert "handling 3 prediction requests" in (adm.refusal(take=False, pending=3) or "")
+    assert adm.inflight == 0  # looking takes nothing
+    adm.refusal()
+    clock.now += 0.5
+    adm.finished()
+    assert est.rate == pytest.approx(2.0)
+    assert adm.refusal(take=False, pending=1) is None  # behind 1: 0.5 s, at the limit
+    assert "behind 2 in flight" in (adm.refusal(take=False, pending=2) or "")  # 1 s
+    assert adm.refusal(take=False) is None and adm.refused == 2
+
+
 def test_no_queue_delay_limit_when_it_is_zero() -> None:
     clock = Clock()
     est = ThroughputEstimator(window_s=0.1, min_completions=1, weight=1.0, clock=clock)

@@ -8,8 +8,10 @@ import json
 
 import pytest
 from starlette.requests import Request
+from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from service.edge.admission import Admission, admission_controlled
 from service.edge.lifecycle import Lifecycle
 from service.edge.middleware import BODY_READ, BodyLimits, EdgeMiddleware
 from service.metrics import Metrics
@@ -156,3 +158,29 @@ def _body(data: bytes) -> Receive:
         return {"type": "http.request", "body": data, "more_body": False}
 
     return receive
+
+
+def test_heads_admitted_in_one_loop_turn_share_the_free_places() -> None:
+    """``head_refusal`` (the protocol asks it as each head completes): the heads admitted in one turn of the event
+    loop count as in flight for the rest of that turn (their tasks take their places on the next turn)."""
+
+    @admission_controlled
+    async def predict(request: Request) -> None: ...
+
+    routes = [Route("/predict", predict, methods=["POST"])]
+    edge = EdgeMiddleware(reading_app, metrics=Metrics(), routes=routes, admission=Admission(2, 0.0))
+
+    def head() -> Scope:
+        return {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+
+    async def two_turns() -> tuple[list, object]:
+        burst = [edge.head_refusal(head()) for _ in range(3)]
+        await asyncio.sleep(0)  # the next turn: nothing took a place (no task ran), so both are free again
+        return burst, edge.head_refusal(head())
+
+    burst, next_turn = asyncio.run(two_turns())
+    assert burst[:2] == [None, None] and next_turn is None
+    refusal = burst[2]
+    assert refusal is not None and refusal.route == "/predict" and refusal.retry_after == 1
+    assert "handling 2 prediction requests" in refusal.message and not refusal.close
+    assert edge.head_refusal({**head(), "method": "GET"}) is None  # not admission-controlled
