@@ -36,7 +36,8 @@ def test_defaults_are_the_documented_contract(monkeypatch: pytest.MonkeyPatch) -
     s = Settings(device="cpu")
     assert s.model_dir is None and s.model_repository is None  # the repository checkpoints/, ...
     assert s.repository()[0] == Path("checkpoints")
-    assert s.default_model_name(["fashion_mnist_mfdv", "fashion_mnist_vanilla"]) == "fashion_mnist_mfdv"  # ...its default
+    # ...and its default model
+    assert s.default_model_name(["fashion_mnist_mfdv", "fashion_mnist_vanilla"]) == "fashion_mnist_mfdv"
     assert (s.host, s.port, s.device, s.backend) == ("127.0.0.1", 8000, "cpu", "auto")
     assert s.workers == min(available_cores(), MAX_DEFAULT_WORKERS)  # one per core
     assert (s.default_samples, s.max_samples, s.max_batch, s.max_wait_ms) == (32, 256, 64, 0)
