@@ -115,6 +115,14 @@ def reuse_paired_batches(
     return reused
 
 
+def check_batches(target: Path, expected: dict[str, Any]) -> None:
+    """Refuse a cell whose cached batches were made with other suite settings (e.g. a flag threshold
+    calibrated by other code): mixing them would give a curve no single run gives."""
+    for f in sorted(target.glob("batch*.pt")):
+        if not _same(torch.load(f, weights_only=False).settings, expected):
+            raise SystemExit(f"{f}: cached with other suite settings (flag, attacks) than this run's; remove {target}")
+
+
 def _zeros(bits: str) -> str:
     return "0" * len(bits)
 
@@ -202,6 +210,7 @@ def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
         target = cell_dir(args.cache, name, key)
         expected = suite.describe(eps, ckpt.model.cfg.num_classes, flag)
         reuse_paired_batches(args.cache, name, ckpt.model_id, target, expected, len(attacked), args.batch)
+        check_batches(target, expected)
         log.info("cell %d of %d: %s at eps %g", i + 1, len(order), name, eps)
         res = paired.attack_batches(ckpt.model, attacked, suite, flag, eps, args, target, f"{name} eps {eps:g}")
         summary = res.summary()

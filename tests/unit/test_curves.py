@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from models import load_checkpoint
 from models.attacks import run_suite
@@ -103,6 +104,12 @@ def test_a_killed_run_resumes_from_its_batches_with_identical_results(pair: list
         c["outcomes"] for c in b["checkpoints"][0]["cells"]
     ]
     assert sorted(p.name for p in kept.glob("*.pt")) == ["batch000000.pt", "batch000008.pt", "batch000016.pt"]
+    # a batch made under another flag threshold is refused, not mixed in
+    part = torch.load(kept / "batch000008.pt", weights_only=False)
+    part.settings["flag"]["threshold"] *= 2
+    torch.save(part, kept / "batch000008.pt")
+    with pytest.raises(SystemExit, match="other suite settings"):
+        curves.main([*base, "--cache", str(tmp_path / "c2"), "--out", str(split)])
 
 
 def test_batches_of_a_paired_run_with_the_same_settings_are_reused(
