@@ -13,7 +13,8 @@ Side by side, in interleaved rounds (one server at a time, started afresh for ea
 - ``two loaded, traffic on both``: half the clients on each model (their sum is the throughput).
 
 It prints each configuration's median req/s over the rounds, the latency of the 200s, anything but
-200, and the ratio to ``one model`` measured in the same run. A benchmark, not a test: it asserts
+200, the ratio to ``one model`` measured in the same run, and the server's resident memory after
+its run (what the second loaded model costs). A benchmark, not a test: it asserts
 nothing. Run it on an idle machine.
 """
 
@@ -47,6 +48,7 @@ class Config:
     rps: list[float] = field(default_factory=list)
     latencies: list[np.ndarray] = field(default_factory=list)
     errors: int = 0
+    rss_mb: list[float] = field(default_factory=list)
 
 
 def hey(exe: str, url: str, body: Path, ctype: str, clients: int, seconds: float) -> tuple[int, np.ndarray, int]:
@@ -62,6 +64,12 @@ def hey(exe: str, url: str, body: Path, ctype: str, clients: int, seconds: float
     return len(ok), np.array(ok), other
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` (Linux ``/proc``), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
 def measure(args: argparse.Namespace, cfg: Config, body: Path, ctype: str) -> None:
     target = REPO / "checkpoints" if cfg.repository else REPO / "checkpoints" / MODEL
     env = {"MFDV_LOG_LEVEL": "warning", "MFDV_MAX_QUEUE_DELAY_MS": "0", "MFDV_WORKERS": str(args.workers)}
@@ -75,6 +83,8 @@ def measure(args: argparse.Namespace, cfg: Config, body: Path, ctype: str) -> No
 
         load(args.warmup)
         results = load(args.duration)
+        assert s.proc is not None
+        cfg.rss_mb.append(rss_mb(s.proc.pid))
     cfg.rps.append(sum(n for n, _, _ in results) / args.duration)
     cfg.latencies.append(np.concatenate([lat for _, lat, _ in results]))
     cfg.errors += sum(e for _, _, e in results)
@@ -114,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{platform.node()}: {args.rounds} rounds x {args.duration:g} s, {args.clients} clients (hey), "
         f"{args.workers} worker(s), multipart PNG, T = 32\n"
     )
-    print("| configuration | req/s (median) | per round | p50 ms | p99 ms | non-200 | vs one model |")
-    print("|---|---|---|---|---|---|---|")
+    print("| configuration | req/s (median) | per round | p50 ms | p99 ms | non-200 | vs one model | RSS MB after |")
+    print("|---|---|---|---|---|---|---|---|")
     for cfg in configs:
         lat = np.concatenate(cfg.latencies) * 1e3
         rps = float(np.median(cfg.rps))
         print(
             f"| {cfg.name} | {rps:.0f} | {' / '.join(f'{x:.0f}' for x in cfg.rps)} | {np.percentile(lat, 50):.1f} | "
-            f"{np.percentile(lat, 99):.1f} | {cfg.errors} | {rps / base:.3f} |"
+            f"{np.percentile(lat, 99):.1f} | {cfg.errors} | {rps / base:.3f} | {np.median(cfg.rss_mb):.0f} |"
         )
     worst = min(float(np.median(c.rps)) / base for c in configs[1:3])
     print(f"\nTwo models loaded, traffic on one: {worst:.3f} x one model alone (goal: >= 0.90).")
