@@ -11,8 +11,9 @@ checkpoint on its held-out training images (clean data: the threshold does not d
 Each cell (checkpoint x eps) is cached per ``--batch`` inputs under ``--cache`` (reports.paired's
 cache folder), so a killed run goes on where it stopped; a batch that ``reports.paired run``
 already computed for the same checkpoint and suite settings at that eps (any ``--n``) is reused.
-The cells at ``--first`` (eps 0.2, twice the training radius, by default) run first, for every
-checkpoint, then the rest in ascending eps; the results file is rewritten after each cell.
+The cells already cached are read first; then the cells at ``--first`` (eps 0.2, twice the training
+radius, by default) run, for every checkpoint, then the rest in ascending eps; the results file is
+rewritten after each cell.
 
 At eps 0 no perturbation is possible, so no attack runs: robust and robust-or-flagged are the
 suite's clean judgement, the one every other cell makes of the same inputs with the same draws.
@@ -203,14 +204,18 @@ def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
         "checkpoints": list(records.values()),
         "complete": False,
     }
-    order = cell_order(args.eps, args.first, [p.name for p in paths])
-    for i, (eps, name) in enumerate(order):
+    cells_todo = []
+    for eps, name in cell_order(args.eps, args.first, [p.name for p in paths]):
         ckpt, attacked, flag = models[name]
-        key = cell_settings(ckpt.model_id, eps, args)
-        target = cell_dir(args.cache, name, key)
+        target = cell_dir(args.cache, name, cell_settings(ckpt.model_id, eps, args))
         expected = suite.describe(eps, ckpt.model.cfg.num_classes, flag)
         reuse_paired_batches(args.cache, name, ckpt.model_id, target, expected, len(attacked), args.batch)
         check_batches(target, expected)
+        cached = all((target / f"batch{b:06d}.pt").exists() for b in range(0, len(attacked), args.batch))
+        cells_todo.append((not cached, eps, name, target))
+    order = sorted(cells_todo, key=lambda c: c[0])  # the cells already cached first: the file shows them at once
+    for i, (_, eps, name, target) in enumerate(order):
+        ckpt, attacked, flag = models[name]
         log.info("cell %d of %d: %s at eps %g", i + 1, len(order), name, eps)
         res = paired.attack_batches(ckpt.model, attacked, suite, flag, eps, args, target, f"{name} eps {eps:g}")
         summary = res.summary()
@@ -331,8 +336,12 @@ def figure(results: dict[str, Any], path: Path) -> None:
 
     cks = results["checkpoints"]
     v = results["verdict"]
-    fig, axes = plt.subplots(1, len(cks), figsize=(4.6 * len(cks), 3.9), sharey=True, squeeze=False)
-    for ax, ck in zip(axes[0], cks, strict=True):
+    cols = min(2, len(cks))
+    rows = -(-len(cks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 0.4 + 3.5 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(cks) :]:
+        ax.set_visible(False)
+    for ax, ck in zip(axes.flat, cks, strict=False):
         cells = ck["cells"]
         eps = [c["eps"] for c in cells]
         for measure, label, style, color in (
@@ -354,7 +363,8 @@ def figure(results: dict[str, Any], path: Path) -> None:
         ax.set_xlim(-0.005, max(results["settings"]["eps"]) + 0.01)
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy under attack (%)")
+    for row in axes:
+        row[0].set_ylabel("accuracy under attack (%)")
     axes[0][0].legend(fontsize=8, loc="upper right")
     st = results["settings"]
     fig.suptitle(f"{st['suite_name']}, n={st['n']}, judged on 64 draws; bands: Wilson 95%", fontsize=9)
