@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import csv
-import io
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -34,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_service import multipart_body
+from benchmarks.bench_service import multipart_body, run_hey
 from tests.support.server import REPO, ServerProcess
 
 MODEL = "fashion_mnist_mfdv"
@@ -51,19 +48,6 @@ class Config:
     rss_mb: list[float] = field(default_factory=list)
 
 
-def hey(exe: str, url: str, body: Path, ctype: str, clients: int, seconds: float) -> tuple[int, np.ndarray, int]:
-    """``hey`` for ``seconds``: (requests answered 200, their latencies in s, anything else)."""
-    cmd = [exe, "-z", f"{seconds}s", "-c", str(clients), "-m", "POST", "-T", ctype, "-D", str(body)]
-    out = subprocess.run([*cmd, "-t", "60", "-o", "csv", url], check=True, capture_output=True, text=True).stdout
-    ok, other = [], 0
-    for row in csv.DictReader(io.StringIO(out)):
-        if row["status-code"] == "200":
-            ok.append(float(row["response-time"]))
-        else:
-            other += 1
-    return len(ok), np.array(ok), other
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of process ``pid`` (Linux ``/proc``), in MB."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -78,7 +62,7 @@ def measure(args: argparse.Namespace, cfg: Config, body: Path, ctype: str) -> No
 
         def load(seconds: float) -> list[tuple[int, np.ndarray, int]]:
             with concurrent.futures.ThreadPoolExecutor(len(cfg.paths)) as pool:
-                runs = [pool.submit(hey, args.hey, s.url + p, body, ctype, share, seconds) for p in cfg.paths]
+                runs = [pool.submit(run_hey, args.hey, s.url + p, body, ctype, share, seconds) for p in cfg.paths]
                 return [r.result() for r in runs]
 
         load(args.warmup)

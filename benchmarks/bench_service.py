@@ -330,9 +330,15 @@ def metric_sums(url: str) -> tuple[float, float]:
 
 
 def hey(args: argparse.Namespace, url: str, body: Path, ctype: str, seconds: float) -> tuple[int, np.ndarray, int]:
-    """``hey`` for ``seconds``: (requests answered 200, their latencies, everything else)."""
-    cmd = [args.hey, "-z", f"{seconds}s", "-c", str(args.clients), "-m", "POST", "-T", ctype, "-D", str(body)]
-    cmd += ["-t", "60", "-o", "csv", f"{url}/v1/predict"]
+    """``hey`` on ``/v1/predict`` for ``seconds`` with ``args.clients``: see ``run_hey``."""
+    return run_hey(args.hey, f"{url}/v1/predict", body, ctype, args.clients, seconds)
+
+
+def run_hey(exe: str, url: str, body: Path, ctype: str, clients: int, seconds: float) -> tuple[int, np.ndarray, int]:
+    """``hey`` posting ``body`` to ``url`` for ``seconds`` with ``clients``, closed loop: (requests answered 200,
+    their latencies in s, everything else)."""
+    cmd = [exe, "-z", f"{seconds}s", "-c", str(clients), "-m", "POST", "-T", ctype, "-D", str(body)]
+    cmd += ["-t", "60", "-o", "csv", url]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     ok, other = [], 0
     for row in csv.DictReader(io.StringIO(out)):
