@@ -241,6 +241,23 @@ def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------- render
 
 
+def worst_so_far(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per eps, the cell an attacker with that budget gets from every attack run up to it: the L-inf ball
+    of a smaller eps lies inside it, so an input with an unflagged error (or an error) at a smaller eps has
+    one here too. Per input: evaded at any eps <= this one, robust at every one (cells sorted by eps, one
+    clean judgement)."""
+    out: list[dict[str, Any]] = []
+    evaded = robust = None
+    for c in sorted(cells, key=lambda c: c["eps"]):
+        o = c["outcomes"]
+        ev, rob, clean = (paired._unbits(o[m]) for m in ("evaded", "robust", "suite_clean"))
+        evaded = ev if evaded is None else evaded | ev
+        robust = rob if robust is None else robust & rob
+        bits = {"suite_clean": o["suite_clean"], "robust": paired._bits(robust), "evaded": paired._bits(evaded)}
+        out.append({**c, "outcomes": {**bits, "robust_or_flagged": paired._bits(clean & ~evaded)}})
+    return out
+
+
 def _rate(cell: dict[str, Any], measure: str) -> tuple[float, float, float, int, int]:
     """A cell's share for ``measure`` over all its inputs: (share, low, high, count, n)."""
     bits = paired._unbits(cell["outcomes"][measure])
@@ -249,8 +266,9 @@ def _rate(cell: dict[str, Any], measure: str) -> tuple[float, float, float, int,
     return k / n, lo, hi, k, n
 
 
-def verdict(name: str, cell: dict[str, Any] | None, v: dict[str, Any]) -> str:
-    """One checkpoint's sentence on the acceptance line, from its cell at ``v['eps']``."""
+def verdict(name: str, cell: dict[str, Any] | None, v: dict[str, Any], what: str = "robust-or-flagged") -> str:
+    """One checkpoint's sentence on the acceptance line, from its cell at ``v['eps']`` (``what``: how the
+    page names that cell's robust-or-flagged figure)."""
     if cell is None:
         return f"- {name}: eps {v['eps']:g} not measured yet."
     p, lo, hi, k, n = _rate(cell, "robust_or_flagged")
@@ -266,7 +284,7 @@ def verdict(name: str, cell: dict[str, Any] | None, v: dict[str, Any]) -> str:
             where = "the whole 95% interval is below it" if hi < t else f"the interval reaches {hi:.1%}"
             parts.append(f"misses the {label} ({t:.0%}) by {100 * (t - p):.1f} points ({where})")
     return (
-        f"- {name}: robust-or-flagged {p:.1%} [{lo:.1%}, {hi:.1%}] ({k} of {n}) {parts[0]}, and {parts[1]}; "
+        f"- {name}: {what} {p:.1%} [{lo:.1%}, {hi:.1%}] ({k} of {n}) {parts[0]}, and {parts[1]}; "
         f"robust {rp:.1%} [{rlo:.1%}, {rhi:.1%}]."
     )
 
@@ -328,7 +346,7 @@ def _settings_text(results: dict[str, Any]) -> str:
 
 def figure(results: dict[str, Any], path: Path) -> None:
     """Robust and robust-or-flagged accuracy against eps, one panel per checkpoint, Wilson 95% bands,
-    the training radius and the goal marked."""
+    robust-or-flagged up to each eps (``worst_so_far``), the training radius and the goal marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,6 +369,8 @@ def figure(results: dict[str, Any], path: Path) -> None:
             rates = np.array([_rate(c, measure)[:3] for c in cells]).reshape(-1, 3) * 100
             ax.plot(eps, rates[:, 0], style, color=color, label=label, markersize=4)
             ax.fill_between(eps, rates[:, 1], rates[:, 2], color=color, alpha=0.2, linewidth=0)
+        upto = [100 * _rate(c, "robust_or_flagged")[0] for c in worst_so_far(cells)]
+        ax.plot(eps, upto, ":", color="#7f0000", label="robust or flagged, up to this eps", linewidth=1.2)
         radius = (ck.get("adversarial_training") or {}).get("eps")
         if radius is not None:
             ax.axvline(radius, color="#555555", linestyle=":", linewidth=1)
@@ -358,7 +378,8 @@ def figure(results: dict[str, Any], path: Path) -> None:
         for t, name in ((v["goal"], "goal"), (v["aim"], "aim")):
             ax.plot([v["eps"]], [100 * t], marker="_", markersize=14, color="#2ca02c")
             ax.annotate(f"{name} {t:.0%}", (v["eps"], 100 * t), fontsize=7, xytext=(6, -3), textcoords="offset points")
-        ax.set_title(f"{ck['checkpoint']} ({ck['method']})", fontsize=9)
+        objective = (ck.get("adversarial_training") or {}).get("objective")
+        ax.set_title(f"{ck['checkpoint']} ({ck['method']}{', ' + objective if objective else ''})", fontsize=9)
         ax.set_xlabel("L-inf eps (pixel space)")
         ax.set_xlim(-0.005, max(results["settings"]["eps"]) + 0.01)
         ax.set_ylim(0, 100)
@@ -388,7 +409,9 @@ def render(results: dict[str, Any], figure_link: str = "figures/curves.png", res
         "Robust: right on the clean input and on every attack's output. Robust-or-flagged: right on the clean input, "
         "and every attack's output right or flagged. Unflagged error: of the inputs right when clean, the share "
         "some attack turned into an error the flag does not mark. Intervals: Wilson 95%. At eps 0 no attack "
-        "runs (nothing can be perturbed): both figures are the suite's clean judgement of the same inputs.",
+        "runs (nothing can be perturbed): both figures are the suite's clean judgement of the same inputs. "
+        "Robust-or-flagged up to this eps: an input with an unflagged error at this eps or any smaller one "
+        "counts as lost (the ball of a smaller eps lies inside this one's).",
         "",
         f"Command: `{results['command']}`",
         "",
@@ -401,11 +424,22 @@ def render(results: dict[str, Any], figure_link: str = "figures/curves.png", res
         f"{v['source']}: robust-or-flagged accuracy >= {v['goal']:.0%}, aim >= {v['aim']:.0%}, settings as above.",
         "",
     ]
-    at = {
-        ck["checkpoint"]: next((c for c in ck["cells"] if c["eps"] == v["eps"]), None) for ck in results["checkpoints"]
-    }
+
+    def at_eps(cells: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+        return next((c for c in cells if c["eps"] == v["eps"]), None)
+
+    at = {ck["checkpoint"]: at_eps(ck["cells"]) for ck in results["checkpoints"]}
+    lines += [f"The attacks run at eps {v['eps']:g}:", ""]
     lines += [verdict(name, cell, v) for name, cell in at.items()]
     lines += ["", summary(at, v), ""]
+    worst = {ck["checkpoint"]: at_eps(worst_so_far(ck["cells"])) for ck in results["checkpoints"]}
+    lines += [
+        f"Counting, per input, the unflagged errors the attacks found at every smaller eps too (an attacker "
+        f"allowed {v['eps']:g} may use a smaller perturbation; the figure to judge by):",
+        "",
+    ]
+    lines += [verdict(name, cell, v, "robust-or-flagged up to this eps") for name, cell in worst.items()]
+    lines += ["", summary(worst, v), ""]
     attacks = next((c["per_attack"] for ck in results["checkpoints"] for c in ck["cells"] if c.get("per_attack")), None)
     if attacks:
         keys = ", ".join(f"`{a['key'].rsplit('_eps', 1)[0]}`" for a in attacks)
@@ -430,15 +464,16 @@ def render(results: dict[str, Any], figure_link: str = "figures/curves.png", res
             f"{trained}; flag: {flag_text}. `{st['suite_name']}`, n = {st['n']} per eps.",
             "",
             "| eps | robust % [95% CI] (count) | robust-or-flagged % [95% CI] (count) | unflagged error % of correct "
-            "[95% CI] (count) | n | right when clean |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "[95% CI] (count) | robust-or-flagged up to this eps % [95% CI] (count) | n | right when clean |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for c in ck["cells"]:
+        for c, w in zip(ck["cells"], worst_so_far(ck["cells"]), strict=True):
             robust, rof = (paired._share(*_rate(c, m)[3:], count=True) for m in ("robust", "robust_or_flagged"))
             ue = paired.unflagged_error(c)
             ue_txt = paired._share(ue[2], ue[3], count=True) if ue else "-"
+            upto = paired._share(*_rate(w, "robust_or_flagged")[3:], count=True)
             clean = int(paired._unbits(c["outcomes"]["suite_clean"]).sum())
-            lines.append(f"| {c['eps']:g} | {robust} | {rof} | {ue_txt} | {c['n']} | {clean} |")
+            lines.append(f"| {c['eps']:g} | {robust} | {rof} | {ue_txt} | {upto} | {c['n']} | {clean} |")
         missing = [e for e in st["eps"] if not any(c["eps"] == e for c in ck["cells"])]
         notes = []
         if missing:

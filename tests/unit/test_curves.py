@@ -79,6 +79,8 @@ def test_run_then_render_every_number_from_the_results_file(pair: list[Path], tm
     shares = [paired._share(int(b.sum()), 16, count=True) for b in (rob, rof)]
     assert f"| 0.2 | {shares[0]} | {shares[1]} |" in text
     assert "- tiny_vanilla: robust-or-flagged" in text and "The run is not finished" not in text
+    upto = curves.worst_so_far(vanilla["cells"])[1]
+    assert f"- tiny_vanilla: robust-or-flagged up to this eps {curves._rate(upto, 'robust_or_flagged')[0]:.1%}" in text
 
     # the page follows the file: another outcome in the file, another number on the page
     vanilla["cells"][1]["outcomes"]["robust_or_flagged"] = "1" * 8 + "0" * 8
@@ -188,6 +190,20 @@ def test_the_verdict_says_by_how_much_a_goal_is_missed() -> None:
         "No checkpoint measured reaches the goal: the best, a, is 10.0 points short of 40% and 30.0 short of the aim."
     )
     assert curves.summary({"a": short, "b": cell}, v) == "Reach the goal (40%): b. Reach the aim (60%): b."
+
+
+def test_up_to_an_eps_an_input_lost_at_a_smaller_eps_stays_lost() -> None:
+    """The ball of a smaller eps lies inside a larger one's: what an attack found there counts here too."""
+
+    def cell(eps: float, robust: str, evaded: str) -> dict:
+        return {"eps": eps, "outcomes": {"suite_clean": "1110", "robust": robust, "evaded": evaded}}
+
+    cells = [cell(0.2, "0000", "0010"), cell(0.05, "1100", "1000"), cell(0.1, "0110", "0000")]
+    worst = curves.worst_so_far(cells)
+    assert [w["eps"] for w in worst] == [0.05, 0.1, 0.2]
+    assert [w["outcomes"]["robust"] for w in worst] == ["1100", "0100", "0000"]
+    assert [w["outcomes"]["evaded"] for w in worst] == ["1000", "1000", "1010"]
+    assert [w["outcomes"]["robust_or_flagged"] for w in worst] == ["0110", "0110", "0100"]  # input 3: wrong when clean
 
 
 def test_a_run_without_an_attacked_eps_is_refused(pair: list[Path], tmp_path: Path) -> None:
