@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from models import StochasticClassifier, load_checkpoint
 from models.attacks.flag import FlagCalibration, FlagSignal, default_signal
 
@@ -99,7 +101,15 @@ def recalibrate(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.flag", description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoints", nargs="+", type=Path)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the thread count moves the last digits of the sums, and with it the "
+        "threshold's; reports.paired's figures were computed with 1)",
+    )
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for path in args.checkpoints:
         before, after = recalibrate(path)
