@@ -437,8 +437,9 @@ def _detection_section(results: dict[str, Any]) -> list[str]:
             )
         lines += [
             "",
-            f"`flagged` (mutual information > {std['threshold']:.4g}, the manifest's 95th percentile on held-out "
-            f"clean data) marks {_pct(std['flagged_clean'])}% of clean inputs, {_pct(std['flagged_adversarial'])}% of "
+            f"`flagged` (mutual information > {std['threshold']:.4g}, the checkpoint's threshold when these cells were "
+            "computed; the served rule today: [service.md](service.md#what-flagged-does-and-does-not-detect)) "
+            f"marks {_pct(std['flagged_clean'])}% of clean inputs, {_pct(std['flagged_adversarial'])}% of "
             f"`{suite}`'s successful adversarial inputs, and {_pct(evade['flagged_adversarial'])}% of the "
             f"detector-aware attack's successes (that attack broke {_pct(evade['success_rate'])}% of the inputs "
             "classified right).",
