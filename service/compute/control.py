@@ -172,8 +172,11 @@ class RepositoryControl:
             if seen == self._seen:
                 continue
             self._seen = seen
-            async with self._lock:
-                await self._apply(self._read())
+            try:
+                async with self._lock:
+                    await self._apply(self._read())
+            except Exception:  # the poller must outlive one bad change, or this worker stops following
+                logger.exception("worker %d could not apply the repository's desired state", self.pid)
 
     def _peers(self) -> list[int]:
         """The other live workers that report progress."""
