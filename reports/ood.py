@@ -10,7 +10,8 @@ ROC AUC (in-distribution = negatives) with a bootstrap 95% interval of each sign
 information, predictive entropy (``samples`` draws, as ``/v1/predict`` reports them), the
 closed-form flip probability, and the max-softmax baseline (one minus the largest mean
 probability; Hendrycks and Gimpel 2017), plus the share of each set the served ``flagged``
-marks (mutual information above the manifest's ``mi_threshold``). ``render`` writes the table
+marks (the manifest's flag rule, ``FlagRule.from_manifest``: what the service's ``flagged`` follows).
+``render`` writes the table
 from the results file only.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from models import load_checkpoint
-from models.attacks.flag import default_signal
+from models.attacks.flag import FlagRule, default_signal
 from training.data import Dataset, load_dataset
 from training.detection import roc_auc, signals
 
@@ -79,29 +80,38 @@ def _signals(model: Any, x: torch.Tensor, samples: int, seed: int, batch: int = 
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def _rule(ck: dict[str, Any]) -> str:
+    """The served flag a checkpoint's figures used, in words (older results: mutual information above ``mi_threshold``)."""
+    flag = ck.get("served_flag") or {"signal": "mutual_information", "threshold": ck["mi_threshold"]}
+    return f"served flag: {flag['signal']} > {flag['threshold']:.4g}"
+
+
 def evaluate_checkpoint(path: Path, n: int, samples: int, seed: int = 0, dataset: str | None = None) -> dict[str, Any]:
     """AUROCs (with intervals) and flagged shares of every OOD set against ``n`` test images of ``path``
     (of its manifest's dataset, or ``dataset``)."""
     ckpt = load_checkpoint(path)
     manifest = ckpt.manifest
-    threshold = float(manifest["mi_threshold"])
+    rule = FlagRule.from_manifest(manifest)  # the served flag (service: engine.flag)
+    served = {"max_prob": "max_softmax"}.get(rule.signal, rule.signal)  # under this page's name
+    threshold = rule.threshold
     in_dist = _pixels(load_dataset(dataset or str(manifest["dataset"]), "test"), n)
     neg = _signals(ckpt.model, in_dist, samples, seed)
     result: dict[str, Any] = {
         "checkpoint": path.name,
         "method": str(manifest["method"]),
         "n_in_distribution": int(in_dist.shape[0]),
-        "mi_threshold": threshold,
+        "mi_threshold": float(manifest.get("mi_threshold", 0.0)),
         # the signal its flag would use (models.attacks.flag.default_signal), under this page's name
         "flag_signal": {"max_prob": "max_softmax"}.get(default_signal(ckpt.model), default_signal(ckpt.model)),
-        "flagged_in_distribution": float((neg["mutual_information"] > threshold).mean()),
+        "served_flag": rule.describe(),
+        "flagged_in_distribution": float((neg[served] > threshold).mean()),
         "sets": {},
     }
     for name, x in ood_sets(in_dist, n, seed).items():
         pos = _signals(ckpt.model, x, samples, seed + 1)
         result["sets"][name] = {
             "n": int(x.shape[0]),
-            "flagged": float((pos["mutual_information"] > threshold).mean()),
+            "flagged": float((pos[served] > threshold).mean()),
             "auroc": {s: roc_auc(neg[s], pos[s]) for s in SIGNALS},
             "auroc_ci": {s: auroc_interval(neg[s], pos[s], resamples=1000, seed=seed) for s in SIGNALS},
         }
@@ -146,7 +156,7 @@ def render(results: dict[str, Any]) -> str:
         f"inputs. ROC AUC (in-distribution as negatives) with a bootstrap 95% interval; sampled "
         f"signals from {st['samples']} draws; `max_softmax` is one minus the largest mean probability "
         "(the baseline of Hendrycks and Gimpel 2017). `flagged` is the share the served flag marks "
-        "(mutual information above the manifest's `mi_threshold`).",
+        "(the checkpoint's flag rule, as the service applies it).",
         "",
         f"Command: `{results['command']}`",
         "",
@@ -155,7 +165,7 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             f"## {ck['checkpoint']} ({ck['method']})",
             "",
-            f"Flagged in distribution: {ck['flagged_in_distribution']:.1%} (threshold {ck['mi_threshold']:.4g}).",
+            f"Flagged in distribution: {ck['flagged_in_distribution']:.1%} ({_rule(ck)}).",
             "",
             "| set | " + " | ".join(SIGNALS) + " | flagged |",
             "|---|" + "---:|" * (len(SIGNALS) + 1),

@@ -158,7 +158,6 @@ def check_repository(settings: Settings) -> str | None:
             read_source(settings.model_dir)
         except CheckpointError as e:
             return f"{e} (set MFDV_MODEL_DIR or --model-dir to a checkpoint)"
-        return None
     sources, skipped = scan(folders)
     if not sources:
         why = "; ".join(skipped) or "it is empty or missing"

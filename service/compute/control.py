@@ -87,13 +87,36 @@ class RepositoryControl:
         """Load ``name`` here (``Repository.load``: its errors as they are), then in every worker.
 
         Raises:
-            ModelNotReady: another worker failed to load it or did not answer in time (503, the reason).
+            ModelNotReady: another worker failed to load it or did not answer in time (503, the reason); every
+                worker is then rolled back to what it served before (that version, or not loaded), so the
+                workers never serve different versions under one name.
         """
         async with self._lock:
+            previous = self.repository.served.get(name)
+            before = previous.version if previous is not None else None
             serving = await self.repository.load(name, version)
             generation = self._publish(name, loaded=True, version=serving.version)
-        await self._wait_for_peers(name, generation, f"load {name!r}")
+        try:
+            await self._wait_for_peers(name, generation, f"load {name!r}")
+        except ModelNotReady as e:
+            await self._roll_back(name, before)
+            back = f"version {before}" if before is not None else "not loaded"
+            raise ModelNotReady(f"{e.message}; every worker is back to {name!r} {back}", retry_after=30) from None
         return serving
+
+    async def _roll_back(self, name: str, before: str | None) -> None:
+        """Serve ``name`` at ``before`` again (None: not loaded), here and in every worker (best effort)."""
+        async with self._lock:
+            try:
+                if before is None:
+                    await self.repository.unload(name)
+                else:
+                    await self.repository.load(name, before)
+            except ServiceError as e:
+                logger.error("worker %d could not roll %s back: %s", self.pid, name, e.message)
+            generation = self._publish(name, loaded=before is not None, version=before)
+        with contextlib.suppress(ModelNotReady):
+            await self._wait_for_peers(name, generation, f"roll back {name!r}")
 
     async def unload(self, name: str) -> None:
         """Unload ``name`` here, then in every worker."""
@@ -156,6 +179,9 @@ class RepositoryControl:
             except ServiceError as e:
                 self.errors[name] = e.message
                 logger.error("worker %d cannot apply the change to %s: %s", self.pid, name, e.message)
+            except Exception as e:  # recorded for the worker that asked, which answers with it
+                self.errors[name] = f"{type(e).__name__}: {e}"
+                logger.exception("worker %d cannot apply the change to %s", self.pid, name)
             self.applied[name] = want["generation"]
         self.generation = max(self.generation, int(desired.get("generation", 0)))
         self._report()

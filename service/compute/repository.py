@@ -234,7 +234,7 @@ class Repository:
             thread_name_prefix="mfdv-compute",
             initializer=partial(set_torch_threads, settings.compute_threads()),
         )
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], Serving] = {}
         self.stopped = False
 
     # -- lookup (the request path) ----------------------------------------------------------
@@ -359,6 +359,10 @@ class Repository:
             started = time.perf_counter()
             try:
                 serving = await asyncio.to_thread(self._build, name, version, source.versions[version])
+            except asyncio.CancelledError:
+                if old is None:
+                    self.status[name] = ("UNAVAILABLE", "its load was cancelled (the server is stopping)")
+                raise
             except Exception as e:
                 reason = f"version {version} of {name!r} failed to load: {e}"
                 if old is None:
@@ -368,9 +372,9 @@ class Repository:
             serving.engine.start()
             self.served[name] = serving  # new requests go here from now on
             self.status.pop(name, None)
-            self.metrics.model_loaded(serving.info(), True)
             if old is not None:
-                self._retire(old)
+                self._retire(old)  # before the new one's info: a reload with the same labels stays 1
+            self.metrics.model_loaded(serving.info(), True)
             logger.info("loaded %s version %s in %.1f s", name, version, time.perf_counter() - started)
             return serving
 
@@ -397,9 +401,12 @@ class Repository:
         for serving in list(self.served.values()):
             await serving.engine.stop()
         self.served.clear()
-        for task in list(self._retiring):
+        retiring = dict(self._retiring)
+        for task in retiring:
             task.cancel()
-        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await asyncio.gather(*retiring, return_exceptions=True)
+        for serving in retiring.values():  # cancelled while waiting for their requests: stop them here
+            await serving.engine.stop()
         await asyncio.to_thread(self.compute.shutdown, wait=True)
 
     # -- internals --------------------------------------------------------------------------
@@ -412,6 +419,10 @@ class Repository:
         engine = InferenceEngine.load(self.settings, metrics, path=path, executor=self.compute)
         if engine.name != name:
             raise CheckpointError(f"its manifest names the model {engine.name!r}, not {name!r}")
+        try:
+            engine.flag  # noqa: B018  (read now: a bad `flag` fails the load, not every answer after it)
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"its manifest's `flag` is not a flag rule: {e}") from None
         s = self.settings
         return Serving(
             name=name,
@@ -427,5 +438,5 @@ class Repository:
     def _retire(self, serving: Serving) -> None:
         self.metrics.model_loaded(serving.info(), False)
         task = asyncio.get_running_loop().create_task(serving.retire(RETIRE_SECONDS), name=f"retire-{serving.name}")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = serving
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))

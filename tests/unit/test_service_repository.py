@@ -227,3 +227,30 @@ def test_model_dir_is_a_repository_of_one(single: TestClient) -> None:
     assert listed["default"] == "tiny_mfdv" and [m["name"] for m in listed["models"]] == ["tiny_mfdv"]
     index = single.post("/v2/repository/index").json()  # no key configured: open
     assert [(e["name"], e["state"]) for e in index] == [("tiny_mfdv", "READY")]
+
+
+def test_a_version_with_a_bad_flag_is_refused_at_load_and_a_reload_stays_counted(
+    repo: Path, hand_checkpoint: Path
+) -> None:
+    """A manifest whose `flag` is not a rule fails its load (the old version keeps serving), not every answer
+    after it; reloading the same version leaves its `mfdv_model_info` at 1."""
+    with client_for(repo) as c:
+        before = predict(c, "/v1/models/tiny_vanilla/predict")
+        bad = copy_as(hand_checkpoint, repo / "tiny_vanilla" / "2", name="tiny_vanilla")
+        m = json.loads((bad / "manifest.json").read_text())
+        m["flag"] = {"signal": "entropy", "threshold": 0.1}
+        (bad / "manifest.json").write_text(json.dumps(m))
+        r = c.post("/v2/repository/models/tiny_vanilla/load", headers=AUTH)
+        assert r.status_code == 400 and "`flag` is not a flag rule" in r.json()["error"], r.text
+        assert predict(c, "/v1/models/tiny_vanilla/predict")["model_id"] == before["model_id"]
+        assert c.post("/v2/repository/models/tiny_mfdv/load", headers=AUTH).status_code == 200  # same version
+        info = [line for line in c.get("/metrics").text.splitlines() if line.startswith("mfdv_model_info{")]
+        assert any('model="tiny_mfdv"' in line and line.endswith(" 1.0") for line in info), info
+
+
+def test_the_start_refuses_a_default_model_that_is_not_there(hand_checkpoint: Path) -> None:
+    from service.__main__ import check_repository
+
+    problem = check_repository(Settings(model_dir=hand_checkpoint, default_model="nope"))
+    assert problem is not None and "default model 'nope' is not in the repository" in problem
+    assert check_repository(Settings(model_dir=hand_checkpoint)) is None
