@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_service import multipart_body, run_hey
+from tests.support.process import proc_status
 from tests.support.server import REPO, ServerProcess
 
 MODEL = "fashion_mnist_mfdv"
@@ -48,12 +49,6 @@ class Config:
     rss_mb: list[float] = field(default_factory=list)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` (Linux ``/proc``), in MB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
-
-
 def measure(args: argparse.Namespace, cfg: Config, body: Path, ctype: str) -> None:
     target = REPO / "checkpoints" if cfg.repository else REPO / "checkpoints" / MODEL
     env = {"MFDV_LOG_LEVEL": "warning", "MFDV_MAX_QUEUE_DELAY_MS": "0", "MFDV_WORKERS": str(args.workers)}
@@ -68,7 +63,7 @@ def measure(args: argparse.Namespace, cfg: Config, body: Path, ctype: str) -> No
         load(args.warmup)
         results = load(args.duration)
         assert s.proc is not None
-        cfg.rss_mb.append(rss_mb(s.proc.pid))
+        cfg.rss_mb.append(proc_status(s.proc.pid, "VmRSS") / 2**20)
     cfg.rps.append(sum(n for n, _, _ in results) / args.duration)
     cfg.latencies.append(np.concatenate([lat for _, lat, _ in results]))
     cfg.errors += sum(e for _, _, e in results)

@@ -78,18 +78,26 @@ class AppState:
         replaced or unloaded meanwhile finishes this request first."""
         return self.ready(name, version).use()
 
-    def readiness(self) -> Serving:
-        """The default model's version if this replica should get traffic: it serves and the process is
-        not shutting down.
+    def accepting(self) -> Repository:
+        """The repository if this replica should get traffic: loaded, and the process not shutting down.
+
+        Raises:
+            ModelNotReady: not loaded yet, failed to load, or draining before shutdown.
+        """
+        repository = self.models()
+        if self.lifecycle.draining:
+            raise ModelNotReady("the service is shutting down; send requests to another replica")
+        return repository
+
+    def readiness(self, name: str | None = None, version: str | None = None) -> Serving:
+        """Model ``name``'s version (None: the default model) if this replica should get traffic for it: it
+        serves and the process is not shutting down (``accepting``).
 
         Raises:
             ModelNotReady: not ready (see ``ready``), or draining before shutdown.
-            NotFound: the default model is unloaded.
+            NotFound: the model is not loaded (the default model unloaded, for ``/readyz``).
         """
-        serving = self.ready()
-        if self.lifecycle.draining:
-            raise ModelNotReady("the service is shutting down; send requests to another replica")
-        return serving
+        return self.accepting().get(name, version)
 
 
 def app_state(request: Request) -> AppState:

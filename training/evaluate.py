@@ -40,7 +40,7 @@ from models.attacks.flag import (
     FlagCalibration,
     FlagRule,
     FlagSignal,
-    calibrate_flag,
+    calibrate_flags,
     default_signal,
 )
 from models.attacks.suite import Suite, SuiteResult, derive_seed, get_suite, merge_results
@@ -155,13 +155,29 @@ def calibrate_suite_flag(
     """The flag threshold on clean inputs ``ds`` (``models.attacks.flag.calibrate_flag``): at most
     ``rate`` of the correctly classified ones flagged; ``signal`` defaults to the model's own
     (mutual information, or max_prob for a deterministic model)."""
+    signal = signal or default_signal(model)
+    return calibrate_suite_flags(model, ds, (signal,), rate=rate, samples=samples, seed=seed, source=source)[signal]
+
+
+@torch.no_grad()
+def calibrate_suite_flags(
+    model: StochasticClassifier,
+    ds: Dataset,
+    signals: tuple[FlagSignal, ...],
+    *,
+    rate: float = 0.05,
+    samples: int = 64,
+    seed: int = 0,
+    source: str = "",
+) -> dict[str, FlagCalibration]:
+    """``calibrate_suite_flag`` for several signals from one pass over ``ds`` (the same draws for all)."""
     device = next(model.parameters()).device
     model.eval()
-    return calibrate_flag(
+    return calibrate_flags(
         model,
         as_float(ds.x).to(device),
         ds.y.to(device),
-        signal=signal,
+        signals=signals,
         rate=rate,
         samples=samples,
         generator=torch.Generator().manual_seed(derive_seed(seed, "flag-calibration")),

@@ -31,7 +31,7 @@ from models import StochasticClassifier, load_checkpoint
 from models.attacks.flag import FlagCalibration, FlagSignal, default_signal
 
 from .data import Dataset
-from .evaluate import calibrate_suite_flag, held_out_images
+from .evaluate import calibrate_suite_flags, held_out_images
 from .export import update_flag
 
 log = logging.getLogger(__name__)
@@ -66,15 +66,10 @@ def served_flag(
 ) -> tuple[FlagCalibration, float]:
     """The served flag calibrated on ``held_out`` and the mutual-information threshold at the same rate
     (the flag's own threshold when its signal is mutual information)."""
-    flag = calibrate_suite_flag(
-        model, held_out, signal=served_signal(model, objective), rate=FLAG_RATE, seed=FLAG_SEED, source=source
-    )
-    if flag.rule.signal == "mutual_information":
-        return flag, flag.rule.threshold
-    mi = calibrate_suite_flag(
-        model, held_out, signal="mutual_information", rate=FLAG_RATE, seed=FLAG_SEED, source=source
-    )
-    return flag, mi.rule.threshold
+    signal = served_signal(model, objective)
+    signals: tuple[FlagSignal, ...] = tuple(dict.fromkeys((signal, "mutual_information")))
+    flags = calibrate_suite_flags(model, held_out, signals, rate=FLAG_RATE, seed=FLAG_SEED, source=source)
+    return flags[signal], flags["mutual_information"].rule.threshold
 
 
 def recalibrate(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -184,21 +184,48 @@ def calibrate_flag(
     ``default_signal(model)``. Fresh draws at evaluation time may flag a little more or less.
     """
     signal = signal or default_signal(model)
-    scores, correct = [], []
+    return calibrate_flags(
+        model, x, y, signals=(signal,), rate=rate, samples=samples, generator=generator, batch=batch, source=source
+    )[signal]
+
+
+@torch.no_grad()
+def calibrate_flags(
+    model: StochasticClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    signals: tuple[FlagSignal, ...],
+    rate: float = 0.05,
+    samples: int = 64,
+    generator: torch.Generator | None = None,
+    batch: int = 500,
+    source: str = "",
+) -> dict[str, FlagCalibration]:
+    """``calibrate_flag`` for several ``signals`` from the same draws: one backbone pass per batch serves
+    them all (each result equals its own ``calibrate_flag`` call with the same generator)."""
+    scores: dict[str, list[torch.Tensor]] = {s: [] for s in signals}
+    correct = []
     with eval_mode(model):
         for i in range(0, x.shape[0], batch):
             xb, yb = x[i : i + batch], y[i : i + batch]
             logits = predict_draws(model, xb, samples, generator)
-            scores.append(signal_value(signal, logits).cpu())
+            u = summarize(logits)
+            for s in signals:
+                scores[s].append(summary_signal(s, u.mean_probs, u.mutual_information).cpu())
             correct.append((predict_label(logits) == yb).cpu())
-    s, ok = torch.cat(scores), torch.cat(correct)
-    threshold = threshold_for_rate(s[ok], rate)
-    return FlagCalibration(
-        rule=FlagRule(signal, threshold),
-        rate=rate,
-        n=int(s.numel()),
-        n_correct=int(ok.sum()),
-        flagged_correct=float((s[ok] > threshold).double().mean()),
-        samples=samples,
-        source=source,
-    )
+    ok = torch.cat(correct)
+    out = {}
+    for signal in signals:
+        s = torch.cat(scores[signal])
+        threshold = threshold_for_rate(s[ok], rate)
+        out[signal] = FlagCalibration(
+            rule=FlagRule(signal, threshold),
+            rate=rate,
+            n=int(s.numel()),
+            n_correct=int(ok.sum()),
+            flagged_correct=float((s[ok] > threshold).double().mean()),
+            samples=samples,
+            source=source,
+        )
+    return out

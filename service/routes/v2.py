@@ -36,7 +36,7 @@ from ..deps import AppState, ServingDep, StateDep, app_state
 from ..edge.admission import admission_controlled
 from ..edge.openapi import request_body
 from ..edge.transport import holds_booleans, integral_numbers, loads_json
-from ..errors import InvalidInput, ModelNotReady, PayloadTooLarge, describe_validation_errors
+from ..errors import InvalidInput, PayloadTooLarge, describe_validation_errors
 from ..schemas import error_responses, json_bytes
 from ..schemas.limits import INPUTS, SAMPLES, OutOfRange, env_name, validation_context
 from ..schemas.v2 import (
@@ -83,9 +83,7 @@ async def live() -> ServerLive:
 async def ready(state: StateDep) -> ServerReady:
     """The server takes requests: its repository is loaded and it is not shutting down (each model's own
     readiness: ``/v2/models/{name}/ready``)."""
-    state.models()
-    if state.lifecycle.draining:
-        raise ModelNotReady("the service is shutting down; send requests to another replica")
+    state.accepting()
     return ServerReady(ready=True)
 
 
@@ -120,20 +118,13 @@ async def metadata_version(name: str, version: str, serving: ServingDep) -> Mode
     return ModelMetadata.model_validate(model_metadata(serving))
 
 
-def _model_ready(state: AppState, name: str, version: str | None = None) -> ModelReady:
-    serving = state.ready(name, version)
-    if state.lifecycle.draining:
-        raise ModelNotReady("the service is shutting down; send requests to another replica")
-    return ModelReady(name=serving.name, ready=True)
-
-
 @router.get(
     "/models/{name}/ready",
     summary="Model ready (else 503, or 404 when not loaded)",
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
 async def model_ready(name: str, state: StateDep) -> ModelReady:
-    return _model_ready(state, name)
+    return ModelReady(name=state.readiness(name).name, ready=True)
 
 
 @router.get(
@@ -142,7 +133,7 @@ async def model_ready(name: str, state: StateDep) -> ModelReady:
     responses=error_responses({**_UNKNOWN, **_NOT_READY}),
 )
 async def model_version_ready(name: str, version: str, state: StateDep) -> ModelReady:
-    return _model_ready(state, name, version)
+    return ModelReady(name=state.readiness(name, version).name, ready=True)
 
 
 # -- inference ------------------------------------------------------------------------------

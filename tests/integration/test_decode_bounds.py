@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.process import proc_status
 from tests.support.server import ServerProcess
 
 MB = 1024 * 1024
@@ -84,15 +85,6 @@ def png(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "PNG")
     return buf.getvalue()
-
-
-def proc_status(pid: int, field: str) -> int:
-    """A memory figure of ``/proc/<pid>/status`` in bytes: ``VmRSS`` (resident now) or ``VmHWM`` (the
-    resident high-water mark since the process started)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc status")
 
 
 def peak_rss(pid: int) -> int:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -77,3 +78,12 @@ class ManagedProcess:
     ) -> None:
         self.stop()
         self.close()
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A memory figure of ``/proc/<pid>/status`` in bytes: ``VmRSS`` (resident now) or ``VmHWM`` (the
+    resident high-water mark since the process started)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc status")
