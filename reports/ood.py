@@ -39,6 +39,8 @@ from .stats import auroc_interval
 log = logging.getLogger("reports.ood")
 
 SIGNALS = ("mutual_information", "predictive_entropy", "flip_probability", "max_softmax")
+FLAG_NAMES = {"max_prob": "max_softmax"}
+"""A flag signal's name on this page where it differs (``models.attacks.flag``'s ``max_prob``)."""
 OOD_SETS = ("mnist", "uniform_noise", "inverted", "rotated")
 RESULTS = Path("docs/results/ood.json")
 PAGE = Path("docs/ood.md")
@@ -70,7 +72,7 @@ def ood_sets(in_dist: torch.Tensor, n: int, seed: int = 0) -> dict[str, torch.Te
 def _signals(model: Any, x: torch.Tensor, samples: int, seed: int, batch: int = 500) -> dict[str, np.ndarray]:
     """Every signal [N] (higher = more out-of-distribution) from ``samples`` draws per input
     (``training.detection.signals``: one backbone pass per batch; ``max_softmax`` is its ``max_prob``)."""
-    names = {"max_softmax": "max_prob"}
+    names = {page: flag for flag, page in FLAG_NAMES.items()}
     out: dict[str, list[np.ndarray]] = {name: [] for name in SIGNALS}
     g = torch.Generator().manual_seed(seed)
     for i in range(0, x.shape[0], batch):
@@ -92,7 +94,7 @@ def evaluate_checkpoint(path: Path, n: int, samples: int, seed: int = 0, dataset
     ckpt = load_checkpoint(path)
     manifest = ckpt.manifest
     rule = FlagRule.from_manifest(manifest)  # the served flag (service: engine.flag)
-    served = {"max_prob": "max_softmax"}.get(rule.signal, rule.signal)  # under this page's name
+    served = FLAG_NAMES.get(rule.signal, rule.signal)
     threshold = rule.threshold
     in_dist = _pixels(load_dataset(dataset or str(manifest["dataset"]), "test"), n)
     neg = _signals(ckpt.model, in_dist, samples, seed)
@@ -102,7 +104,7 @@ def evaluate_checkpoint(path: Path, n: int, samples: int, seed: int = 0, dataset
         "n_in_distribution": int(in_dist.shape[0]),
         "mi_threshold": float(manifest.get("mi_threshold", 0.0)),
         # the signal its flag would use (models.attacks.flag.default_signal), under this page's name
-        "flag_signal": {"max_prob": "max_softmax"}.get(default_signal(ckpt.model), default_signal(ckpt.model)),
+        "flag_signal": FLAG_NAMES.get(default_signal(ckpt.model), default_signal(ckpt.model)),
         "served_flag": rule.describe(),
         "flagged_in_distribution": float((neg[served] > threshold).mean()),
         "sets": {},
