@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_overload                    # default checkpoint; 32 and 2000 clients
     python -m benchmarks.bench_overload --clients 32 500 2000 --per-client 10 --no-compare
+    python -m benchmarks.bench_overload --clients 2000 --no-compare --pin   # server and hey on their own cores
 
 Starts a real ``python -m service`` on the checkpoint (loopback, access log off) and drives
 ``POST /v1/predict`` (JSON, one base64 28x28 PNG, the default T) with ``hey`` at each
@@ -39,6 +40,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,10 +87,34 @@ def request_body(path: Path, size: int) -> None:
     path.write_text(json.dumps({"inputs": [base64.b64encode(buf.getvalue()).decode()]}))
 
 
-def run_hey(hey: str, url: str, body: Path, clients: int, requests: int, timeout_s: int) -> Run:
+def split_cores() -> tuple[set[int], set[int]]:
+    """The cores this process may use, split in two: the server's (the first half) and the client's (the rest)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--pin needs at least two cores")
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
+@contextmanager
+def on_cores(cores: set[int] | None) -> Iterator[None]:
+    """Run the block (and the processes it starts, which inherit the mask) on ``cores``; None: unchanged."""
+    before = os.sched_getaffinity(0)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def run_hey(
+    hey: str, url: str, body: Path, clients: int, requests: int, timeout_s: int, cores: set[int] | None = None
+) -> Run:
     cmd = [hey, "-n", str(requests), "-c", str(clients), "-t", str(timeout_s), "-m", "POST"]
     cmd += ["-T", "application/json", "-D", str(body), "-o", "csv", f"{url}/v1/predict"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    with on_cores(cores):
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
     ok, refused, other = [], [], {}
     first = float("inf")
@@ -159,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workers", type=int, default=1, help="MFDV_WORKERS of the server (the service's own default: one per core)"
     )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the server on the first half of the cores and hey on the rest (on 2 cores: one each), so that "
+        "the load generator cannot take the server's CPU, as if they ran on two machines",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if shutil.which(args.hey) is None:
@@ -168,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     body = Path(tempfile.mkdtemp(prefix="bench-overload-")) / "predict.json"
     request_body(body, 28)
 
+    server_cores, client_cores = split_cores() if args.pin else (None, None)
     configs = [("admission on (the defaults)", {})]
     if args.compare:
         configs.append(("admission off (1,024-request batcher queue only)", ADMISSION_OFF))
@@ -175,22 +209,27 @@ def main(argv: list[str] | None = None) -> int:
     for name, env in configs:
         log.info("%s: serving %s", name, args.checkpoint)
         env = {"MFDV_LOG_LEVEL": "warning", "MFDV_DRAIN_SECONDS": "0", "MFDV_WORKERS": str(args.workers), **env}
-        with ServerProcess(args.checkpoint, env=env, args=["--no-access-log"]) as server:
-            run_hey(args.hey, server.url, body, 8, 400, args.timeout)  # warm-up
+        # the server's processes and threads inherit the mask; run_hey moves hey to the client's cores
+        with on_cores(server_cores), ServerProcess(args.checkpoint, env=env, args=["--no-access-log"]) as server:
+            run_hey(args.hey, server.url, body, 8, 400, args.timeout, client_cores)  # warm-up
             runs = []
             for c in args.clients:
                 n = max(c * args.per_client, args.min_requests)
                 n += -n % c  # hey sends n // c per client: a remainder would be counted as lost
                 log.info("%s: %d clients, %d requests", name, c, n)
-                runs.append(run_hey(args.hey, server.url, body, c, n, args.timeout))
+                runs.append(run_hey(args.hey, server.url, body, c, n, args.timeout, client_cores))
         results.append((name, runs))
 
     print(f"\n## Overload: /v1/predict under hey ({args.checkpoint.name})\n")
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"hey closed loop, {args.per_client} requests per client (at least {args.min_requests} per run), "
-        f"one 28x28 PNG per request (JSON, base64), default T, {args.workers} worker(s); client and server "
-        "share the machine"
+        f"one 28x28 PNG per request (JSON, base64), default T, {args.workers} worker(s); "
+        + (
+            f"server pinned to cores {sorted(server_cores)}, hey to {sorted(client_cores)}"
+            if server_cores and client_cores
+            else "client and server share the machine's cores"
+        )
     )
     for name, runs in results:
         table(name, runs)
