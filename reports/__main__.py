@@ -2,15 +2,17 @@
 
     python -m reports run --plan core --threads 1                 # resumable; per-cell cache
     python -m reports run --plan core --threads 1 --shard 1/2     # a second process, other cells
-    python -m reports render                                      # docs/robustness.md + figures
+    python -m reports render                                      # every page and README block, figures
     python -m reports all --plan tiny --root /tmp/r --docs /tmp/d  # CI: a tiny plan end to end
 
 ``run`` trains any checkpoint of the plan that is missing (its training command is in the
 plan and lands in the results), then computes each cell (one checkpoint x one measurement),
 caching each as JSON under ``--cache`` so an interrupted run resumes where it stopped, and
 writes the results file (``docs/results/robustness.json`` by default). ``render`` writes
-``docs/robustness.md`` and PNG figures from that file alone: no number in the report is typed
-by hand. A cell is recomputed when its checkpoint changed (the cache keys on the model id)
+``docs/robustness.md`` and PNG figures from that file alone, then (for the default plan) every
+other generated page and README block from its results file (``render_pages``): the paired
+comparisons, the curves past the training radius, out-of-distribution detection and the README's
+first table. No number in the docs is typed by hand. A cell is recomputed when its checkpoint changed (the cache keys on the model id)
 or its parameters did.
 """
 
@@ -63,6 +65,44 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in ("render", "all"):
         readme = args.readme or (REPO / "README.md" if plan.name != "tiny" else None)
         render(json.loads(out.read_text()), args.docs, results_path=out, readme=readme)
+        if plan.name != "tiny":
+            render_pages(args.docs, readme)
+
+
+def render_pages(docs: Path, readme: Path | None) -> list[str]:
+    """Re-render the issue-16 pages (paired comparisons, curves, OOD) and the README's first table from their
+    results files under ``docs/results`` (each module's own ``render``; a missing results file is skipped);
+    returns what was written."""
+    from . import curves, headline, ood, paired
+
+    results = docs / "results"
+    written = []
+    for source, page in PAIRED_PAGES:
+        if (results / source).is_file():
+            data = json.loads((results / source).read_text())
+            (docs / page).write_text(paired.render(data, f"{docs.name}/results/{source}"))
+            if readme is not None and source == paired.RESULTS.name:
+                paired.write_readme_block(readme, data)
+            written.append(page)
+    if (results / curves.RESULTS.name).is_file():
+        data = json.loads((results / curves.RESULTS.name).read_text())
+        curves.figure(data, docs / "figures" / curves.FIGURE.name)
+        label = f"{docs.name}/results/{curves.RESULTS.name}"
+        (docs / curves.PAGE.name).write_text(curves.render(data, f"figures/{curves.FIGURE.name}", label))
+        written.append(curves.PAGE.name)
+    if (results / ood.RESULTS.name).is_file():
+        argv = ["render", "--results", str(results / ood.RESULTS.name), "--out", str(docs / ood.PAGE.name)]
+        ood.main(argv + (["--readme", str(readme)] if readme is not None else []))
+        written.append(ood.PAGE.name)
+    if readme is not None and (results / headline.PAIRED.name).is_file():
+        headline.main(["--paired", str(results / headline.PAIRED.name), "--readme", str(readme)])
+        written.append(f"{readme.name} (headline)")
+    return written
+
+
+PAIRED_PAGES = (("paired.json", "paired.md"), ("paired-seed1.json", "paired-seed1.md"))
+"""``python -m reports.paired``'s results files and their pages: the committed pair and candidates (seed 0),
+and the same recipes trained with ``--seed 1``."""
 
 
 if __name__ == "__main__":
