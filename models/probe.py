@@ -86,13 +86,20 @@ class SuiteSpec(BaseModel):
         """
         if self.suite != "adaptive":
             return None
-        signal = self.flag_signal or (default.signal if default is not None else "mutual_information")
         if self.flag_threshold is not None:
+            if self.flag_signal is None and default is not None and default.also:
+                raise ValueError(
+                    f"flag_threshold is one number, and the model's own flag is {default.kind}: name the signal it is "
+                    "for in flag_signal (mutual_information or max_prob)"
+                )
+            signal = self.flag_signal or (default.signal if default is not None else "mutual_information")
             return FlagRule(signal, float(self.flag_threshold))
         if default is None:
             raise ValueError("the adaptive suite needs a flag threshold: the model's flag or flag_threshold")
-        if signal != default.signal:
-            raise ValueError(f"flag_signal {signal} needs flag_threshold: the model's own flag is on {default.signal}")
+        if self.flag_signal is not None and self.flag_signal != default.kind:
+            raise ValueError(
+                f"flag_signal {self.flag_signal} needs flag_threshold: the model's own flag is {default.kind}"
+            )
         return default
 
     @property

@@ -37,9 +37,10 @@ from tqdm import tqdm
 from models import StochasticClassifier, noise_to_margin, summarize
 from models.attacks import SUITES, SuiteName, default_eps, run_suite
 from models.attacks.flag import (
+    UNION,
     FlagCalibration,
+    FlagKind,
     FlagRule,
-    FlagSignal,
     calibrate_flags,
     default_signal,
 )
@@ -146,7 +147,7 @@ def calibrate_suite_flag(
     model: StochasticClassifier,
     ds: Dataset,
     *,
-    signal: FlagSignal | None = None,
+    signal: FlagKind | None = None,
     rate: float = 0.05,
     samples: int = 64,
     seed: int = 0,
@@ -163,7 +164,7 @@ def calibrate_suite_flag(
 def calibrate_suite_flags(
     model: StochasticClassifier,
     ds: Dataset,
-    signals: tuple[FlagSignal, ...],
+    signals: tuple[FlagKind, ...],
     *,
     rate: float = 0.05,
     samples: int = 64,
@@ -202,7 +203,7 @@ def evaluate(
     flag: FlagRule | FlagCalibration | None = None,
     calibration: Dataset | None = None,
     calibration_source: str | None = None,
-    flag_signal: FlagSignal | None = None,
+    flag_signal: FlagKind | None = None,
     flag_rate: float = 0.05,
 ) -> dict[str, Any]:
     """Clean metrics on all of ``test`` and each suite at each eps on its first ``attack_n`` inputs.
@@ -288,7 +289,7 @@ def _init_distributed() -> tuple[int, int]:
 
 
 def fixed_flag(
-    threshold: str | None, signal: FlagSignal | None, model: StochasticClassifier, manifest: dict[str, Any]
+    threshold: str | None, signal: FlagKind | None, model: StochasticClassifier, manifest: dict[str, Any]
 ) -> FlagRule | None:
     """``--flag-threshold``: None (calibrate), ``manifest`` (the checkpoint's mi_threshold) or a number."""
     if threshold is None:
@@ -298,6 +299,8 @@ def fixed_flag(
         if signal != "mutual_information":
             raise SystemExit("--flag-threshold manifest is a mutual-information threshold: use --flag-signal auto")
         return FlagRule("mutual_information", float(manifest.get("mi_threshold", 0.0)))
+    if signal == UNION:
+        raise SystemExit("--flag-threshold takes one number: a union rule's thresholds are calibrated together")
     try:
         return FlagRule(signal, float(threshold))
     except ValueError:
@@ -361,7 +364,7 @@ class EvaluateConfig(BaseModel):
         lt=1,
         description="adaptive: the threshold flags at most this share of correctly classified held-out images",
     )
-    flag_signal: Literal["auto", FlagSignal] = Field(  # type: ignore[valid-type]
+    flag_signal: Literal["auto", FlagKind] = Field(  # type: ignore[valid-type]
         "auto",
         description="adaptive: the flag signal (auto: mutual_information, or max_prob for a deterministic model)",
     )

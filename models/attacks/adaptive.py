@@ -85,6 +85,11 @@ class _FlagAware(Attack):
     signal: FlagSignal = Field(
         "mutual_information", description="Flag signal: mutual_information, or max_prob (1 - max mean softmax)."
     )
+    also: list[tuple[FlagSignal, float]] = Field(
+        default_factory=list,
+        description="Further (signal, threshold) clauses of the flag: flagged when any fires (a union rule); the "
+        "penalty sums over every clause.",
+    )
     steps: int = Field(200, ge=1, description="APGD iterations.")
     eot: int = Field(20, ge=1, description="Noise draws per gradient (one backward pass); MI needs >= 2.")
     margin: float = Field(0.8, gt=0, le=1, description="Aim for the signal under margin x threshold.")
@@ -95,13 +100,13 @@ class _FlagAware(Attack):
 
     @model_validator(mode="after")
     def _draws(self) -> _FlagAware:
-        if self.signal == "mutual_information" and self.eot < 2:
+        if "mutual_information" in self.rule.signals() and self.eot < 2:
             raise ValueError("mutual information needs eot >= 2 draws per step")
         return self
 
     @property
     def rule(self) -> FlagRule:
-        return FlagRule(self.signal, self.threshold)
+        return FlagRule(self.signal, self.threshold, tuple((s, float(t)) for s, t in self.also))
 
     def cost(self, inputs: int) -> AttackCost:
         return AttackCost(gradient=(self.steps + 1) * inputs)

@@ -10,6 +10,13 @@ An input is flagged when ``signal(logits) > threshold``, higher meaning more sus
   written as an uncertainty, so that a low top probability flags. This is the deterministic
   model's own confidence signal (and any model's, if asked).
 
+A rule may hold several such clauses (``FlagRule.also``) and flag an input when **any** fires:
+``mutual_information_or_max_prob`` (``UNION``) flags draws that disagree *or* an unconfident
+answer, so an attacker has to make every draw agree on a confident wrong answer. Its two
+thresholds are calibrated together (``union_thresholds``): each at the same share of the
+correctly classified held-out inputs, the largest share at which their union still flags at most
+``rate`` of them.
+
 ``FlagRule.score`` is the differentiable signal the flag-aware attacks penalise; ``FlagRule.flagged``
 is the exact decision (double precision, via ``summarize``). ``calibrate_flag`` picks the threshold
 on held-out clean inputs so that at most ``rate`` of the correctly classified ones are flagged
@@ -31,6 +38,11 @@ from .base import eval_mode, predict_draws
 
 FlagSignal = Literal["mutual_information", "max_prob"]
 FLAG_SIGNALS: tuple[str, ...] = get_args(FlagSignal)
+UNION = "mutual_information_or_max_prob"
+"""The rule of both signals: flagged when the draws disagree or the answer is unconfident."""
+FlagKind = Literal["mutual_information", "max_prob", "mutual_information_or_max_prob"]
+"""What a flag is calibrated on: one signal, or the union of both (``UNION``)."""
+FLAG_KINDS: tuple[str, ...] = get_args(FlagKind)
 
 PENALTY_FLOOR = 1e-6
 """The smallest threshold the flag penalty divides by (a threshold of 0 flags any signal above 0)."""
@@ -38,6 +50,10 @@ PENALTY_FLOOR = 1e-6
 _RULE_TEXT = {
     "mutual_information": "flagged when the mutual information over the draws (nats) > threshold",
     "max_prob": "flagged when 1 - max mean softmax probability > threshold (max prob < 1 - threshold)",
+}
+_CLAUSE_TEXT = {
+    "mutual_information": "the mutual information over the draws (nats) > {t:.6g}",
+    "max_prob": "1 - max mean softmax probability > {t:.6g} (max prob < {p:.6g})",
 }
 
 
@@ -76,50 +92,95 @@ def default_signal(model: StochasticClassifier) -> FlagSignal:
 
 @dataclass(frozen=True)
 class FlagRule:
-    """Flag an input when ``signal`` of its draws exceeds ``threshold``."""
+    """Flag an input when ``signal`` of its draws exceeds ``threshold``, or when any clause of ``also`` (further
+    (signal, threshold) pairs) fires: the union of the clauses."""
 
     signal: FlagSignal
     threshold: float
+    also: tuple[tuple[FlagSignal, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.signal not in FLAG_SIGNALS:
-            raise ValueError(f"unknown flag signal {self.signal!r}; choose one of {list(FLAG_SIGNALS)}")
-        if not math.isfinite(self.threshold):
-            raise ValueError(f"flag threshold must be finite, got {self.threshold!r}")
+        for signal, threshold in self.clauses:
+            if signal not in FLAG_SIGNALS:
+                raise ValueError(f"unknown flag signal {signal!r}; choose one of {list(FLAG_SIGNALS)}")
+            if not math.isfinite(threshold):
+                raise ValueError(f"flag threshold must be finite, got {threshold!r}")
+        if len({signal for signal, _ in self.clauses}) != len(self.clauses):
+            raise ValueError(f"a flag rule names each signal once, got {[c[0] for c in self.clauses]}")
+
+    @classmethod
+    def union(cls, thresholds: dict[str, float]) -> FlagRule:
+        """The rule flagging when any signal exceeds its threshold (``thresholds``: signal -> threshold, in order)."""
+        (first, t), *rest = thresholds.items()
+        return cls(first, float(t), tuple((s, float(v)) for s, v in rest))  # type: ignore[arg-type]
+
+    @property
+    def clauses(self) -> tuple[tuple[FlagSignal, float], ...]:
+        """Every (signal, threshold) of the rule, its own first."""
+        return ((self.signal, self.threshold), *self.also)
+
+    @property
+    def kind(self) -> str:
+        """The rule's name: its signal, or ``_or_``-joined signals for a union (``UNION``)."""
+        return "_or_".join(signal for signal, _ in self.clauses)
+
+    def signals(self) -> tuple[FlagSignal, ...]:
+        return tuple(signal for signal, _ in self.clauses)
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
-        """The differentiable signal [B] of logits [T, B, K]."""
+        """The differentiable signal [B] of logits [T, B, K]: the rule's own signal (its first clause)."""
         return signal_score(self.signal, logits)
 
     def flagged(self, logits: torch.Tensor) -> torch.Tensor:
         """Which inputs [B] are flagged (the exact, service-side computation)."""
-        return signal_value(self.signal, logits) > self.threshold
+        u = summarize(logits)
+        return self.flags_summary(u.mean_probs, u.mutual_information)
 
     def flags_summary(self, mean_probs: torch.Tensor, mutual_information: torch.Tensor) -> torch.Tensor:
         """Which inputs [B] are flagged, from a summary's mean probabilities [B, K] and mutual information [B]."""
-        return summary_signal(self.signal, mean_probs, mutual_information) > self.threshold
+        out = torch.zeros(mean_probs.shape[0], dtype=torch.bool, device=mean_probs.device)
+        for signal, threshold in self.clauses:
+            out |= summary_signal(signal, mean_probs, mutual_information) > threshold
+        return out
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> FlagRule:
-        """A checkpoint's served flag: its manifest's ``flag`` (signal and threshold, calibrated by
-        ``training.flag``), else mutual information above ``mi_threshold`` (older manifests)."""
+        """A checkpoint's served flag: its manifest's ``flag`` (signal and threshold, and any further ``also``
+        clauses, calibrated by ``training.flag``), else mutual information above ``mi_threshold`` (older manifests)."""
         flag = manifest.get("flag")
+        if isinstance(flag, dict) and "clauses" in flag:
+            return cls.union({c["signal"]: float(c["threshold"]) for c in flag["clauses"]})
         if isinstance(flag, dict) and "signal" in flag and "threshold" in flag:
             return cls(flag["signal"], float(flag["threshold"]))
         return cls("mutual_information", float(manifest.get("mi_threshold", 0.0)))
 
     def penalty(self, logits: torch.Tensor, margin: float) -> torch.Tensor:
-        """How far [B] the signal lies above ``margin`` x threshold, in units of the threshold (0 below).
+        """How far [B] each clause's signal lies above ``margin`` x its threshold, in units of that threshold (0
+        below), summed over the clauses: an attacker must keep every clause down.
 
         What flag-aware attacks steer down (``adaptive.flag_term``). Thresholds differ by orders of magnitude between models
         (a confident model's mutual-information threshold can be 1e-4 nats), so the penalty is
         relative: a weight of 1 trades one threshold's worth of signal for one unit of the attack's
         loss, whatever the model. A threshold under ``PENALTY_FLOOR`` counts as the floor.
         """
-        return torch.relu(self.score(logits) - margin * self.threshold) / max(self.threshold, PENALTY_FLOOR)
+        total = torch.zeros((), dtype=logits.dtype, device=logits.device)
+        for signal, threshold in self.clauses:
+            over = torch.relu(signal_score(signal, logits) - margin * threshold)
+            total = total + over / max(threshold, PENALTY_FLOOR)
+        return total
 
     def describe(self) -> dict[str, Any]:
-        return {"signal": self.signal, "threshold": self.threshold, "rule": _RULE_TEXT[self.signal]}
+        """``signal``/``threshold``/``rule`` for one signal; a union adds ``clauses`` (each signal and threshold),
+        its ``signal`` is ``kind`` and its ``threshold`` the first clause's."""
+        if not self.also:
+            return {"signal": self.signal, "threshold": self.threshold, "rule": _RULE_TEXT[self.signal]}
+        words = " or ".join(_CLAUSE_TEXT[s].format(t=t, p=1 - t) for s, t in self.clauses)
+        return {
+            "signal": self.kind,
+            "threshold": self.threshold,
+            "clauses": [{"signal": s, "threshold": t} for s, t in self.clauses],
+            "rule": f"flagged when {words}",
+        }
 
 
 def threshold_for_rate(scores: torch.Tensor, rate: float) -> float:
@@ -135,6 +196,34 @@ def threshold_for_rate(scores: torch.Tensor, rate: float) -> float:
         raise ValueError("no scores to calibrate on (no correctly classified inputs)")
     k = math.floor(rate * n + 1e-9)
     return float(scores.double().flatten().sort(descending=True).values[k])
+
+
+def union_thresholds(scores: dict[str, torch.Tensor], rate: float) -> dict[str, float]:
+    """Thresholds for a union rule over ``scores`` (signal -> [N] scores of the same inputs): every signal's at the
+    same share k / N (its (k + 1)-th largest score, ``threshold_for_rate``'s rule), k the largest for which the
+    union of the clauses flags at most ``rate`` of the N inputs."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"rate must be in [0, 1), got {rate}")
+    ordered = {name: v.double().flatten().sort(descending=True).values for name, v in scores.items()}
+    n = min(int(v.numel()) for v in ordered.values())
+    if n == 0:
+        raise ValueError("no scores to calibrate on (no correctly classified inputs)")
+    allowed = math.floor(rate * n + 1e-9)
+
+    def flagged(k: int) -> int:
+        out = torch.zeros(n, dtype=torch.bool)
+        for name, v in scores.items():
+            out |= v.double().flatten() > ordered[name][k]
+        return int(out.sum())
+
+    lo, hi = 0, allowed  # flagged(k) >= k for each signal alone, so k never exceeds `allowed`
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if flagged(mid) <= allowed:
+            lo = mid
+        else:
+            hi = mid - 1
+    return {name: float(v[lo]) for name, v in ordered.items()}
 
 
 @dataclass(frozen=True)
@@ -170,7 +259,7 @@ def calibrate_flag(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    signal: FlagSignal | None = None,
+    signal: FlagKind | None = None,
     rate: float = 0.05,
     samples: int = 64,
     generator: torch.Generator | None = None,
@@ -181,7 +270,8 @@ def calibrate_flag(
 
     Among the inputs the model classifies right (argmax of the mean softmax over ``samples`` fresh
     draws), at most ``rate`` get flagged (``threshold_for_rate``). ``signal`` defaults to
-    ``default_signal(model)``. Fresh draws at evaluation time may flag a little more or less.
+    ``default_signal(model)``; ``UNION`` calibrates both signals' thresholds together (``union_thresholds``).
+    Fresh draws at evaluation time may flag a little more or less.
     """
     signal = signal or default_signal(model)
     return calibrate_flags(
@@ -195,37 +285,55 @@ def calibrate_flags(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    signals: tuple[FlagSignal, ...],
+    signals: tuple[FlagKind, ...],
     rate: float = 0.05,
     samples: int = 64,
     generator: torch.Generator | None = None,
     batch: int = 500,
     source: str = "",
 ) -> dict[str, FlagCalibration]:
-    """``calibrate_flag`` for several ``signals`` from the same draws: one backbone pass per batch serves
-    them all (each result equals its own ``calibrate_flag`` call with the same generator)."""
-    scores: dict[str, list[torch.Tensor]] = {s: [] for s in signals}
+    """``calibrate_flag`` for several ``signals`` (or unions) from the same draws: one backbone pass per batch
+    serves them all (each result equals its own ``calibrate_flag`` call with the same generator)."""
+    needed = tuple(dict.fromkeys(part for kind in signals for part in kind_signals(kind)))
+    scores: dict[str, list[torch.Tensor]] = {s: [] for s in needed}
     correct = []
     with eval_mode(model):
         for i in range(0, x.shape[0], batch):
             xb, yb = x[i : i + batch], y[i : i + batch]
             logits = predict_draws(model, xb, samples, generator)
             u = summarize(logits)
-            for s in signals:
+            for s in needed:
                 scores[s].append(summary_signal(s, u.mean_probs, u.mutual_information).cpu())
             correct.append((predict_label(logits) == yb).cpu())
     ok = torch.cat(correct)
+    on_correct = {s: torch.cat(v)[ok] for s, v in scores.items()}
+    n = int(ok.numel())
     out = {}
-    for signal in signals:
-        s = torch.cat(scores[signal])
-        threshold = threshold_for_rate(s[ok], rate)
-        out[signal] = FlagCalibration(
-            rule=FlagRule(signal, threshold),
+    for kind in signals:
+        parts = kind_signals(kind)
+        if len(parts) == 1:
+            rule = FlagRule(parts[0], threshold_for_rate(on_correct[parts[0]], rate))
+        else:
+            rule = FlagRule.union(union_thresholds({s: on_correct[s] for s in parts}, rate))
+        flagged = torch.zeros(int(ok.sum()), dtype=torch.bool)
+        for s, t in rule.clauses:
+            flagged |= on_correct[s] > t
+        out[kind] = FlagCalibration(
+            rule=rule,
             rate=rate,
-            n=int(s.numel()),
+            n=n,
             n_correct=int(ok.sum()),
-            flagged_correct=float((s[ok] > threshold).double().mean()),
+            flagged_correct=float(flagged.double().mean()),
             samples=samples,
             source=source,
         )
     return out
+
+
+def kind_signals(kind: str) -> tuple[FlagSignal, ...]:
+    """The signals of a flag kind: itself, or both for ``UNION``."""
+    if kind == UNION:
+        return ("mutual_information", "max_prob")
+    if kind not in FLAG_SIGNALS:
+        raise ValueError(f"unknown flag signal {kind!r}; choose one of {list(FLAG_KINDS)}")
+    return (kind,)  # type: ignore[return-value]

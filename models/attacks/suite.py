@@ -139,6 +139,7 @@ class Suite:
                 "eps": eps,
                 "threshold": rule.threshold,
                 "signal": rule.signal,
+                **({"also": list(rule.also)} if rule.also else {}),
                 "steps": self.flag_steps,
                 "eot": self.flag_eot,
                 "margin": self.flag_margin,
@@ -182,7 +183,7 @@ class Suite:
             "judge": self.judge,
             "judge_samples": self.judge_samples,
             "square_n": self.square_n,
-            "attacks": [{"name": a.name, "key": a.key(), **a.model_dump(exclude={"name"})} for a in attacks],
+            "attacks": [{"name": a.name, "key": a.key(), **_settings(a)} for a in attacks],
             "notes": self.notes(num_classes),
             **extra,
         }
@@ -419,6 +420,15 @@ def merge_results(parts: list[SuiteResult]) -> SuiteResult:
         evaded=_cat([p.evaded for p in parts]),
         evaded_by=_cat([p.evaded_by for p in parts]),
     )
+
+
+def _settings(attack: Attack) -> dict[str, Any]:
+    """An attack's fields for ``Suite.describe``; a one-signal flag's empty ``also`` is left out (the settings of
+    runs from before union rules existed stay equal, and with them their caches)."""
+    d = attack.model_dump(exclude={"name"})
+    if d.get("also") == []:
+        del d["also"]
+    return d
 
 
 AfterAttack = Callable[[int, AttackOutcome], bool]

@@ -274,8 +274,16 @@ def test_the_probe_validates_adaptive_settings(data: tuple[torch.Tensor, torch.T
     assert SuiteSpec(suite="adaptive").flag_rule(mi) == mi  # the model's own flag by default
     assert SuiteSpec(suite="adaptive").flag_rule(FlagRule("max_prob", 0.3)) == FlagRule("max_prob", 0.3)
     assert SuiteSpec(suite="adaptive", flag_threshold=0.2).flag_rule(mi) == FlagRule("mutual_information", 0.2)
-    with pytest.raises(ValueError, match="needs flag_threshold: the model's own flag is on mutual_information"):
+    with pytest.raises(ValueError, match="needs flag_threshold: the model's own flag is mutual_information"):
         SuiteSpec(suite="adaptive", flag_signal="max_prob").flag_rule(mi)
+    union = FlagRule.union({"mutual_information": 0.05, "max_prob": 0.4})
+    assert SuiteSpec(suite="adaptive").flag_rule(union) == union  # both clauses evaded by default
+    with pytest.raises(ValueError, match="needs flag_threshold: the model's own flag is mutual_information_or_max"):
+        SuiteSpec(suite="adaptive", flag_signal="mutual_information").flag_rule(union)
+    with pytest.raises(ValueError, match="name the signal it is for"):
+        SuiteSpec(suite="adaptive", flag_threshold=0.1).flag_rule(union)
+    spec = SuiteSpec(suite="adaptive", flag_signal="max_prob", flag_threshold=0.3)
+    assert spec.flag_rule(union) == FlagRule("max_prob", 0.3)
 
 
 def test_the_probe_flags_by_the_models_rule(data: tuple[torch.Tensor, torch.Tensor]) -> None:
