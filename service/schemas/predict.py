@@ -64,8 +64,9 @@ class PredictionOut(BaseModel):
     probs: list[float] = Field(description="Mean softmax over the T draws.")
     uncertainty: UncertaintyOut
     flagged: bool = Field(
-        description="The checkpoint's flag rule (`flag` in /v1/models): its signal (mutual information, or 1 - max "
-        "mean probability for a deterministic model) above its calibrated threshold."
+        description="The checkpoint's flag rule (`flag` in /v1/models) fires: for a stochastic model, mutual "
+        "information or 1 - max mean probability above its calibrated threshold; for a deterministic model, 1 - max "
+        "mean probability."
     )
     draws: list[list[float]] | None = Field(
         None, description="Per-draw probabilities [T][K]; present only with return_samples."
@@ -106,7 +107,9 @@ class ModelInfo(BaseModel):
     mi_threshold: float
     flag: dict[str, Any] = Field(
         description="The rule `flagged` follows: `signal`, `threshold`, `rule` in words, and `calibration` (how the "
-        "threshold was fixed: at most `rate` of the correctly classified held-out clean inputs flagged)."
+        "threshold was fixed: at most `rate` of the correctly classified held-out clean inputs flagged). A rule of "
+        "two signals (`signal` mutual_information_or_max_prob) lists each in `clauses` (`signal`, `threshold`): "
+        "flagged when either exceeds its threshold."
     )
     sigma: dict[str, Any]
     metrics: dict[str, Any] = Field(description="Clean and robust accuracy, each with the attack settings used.")

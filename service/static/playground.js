@@ -144,6 +144,9 @@ const deterministic = (m) => !(m.sigma && m.sigma.max > 0);
 const flagOf = (m) => m.flag || { signal: "mutual_information", threshold: m.mi_threshold };
 const hasFlag = (m) => (m.flag ? true : m.mi_threshold > 0);
 const onMI = (m) => flagOf(m).signal === "mutual_information";
+// A union rule (`clauses`: flagged when any fires) or a one-signal rule, as a list of {signal, threshold}.
+const clausesOf = (m) => flagOf(m).clauses || [{ signal: flagOf(m).signal, threshold: flagOf(m).threshold }];
+const miClause = (m) => clausesOf(m).find((c) => c.signal === "mutual_information");
 // The models each image and probe go to: the picked one, then the compared one.
 const activeModels = () => (state.compare ? [state.model, state.compare] : [state.model]);
 // The suffix of a side's element ids: the picked model's are the page's own, the compared one's end in -b.
@@ -169,6 +172,7 @@ function modelTitle(m) {
 
 // The flag rule in words: what the numbers count (at most 5% of correctly classified held-out images flagged).
 function flagText(flag, short = false) {
+  if (flag.clauses) return flag.clauses.map((c) => flagText(c, short)).join(" or ");
   if (flag.signal === "max_prob") {
     return short ? `flags top p̄ < ${fmt(1 - flag.threshold)}` : `flags a top mean probability below ${fmt(1 - flag.threshold)}`;
   }
@@ -716,8 +720,9 @@ function renderPrediction(body, m, s = "") {
   label.dataset.label = String(p.label);
   $(`pred-prob${s}`).textContent = `p = ${fmt(p.probs[p.label])}`;
   const flag = $(`pred-flag${s}`);
+  const miHigh = miClause(m) && p.uncertainty.mutual_information > miClause(m).threshold;
   flag.textContent = p.flagged
-    ? onMI(m)
+    ? miHigh
       ? "flagged: mutual information above the threshold"
       : "flagged: top probability below the threshold"
     : hasFlag(m)
@@ -753,7 +758,7 @@ function renderPrediction(body, m, s = "") {
     [
       "mutual information",
       fmt(u.mutual_information),
-      `epistemic: their difference; ${hasFlag(m) && onMI(m) ? `flagged above ${fmt(flagOf(m).threshold)}` : hasFlag(m) ? flagText(flagOf(m), true) : "no flag threshold"}`,
+      `epistemic: their difference; ${hasFlag(m) && onMI(m) ? `flagged above ${fmt(miClause(m).threshold)}` : hasFlag(m) ? flagText(flagOf(m), true) : "no flag threshold"}`,
     ],
     ["vote agreement", pct(u.vote_agreement), "share of draws whose argmax is the prediction"],
     ["top-prob std error", fmt(u.top_prob_stderr), "Monte Carlo standard error of p̄ of the prediction"],

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models import load_checkpoint
+from models.attacks.flag import UNION, FlagRule
 from models.attacks.suite import get_suite
 from reports import paired
 from service import create_app
@@ -46,7 +47,7 @@ def test_training_writes_the_flag_the_reports_calibrate(trained: dict[str, Path]
     """The manifest's flag is the one ``reports.paired`` calibrates with its defaults: the same signal and the same
     threshold, so the service flags what the figures count."""
     defaults = argparse.Namespace(flag_rate=0.05, seed=0, flag_signal="auto")
-    for method, signal in (("mfdv", "mutual_information"), ("vanilla", "max_prob")):
+    for method, signal in (("mfdv", UNION), ("vanilla", "max_prob")):
         ckpt = load_checkpoint(trained[method])
         flag = ckpt.manifest["flag"]
         assert flag["signal"] == signal, method
@@ -54,13 +55,13 @@ def test_training_writes_the_flag_the_reports_calibrate(trained: dict[str, Path]
         assert c["rate"] == served.FLAG_RATE and c["flagged_correct"] <= c["rate"] and c["n"] == 36
         assert c["source"].startswith("held-out training images of")
         reported = paired.calibrate(trained[method], ckpt, get_suite("adaptive"), defaults)
-        assert reported is not None and reported.rule.signal == signal
-        assert reported.rule.threshold == flag["threshold"], method
+        assert reported is not None and reported.rule.kind == signal
+        assert reported.rule == FlagRule.from_manifest(ckpt.manifest), method  # every clause's threshold
         assert "mi_threshold_calibration" not in ckpt.manifest
-    assert (
-        load_checkpoint(trained["mfdv"]).manifest["mi_threshold"]
-        == load_checkpoint(trained["mfdv"]).manifest["flag"]["threshold"]
-    )
+    mfdv = load_checkpoint(trained["mfdv"]).manifest
+    assert [c["signal"] for c in mfdv["flag"]["clauses"]] == ["mutual_information", "max_prob"]
+    # mi_threshold: mutual information alone at the rate; the union's own clause is at a smaller share, so not above it
+    assert mfdv["flag"]["clauses"][0]["threshold"] >= mfdv["mi_threshold"]
     assert load_checkpoint(trained["vanilla"]).manifest["mi_threshold"] == 0.0  # a deterministic model's MI is 0
 
 
@@ -112,3 +113,65 @@ def test_the_service_flags_by_the_manifests_rule(trained: dict[str, Path]) -> No
         assert [r["flagged"] for r in probe["clean"]] == [
             1 - max(r["mean_probs"]) > flag["threshold"] for r in probe["clean"]
         ]
+
+
+def test_a_stochastic_model_flags_by_either_signal(trained: dict[str, Path]) -> None:
+    """The union rule in the service: ``flagged`` when the mutual information or 1 - max p exceeds its threshold,
+    the same in /v1 and v2; ``python -m training.flag --signal`` swaps it for one signal."""
+    clauses = {c["signal"]: c["threshold"] for c in load_checkpoint(trained["mfdv"]).manifest["flag"]["clauses"]}
+    ds = make_tiny_dataset(n=40, seed=3)
+    x = (ds.x.float() / 255 if not ds.x.is_floating_point() else ds.x).numpy()
+    noisy = np.clip(0.5 * x + 0.5 * np.random.default_rng(0).random(x.shape), 0, 1)
+    inputs = np.concatenate([x[:20], noisy[:20]])
+    with TestClient(create_app(Settings(model_dir=trained["mfdv"], device="cpu", max_inputs=64))) as c:
+        info = c.get("/v1/models").json()["models"][0]
+        assert info["flag"]["signal"] == UNION and "or" in info["flag"]["rule"]
+        preds = c.post("/v1/predict", json={"inputs": inputs.tolist(), "samples": 8, "seed": 0}).json()["predictions"]
+        by_mi = [p["uncertainty"]["mutual_information"] > clauses["mutual_information"] for p in preds]
+        by_p = [1 - max(p["probs"]) > clauses["max_prob"] for p in preds]
+        assert [p["flagged"] for p in preds] == [a or b for a, b in zip(by_mi, by_p, strict=True)]
+        assert any(by_mi) or any(by_p), "no input flagged: the check would pass for a flag that never fires"
+
+
+def test_the_flag_kind_can_be_chosen(trained: dict[str, Path], tmp_path: Path) -> None:
+    ckpt = shutil.copytree(trained["mfdv"], tmp_path / "mfdv")
+    assert served.main([str(ckpt), "--signal", "max_prob"]) == 0
+    rule = FlagRule.from_manifest(load_checkpoint(ckpt).manifest)
+    assert rule.kind == "max_prob" and not rule.also
+    assert served.main([str(ckpt)]) == 0  # the default again: the union
+    assert FlagRule.from_manifest(load_checkpoint(ckpt).manifest).kind == UNION
+
+
+def test_one_checkpoint_under_two_flag_rules_is_compared_paired(trained: dict[str, Path], tmp_path: Path) -> None:
+    """``reports.paired run CKPT CKPT@max_prob``: the same checkpoint and inputs, each entry calibrated and attacked
+    with its own rule, and the pair compared on the same inputs."""
+    out = tmp_path / "flags.json"
+    ckpt = str(trained["mfdv"])
+    argv = ["run", ckpt, f"{ckpt}@max_prob", f"{ckpt}@mutual_information", "--suite", "adaptive", "--n", "16"]
+    argv += ["--clean-n", "16", "--samples", "4", "--steps", "2", "--eot", "2", "--queries", "0"]
+    argv += [
+        "--dataset",
+        str(trained["mfdv"].parent / "tiny.npz"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+    ]
+    assert paired.main(argv) == 0
+    results = json.loads(out.read_text())
+    names = [c["checkpoint"] for c in results["checkpoints"]]
+    assert names == ["mfdv", "mfdv@max_prob", "mfdv@mutual_information"]
+    kinds = [c["flag"]["signal"] for c in results["checkpoints"]]
+    assert kinds == [UNION, "max_prob", "mutual_information"]
+    assert [(p["a"], p["b"]) for p in results["pairs"]] == [("mfdv", names[1]), ("mfdv", names[2])]
+    clean = {c["outcomes"]["clean"] for c in results["checkpoints"]}
+    assert len(clean) == 1, "the same checkpoint, seed and inputs: the same clean outcomes"
+    assert f"{ckpt}@max_prob" in results["command"]
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 3  # one cache entry per rule
+
+
+def test_a_flag_kind_after_at_is_checked() -> None:
+    assert paired.split_kind("checkpoints/a@max_prob") == (Path("checkpoints/a"), "max_prob")
+    assert paired.split_kind("runs/x@y/ckpt") == (Path("runs/x@y/ckpt"), None)  # an @ inside a folder name
+    with pytest.raises(SystemExit, match="flag kind"):
+        paired.split_kind("checkpoints/a@entropy")
