@@ -95,14 +95,22 @@ def render_pages(docs: Path, readme: Path | None) -> list[str]:
         ood.main(argv + (["--readme", str(readme)] if readme is not None else []))
         written.append(ood.PAGE.name)
     if readme is not None and (results / headline.PAIRED.name).is_file():
-        headline.main(["--paired", str(results / headline.PAIRED.name), "--readme", str(readme)])
+        sources = {"--paired": headline.PAIRED, "--seed1": headline.SEED1, "--curves": headline.CURVES}
+        argv = [
+            part for flag, f in {**sources, "--ood": headline.OOD}.items() for part in (flag, str(results / f.name))
+        ]
+        headline.main([*argv, "--readme", str(readme)])
         written.append(f"{readme.name} (headline)")
     return written
 
 
-PAIRED_PAGES = (("paired.json", "paired.md"), ("paired-seed1.json", "paired-seed1.md"))
+PAIRED_PAGES = (
+    ("paired.json", "paired.md"),
+    ("paired-seed1.json", "paired-seed1.md"),
+    ("paired-flags.json", "paired-flags.md"),
+)
 """``python -m reports.paired``'s results files and their pages: the committed pair and candidates (seed 0),
-and the same recipes trained with ``--seed 1``."""
+the same recipes trained with ``--seed 1``, and the served recipe under each flag rule."""
 
 
 if __name__ == "__main__":

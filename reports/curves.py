@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from models import load_checkpoint
+from models.attacks.flag import FLAG_KINDS
 from models.uncertainty import wilson_interval
 from training.data import Dataset, load_dataset
 
@@ -505,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eps", type=float, nargs="+", default=list(EPS))
     r.add_argument("--first", type=float, nargs="*", default=list(FIRST), help="eps whose cells run first")
     r.add_argument("--flag-rate", type=float, default=0.05)
-    r.add_argument("--flag-signal", choices=["auto", "mutual_information", "max_prob"], default="auto")
+    r.add_argument("--flag-signal", choices=["auto", *FLAG_KINDS], default="auto")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--batch", type=int, default=100, help="attacked inputs per cached batch")
     r.add_argument("--dataset", help="test data (default: each checkpoint's manifest dataset)")

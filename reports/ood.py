@@ -9,8 +9,10 @@ test images inverted (``1 - x``) and rotated by 90 degrees. For every checkpoint
 ROC AUC (in-distribution = negatives) with a bootstrap 95% interval of each signal: mutual
 information, predictive entropy (``samples`` draws, as ``/v1/predict`` reports them), the
 closed-form flip probability, and the max-softmax baseline (one minus the largest mean
-probability; Hendrycks and Gimpel 2017), plus the share of each set the served ``flagged``
-marks (the manifest's flag rule, ``FlagRule.from_manifest``: what the service's ``flagged`` follows).
+probability; Hendrycks and Gimpel 2017), plus the served flag itself (``served_flag``: the manifest's
+rule, ``FlagRule.from_manifest``, what the service's ``flagged`` follows; for a union rule its score
+is the largest clause signal over that clause's threshold, so flagged means a score above 1): its
+AUROC and the share of each set it marks.
 ``render`` writes the table
 from the results file only.
 """
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from models import load_checkpoint
-from models.attacks.flag import FlagRule, default_signal
+from models.attacks.flag import PENALTY_FLOOR, FlagRule, default_signal
 from training.data import Dataset, load_dataset
 from training.detection import roc_auc, signals
 
@@ -42,6 +44,8 @@ SIGNALS = ("mutual_information", "predictive_entropy", "flip_probability", "max_
 FLAG_NAMES = {"max_prob": "max_softmax"}
 """A flag signal's name on this page where it differs (``models.attacks.flag``'s ``max_prob``)."""
 OOD_SETS = ("mnist", "uniform_noise", "inverted", "rotated")
+SERVED = "served_flag"
+"""The served flag's own score (``served_score``) among a set's AUROCs."""
 RESULTS = Path("docs/results/ood.json")
 PAGE = Path("docs/ood.md")
 
@@ -82,9 +86,23 @@ def _signals(model: Any, x: torch.Tensor, samples: int, seed: int, batch: int = 
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def served_score(rule: FlagRule, signals: dict[str, np.ndarray]) -> np.ndarray:
+    """The served flag's score [N] from every signal: the largest clause signal over its threshold (flagged: > 1;
+    for one clause the signal scaled, so its AUROC is that signal's)."""
+    parts = [signals[FLAG_NAMES.get(s, s)] / max(t, PENALTY_FLOOR) for s, t in rule.clauses]
+    return np.max(np.stack(parts), axis=0)
+
+
+def served_flagged(rule: FlagRule, signals: dict[str, np.ndarray]) -> np.ndarray:
+    """Which inputs [N] the served rule flags (any clause above its threshold)."""
+    return np.any(np.stack([signals[FLAG_NAMES.get(s, s)] > t for s, t in rule.clauses]), axis=0)
+
+
 def _rule(ck: dict[str, Any]) -> str:
     """The served flag a checkpoint's figures used, in words (older results: mutual information above ``mi_threshold``)."""
     flag = ck.get("served_flag") or {"signal": "mutual_information", "threshold": ck["mi_threshold"]}
+    if "clauses" in flag:
+        return "served flag: " + " or ".join(f"{c['signal']} > {c['threshold']:.4g}" for c in flag["clauses"])
     return f"served flag: {flag['signal']} > {flag['threshold']:.4g}"
 
 
@@ -94,8 +112,6 @@ def evaluate_checkpoint(path: Path, n: int, samples: int, seed: int = 0, dataset
     ckpt = load_checkpoint(path)
     manifest = ckpt.manifest
     rule = FlagRule.from_manifest(manifest)  # the served flag (service: engine.flag)
-    served = FLAG_NAMES.get(rule.signal, rule.signal)
-    threshold = rule.threshold
     in_dist = _pixels(load_dataset(dataset or str(manifest["dataset"]), "test"), n)
     neg = _signals(ckpt.model, in_dist, samples, seed)
     result: dict[str, Any] = {
@@ -106,16 +122,20 @@ def evaluate_checkpoint(path: Path, n: int, samples: int, seed: int = 0, dataset
         # the signal its flag would use (models.attacks.flag.default_signal), under this page's name
         "flag_signal": FLAG_NAMES.get(default_signal(ckpt.model), default_signal(ckpt.model)),
         "served_flag": rule.describe(),
-        "flagged_in_distribution": float((neg[served] > threshold).mean()),
+        "flagged_in_distribution": float(served_flagged(rule, neg).mean()),
         "sets": {},
     }
     for name, x in ood_sets(in_dist, n, seed).items():
         pos = _signals(ckpt.model, x, samples, seed + 1)
+        neg_all = {**neg, SERVED: served_score(rule, neg)}
+        pos_all = {**pos, SERVED: served_score(rule, pos)}
         result["sets"][name] = {
             "n": int(x.shape[0]),
-            "flagged": float((pos[served] > threshold).mean()),
-            "auroc": {s: roc_auc(neg[s], pos[s]) for s in SIGNALS},
-            "auroc_ci": {s: auroc_interval(neg[s], pos[s], resamples=1000, seed=seed) for s in SIGNALS},
+            "flagged": float(served_flagged(rule, pos).mean()),
+            "auroc": {s: roc_auc(neg_all[s], pos_all[s]) for s in (*SIGNALS, SERVED)},
+            "auroc_ci": {
+                s: auroc_interval(neg_all[s], pos_all[s], resamples=1000, seed=seed) for s in (*SIGNALS, SERVED)
+            },
         }
         log.info("%s / %s: %s", path.name, name, {s: round(v, 3) for s, v in result["sets"][name]["auroc"].items()})
     return result
@@ -157,43 +177,48 @@ def render(results: dict[str, Any]) -> str:
         f"In-distribution: the first {st['n']} test images; each out-of-distribution set has as many "
         f"inputs. ROC AUC (in-distribution as negatives) with a bootstrap 95% interval; sampled "
         f"signals from {st['samples']} draws; `max_softmax` is one minus the largest mean probability "
-        "(the baseline of Hendrycks and Gimpel 2017). `flagged` is the share the served flag marks "
-        "(the checkpoint's flag rule, as the service applies it).",
+        "(the baseline of Hendrycks and Gimpel 2017). `served_flag` is the served flag's own score (for a "
+        "rule of two signals, the larger of each signal over its threshold) and `flagged` the share the served "
+        "flag marks (the checkpoint's flag rule, as the service applies it).",
         "",
         f"Command: `{results['command']}`",
         "",
     ]
     for ck in results["checkpoints"]:
+        cols = [sig for sig in (*SIGNALS, SERVED) if all(sig in s["auroc"] for s in ck["sets"].values())]
         lines += [
             f"## {ck['checkpoint']} ({ck['method']})",
             "",
             f"Flagged in distribution: {ck['flagged_in_distribution']:.1%} ({_rule(ck)}).",
             "",
-            "| set | " + " | ".join(SIGNALS) + " | flagged |",
-            "|---|" + "---:|" * (len(SIGNALS) + 1),
+            "| set | " + " | ".join(cols) + " | flagged |",
+            "|---|" + "---:|" * (len(cols) + 1),
         ]
         for name, s in ck["sets"].items():
-            cells = [_fmt(s["auroc"][sig], s["auroc_ci"][sig]) for sig in SIGNALS]
+            cells = [_fmt(s["auroc"][sig], s["auroc_ci"][sig]) for sig in cols]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['flagged']:.1%} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def readme_block(results: dict[str, Any]) -> str:
-    """The README's summary: MNIST digits and the other sets, the served flag signal against the max-softmax baseline."""
-    rows = ["| checkpoint | signal | " + " | ".join(OOD_SETS) + " |", "|---|---|" + "---:|" * len(OOD_SETS)]
+    """The README's summary: MNIST digits and the other sets, each checkpoint's served flag (older results: its
+    default signal)."""
+    rows = ["| checkpoint | flag | " + " | ".join(OOD_SETS) + " |", "|---|---|" + "---:|" * len(OOD_SETS)]
     for ck in results["checkpoints"]:
-        signal = ck["flag_signal"]
+        served = all(SERVED in s["auroc"] for s in ck["sets"].values())
+        signal = SERVED if served else ck["flag_signal"]
+        label = FLAG_NAMES.get(ck["served_flag"]["signal"], ck["served_flag"]["signal"]) if served else signal
         cells = []
         for name in OOD_SETS:
             s = ck["sets"].get(name)
             cells.append(_fmt(s["auroc"][signal], s["auroc_ci"][signal]) if s else "-")
-        rows.append(f"| {ck['checkpoint']} | {signal} | " + " | ".join(cells) + " |")
+        rows.append(f"| {ck['checkpoint']} | {label} | " + " | ".join(cells) + " |")
     n = results["settings"]["n"]
     return "\n".join(
         [
             f"Out-of-distribution inputs against {n} Fashion-MNIST test images, ROC AUC [bootstrap 95% interval] of "
-            "the checkpoint's flag signal (a deterministic model's best: one minus the max softmax):",
+            "the checkpoint's served flag (a deterministic model's: one minus the max softmax):",
             "",
             *rows,
             "",

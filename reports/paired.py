@@ -3,13 +3,16 @@
     python -m reports.paired run checkpoints/fashion_mnist_mfdv checkpoints/fashion_mnist_vanilla \\
         --suite adaptive --n 1000 --steps 20 --eot 8 --queries 100
     python -m reports.paired render      # docs/results/paired.json -> docs/paired.md
+    python -m reports.paired run checkpoints/fashion_mnist_mfdv checkpoints/fashion_mnist_mfdv@max_prob \\
+        --out docs/results/paired-flags.json          # one checkpoint under two flag rules
 
 Every checkpoint is judged on the same inputs with the same seed: clean accuracy on the first
 ``--clean-n`` test images (T = ``--samples`` draws), and the suite (``adaptive`` by default, with
 its flag calibrated per checkpoint on its held-out training images so that at most
-``--flag-rate`` of the correctly classified ones are flagged, with the checkpoint's own signal:
-mutual information, or the max-softmax probability for a deterministic or ``ccat``-trained
-model) on the first ``--n``. The per-input outcomes are kept in the results file, so every pair is compared with the exact McNemar test and a paired bootstrap interval of
+``--flag-rate`` of the correctly classified ones are flagged, with the checkpoint's own flag kind
+(``training.flag.checkpoint_signal``: its manifest's rule) or ``--flag-signal``'s; ``PATH@KIND``
+names a checkpoint under flag kind ``KIND``, so one checkpoint can be compared with itself under
+another rule) on the first ``--n``. The per-input outcomes are kept in the results file, so every pair is compared with the exact McNemar test and a paired bootstrap interval of
 the difference (``reports.stats``); the first checkpoint is compared with each of the others.
 A checkpoint's result is cached in ``--cache`` as soon as it is done, keyed on its model id and
 the settings, and each batch of ``--batch`` attacked inputs as soon as it is done, so an
@@ -33,7 +36,7 @@ import torch
 
 from models import Checkpoint, load_checkpoint
 from models.attacks import run_suite
-from models.attacks.flag import FlagCalibration
+from models.attacks.flag import FLAG_KINDS, FlagCalibration
 from models.attacks.suite import Suite, SuiteResult, get_suite, merge_results
 from models.uncertainty import wilson_interval
 from training.data import Dataset, as_float, load_dataset
@@ -67,7 +70,9 @@ def make_suite(args: argparse.Namespace) -> Suite:
     return suite
 
 
-def calibrate(path: Path, ckpt: Checkpoint, suite: Suite, args: argparse.Namespace) -> FlagCalibration | None:
+def calibrate(
+    path: Path, ckpt: Checkpoint, suite: Suite, args: argparse.Namespace, kind: str | None = None
+) -> FlagCalibration | None:
     """A flag-aware suite's flag for checkpoint ``path``, calibrated on its held-out training images
     (clean data: it does not depend on eps); None for a suite without a flag."""
     if not suite.flag_aware:
@@ -75,7 +80,7 @@ def calibrate(path: Path, ckpt: Checkpoint, suite: Suite, args: argparse.Namespa
     held, source = held_out_images(ckpt.manifest)
     if held is None:
         raise SystemExit(f"{path}: its held-out training images cannot be rebuilt, so its flag cannot be calibrated")
-    signal = checkpoint_signal(ckpt.manifest, ckpt.model) if args.flag_signal == "auto" else args.flag_signal
+    signal = kind or (checkpoint_signal(ckpt.manifest, ckpt.model) if args.flag_signal == "auto" else args.flag_signal)
     return calibrate_suite_flag(ckpt.model, held, signal=signal, rate=args.flag_rate, seed=args.seed, source=source)
 
 
@@ -120,8 +125,29 @@ def suite_outcomes(res: SuiteResult) -> dict[str, str | None]:
     }
 
 
-def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
-    """One checkpoint's per-input outcomes (bit strings) and its summary; suite batches cached in ``cache_dir``."""
+def split_kind(arg: str | Path) -> tuple[Path, str | None]:
+    """``PATH@KIND`` -> (PATH, KIND); a plain path -> (path, None).
+
+    Raises:
+        SystemExit: KIND is not a flag kind.
+    """
+    text = str(arg)
+    path, at, kind = text.rpartition("@")
+    if not at or "/" in kind:
+        return Path(text), None
+    if kind not in FLAG_KINDS:
+        raise SystemExit(f"{text}: after '@' name a flag kind, one of {list(FLAG_KINDS)}")
+    return Path(path), kind
+
+
+def label_of(path: Path, kind: str | None) -> str:
+    """A checkpoint's name in the results: its folder's, with ``@KIND`` for a chosen flag kind."""
+    return path.name + (f"@{kind}" if kind else "")
+
+
+def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path, kind: str | None = None) -> dict[str, Any]:
+    """One checkpoint's per-input outcomes (bit strings) and its summary; suite batches cached in ``cache_dir``;
+    ``kind``: the flag kind to calibrate and evade (default: as ``calibrate``)."""
     ckpt = load_checkpoint(path)
     manifest = ckpt.manifest
     model = ckpt.model
@@ -129,12 +155,12 @@ def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path) -> dict[
     clean_ds = Dataset(test.x[: args.clean_n], test.y[: args.clean_n], test.class_names, test.name)
     attacked = Dataset(test.x[: args.n], test.y[: args.n], test.class_names, test.name)
     suite = make_suite(args)
-    flag = calibrate(path, ckpt, suite, args)
+    flag = calibrate(path, ckpt, suite, args, kind)
     clean = clean_outcomes(model, clean_ds, args.samples, seed=args.seed)["correct"].numpy()
-    res = attack_batches(model, attacked, suite, flag, args.eps, args, cache_dir, path.name)
+    res = attack_batches(model, attacked, suite, flag, args.eps, args, cache_dir, label_of(path, kind))
     summary = res.summary()
     return {
-        "checkpoint": path.name,
+        "checkpoint": label_of(path, kind),
         "model_id": ckpt.model_id,
         "method": str(manifest["method"]),
         "flag": flag.describe() if flag is not None else None,
@@ -188,16 +214,18 @@ def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
         settings["flag_signal"] = args.flag_signal
     args.cache.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in paths:
+    for arg in paths:
+        path, kind = split_kind(arg)
         ckpt_id = load_checkpoint(path, verify=False).model_id
-        key = json.dumps({"model_id": ckpt_id, **settings}, sort_keys=True)
-        cached = args.cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{path.name}.json"
+        own = {**settings, "flag_signal": kind} if kind else settings
+        key = json.dumps({"model_id": ckpt_id, **own}, sort_keys=True)
+        cached = args.cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{label_of(path, kind)}.json"
         if cached.exists() and json.loads(cached.read_text()).get("model_id") == ckpt_id:
             log.info("%s: cached (%s)", path, cached)
             results.append(json.loads(cached.read_text()))
             continue
         log.info("%s: evaluating", path)
-        r = evaluate_one(path, args, cached.with_suffix(""))
+        r = evaluate_one(path, args, cached.with_suffix(""), kind)
         tmp = cached.with_suffix(".tmp")
         tmp.write_text(json.dumps(r))
         tmp.replace(cached)
@@ -304,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reports.paired", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="evaluate the checkpoints on the same inputs and write the results file")
-    r.add_argument("checkpoints", type=Path, nargs="+", help="the first is compared with each of the others")
+    r.add_argument(
+        "checkpoints",
+        type=Path,
+        nargs="+",
+        help="the first is compared with each of the others; PATH@KIND: under flag kind KIND (e.g. "
+        "checkpoints/fashion_mnist_mfdv@max_prob)",
+    )
     r.add_argument("--suite", default="adaptive")
     r.add_argument("--n", type=int, default=1000, help="attacked test inputs")
     r.add_argument("--clean-n", type=int, default=10000, help="test inputs for clean accuracy")
@@ -316,9 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--flag-rate", type=float, default=0.05)
     r.add_argument(
         "--flag-signal",
-        choices=["auto", "mutual_information", "max_prob"],
+        choices=["auto", *FLAG_KINDS],
         default="auto",
-        help="auto: max_prob for a ccat-trained or deterministic model, else mutual_information",
+        help="auto: the checkpoint's served flag (training.flag.checkpoint_signal); mutual_information_or_max_prob: "
+        "flagged when either signal fires, both thresholds calibrated together",
     )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--batch", type=int, default=100, help="attacked inputs per cached batch")

@@ -41,7 +41,7 @@ def test_a_changed_result_reaches_the_page_and_the_readme(tmp_path: Path) -> Non
     readme = tmp_path / "README.md"
     shutil.copy(REPO / "README.md", readme)
     render_pages(docs, readme)
-    assert "is met (5.0%)" in readme.read_text()
+    assert "5.0 [4.0, 6.0], met" in readme.read_text()
     assert readme.read_text() != (REPO / "README.md").read_text()
 
 
