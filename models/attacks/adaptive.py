@@ -33,7 +33,7 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..classifier import StochasticClassifier
 from .apgd import apgd_loop
@@ -75,6 +75,15 @@ def flag_term(rule: FlagRule, logits: torch.Tensor, y: torch.Tensor, margin: flo
     return weight * wrong / (1.0 + rule.penalty(logits, margin))
 
 
+class FlagClause(BaseModel):
+    """One more clause of a flag rule: flagged when ``signal`` exceeds ``threshold``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signal: FlagSignal
+    threshold: float = Field(allow_inf_nan=False)
+
+
 class _FlagAware(Attack):
     """Settings every flag-aware attack shares (the flag rule, the penalty, APGD's budget)."""
 
@@ -85,10 +94,10 @@ class _FlagAware(Attack):
     signal: FlagSignal = Field(
         "mutual_information", description="Flag signal: mutual_information, or max_prob (1 - max mean softmax)."
     )
-    also: list[tuple[FlagSignal, float]] = Field(
+    also: list[FlagClause] = Field(
         default_factory=list,
-        description="Further (signal, threshold) clauses of the flag: flagged when any fires (a union rule); the "
-        "penalty sums over every clause.",
+        description="Further clauses of the flag (each a signal and its threshold): flagged when any fires (a union "
+        "rule, e.g. mutual information or max_prob); the penalty sums over every clause.",
     )
     steps: int = Field(200, ge=1, description="APGD iterations.")
     eot: int = Field(20, ge=1, description="Noise draws per gradient (one backward pass); MI needs >= 2.")
@@ -106,7 +115,7 @@ class _FlagAware(Attack):
 
     @property
     def rule(self) -> FlagRule:
-        return FlagRule(self.signal, self.threshold, tuple((s, float(t)) for s, t in self.also))
+        return FlagRule(self.signal, self.threshold, tuple((c.signal, c.threshold) for c in self.also))
 
     def cost(self, inputs: int) -> AttackCost:
         return AttackCost(gradient=(self.steps + 1) * inputs)

@@ -139,7 +139,7 @@ class Suite:
                 "eps": eps,
                 "threshold": rule.threshold,
                 "signal": rule.signal,
-                **({"also": list(rule.also)} if rule.also else {}),
+                **({"also": [{"signal": sig, "threshold": t} for sig, t in rule.also]} if rule.also else {}),
                 "steps": self.flag_steps,
                 "eot": self.flag_eot,
                 "margin": self.flag_margin,

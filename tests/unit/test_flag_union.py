@@ -65,11 +65,22 @@ def test_a_rule_names_each_signal_once() -> None:
 
 
 def test_flag_aware_attacks_carry_every_clause() -> None:
-    attack = make_attack("flag_margin", eps=0.1, threshold=0.01, signal="mutual_information", also=[("max_prob", 0.3)])
+    attack = make_attack(
+        "flag_margin",
+        eps=0.1,
+        threshold=0.01,
+        signal="mutual_information",
+        also=[{"signal": "max_prob", "threshold": 0.3}],
+    )
     assert attack.rule == FlagRule.union({"mutual_information": 0.01, "max_prob": 0.3})
     with pytest.raises(ValueError, match="eot >= 2"):
         make_attack(
-            "flag_margin", eps=0.1, threshold=0.3, signal="max_prob", also=[("mutual_information", 0.01)], eot=1
+            "flag_margin",
+            eps=0.1,
+            threshold=0.3,
+            signal="max_prob",
+            also=[{"signal": "mutual_information", "threshold": 0.01}],
+            eot=1,
         )
 
 
