@@ -108,9 +108,11 @@ PAIRED_PAGES = (
     ("paired.json", "paired.md"),
     ("paired-seed1.json", "paired-seed1.md"),
     ("paired-flags.json", "paired-flags.md"),
+    ("paired-full100.json", "paired-full100.md"),
 )
 """``python -m reports.paired``'s results files and their pages: the committed pair and candidates (seed 0),
-the same recipes trained with ``--seed 1``, and the served recipe under each flag rule."""
+the same recipes trained with ``--seed 1``, the served recipe under each flag rule, and the served pair under
+the full (not reduced) ``adaptive`` suite on the first 100 inputs."""
 
 
 if __name__ == "__main__":

@@ -86,8 +86,7 @@ def goal_lines(
     lines = [
         f"- unflagged error under `adaptive` <= {GOALS['unflagged_error']:.0%} of correct: {_ci(ue, ue_ci)}, "
         + _met(ue <= GOALS["unflagged_error"], abs(ue - GOALS["unflagged_error"])),
-        f"- clean inputs flagged <= {GOALS['clean_flagged']:.0%} of correct: {_ci(fl, fl_ci)}, "
-        + _met(fl <= GOALS["clean_flagged"], abs(fl - GOALS["clean_flagged"])),
+        _clean_flag_line(entry, fl, fl_ci),
         f"- clean accuracy >= {GOALS['clean']:.0%}: {100 * clean:.1f}, "
         + _met(clean >= GOALS["clean"], abs(clean - GOALS["clean"])),
     ]
@@ -126,6 +125,24 @@ def goal_lines(
                 )
             )
     return lines
+
+
+def _clean_flag_line(entry: dict[str, Any], fl: float, fl_ci: list[float]) -> str:
+    """The clean flag rate goal: met by construction on the held-out images the rule was calibrated on (its
+    ``flag.calibration``), and the rate on the attacked test inputs with its interval beside it."""
+    goal = GOALS["clean_flagged"]
+    cal = (entry.get("flag") or {}).get("calibration") or {}
+    test = f"on the attacked test inputs {_ci(fl, fl_ci)}"
+    if fl_ci[0] <= goal <= fl_ci[1]:
+        test += f" (the interval contains {goal:.0%})"
+    if "flagged_correct" not in cal:
+        return f"- clean inputs flagged <= {goal:.0%} of correct: {test}, " + _met(fl <= goal, abs(fl - goal))
+    held = cal["flagged_correct"]
+    verdict = "met" if held <= goal else "**missed**"
+    return (
+        f"- clean inputs flagged <= {goal:.0%} of correct: {100 * held:.2f} on the {cal['n_correct']} correctly "
+        f"classified held-out images it was calibrated on ({verdict}), {test}"
+    )
 
 
 def _unbits_text(bits: str) -> str:

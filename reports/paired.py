@@ -221,10 +221,10 @@ def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
         key = json.dumps({"model_id": ckpt_id, **own}, sort_keys=True)
         cached = args.cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{label_of(path, kind)}.json"
         if cached.exists() and json.loads(cached.read_text()).get("model_id") == ckpt_id:
-            log.info("%s: cached (%s)", path, cached)
+            log.info("%s: cached (%s)", label_of(path, kind), cached)
             results.append(json.loads(cached.read_text()))
             continue
-        log.info("%s: evaluating", path)
+        log.info("%s: evaluating", label_of(path, kind))
         r = evaluate_one(path, args, cached.with_suffix(""), kind)
         tmp = cached.with_suffix(".tmp")
         tmp.write_text(json.dumps(r))
