@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -67,3 +70,21 @@ def default_checkpoint() -> Path:
 def fashion_mnist_available() -> None:
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.fail("Fashion-MNIST missing: sudo apt-get install -y dataset-fashion-mnist")
+
+
+@pytest.fixture
+def held_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Every batch waits in the compute thread until released: (computing, release) events."""
+    from service.compute.engine import InferenceEngine
+
+    computing, release = threading.Event(), threading.Event()
+    real = InferenceEngine.run
+
+    def held(self: InferenceEngine, jobs: list[Any]) -> Any:
+        computing.set()
+        assert release.wait(60), "the test never released the batch"
+        return real(self, jobs)
+
+    monkeypatch.setattr(InferenceEngine, "run", held)
+    yield computing, release
+    release.set()

@@ -23,30 +23,13 @@ import pytest
 import uvicorn
 
 from service.app import create_app
-from service.compute.engine import InferenceEngine
 from service.config import Settings
 from service.edge.middleware import EdgeMiddleware
 from service.edge.server import ConnectionLimits, http_protocol
 from tests.support.raw_http import read_response
-from tests.support.server import free_port
+from tests.support.server import free_port, uvicorn_thread
 
 IMG = np.full((14, 14), 0.5).tolist()
-
-
-@pytest.fixture
-def held_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """Every batch waits in the compute thread until released."""
-    computing, release = threading.Event(), threading.Event()
-    real = InferenceEngine.run
-
-    def held(self: InferenceEngine, jobs: list[Any]) -> Any:
-        computing.set()
-        assert release.wait(60), "the test never released the batch"
-        return real(self, jobs)
-
-    monkeypatch.setattr(InferenceEngine, "run", held)
-    yield computing, release
-    release.set()
 
 
 @pytest.fixture
@@ -70,19 +53,8 @@ def serve(app: Any) -> Iterator[int]:
     port = free_port()
     http = http_protocol(ConnectionLimits())
     config = uvicorn.Config(app, host="127.0.0.1", port=port, http=http, loop="asyncio", log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(1200):
-            if server.started or not thread.is_alive():
-                break
-            threading.Event().wait(0.05)
-        assert server.started, "uvicorn did not start"
+    with uvicorn_thread(config):
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def post(path: str, body: bytes) -> bytes:

@@ -11,15 +11,19 @@ The process starts from the repository root, is polled until ``/readyz`` answers
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import uvicorn
 
 from .process import ManagedProcess
 
@@ -98,3 +102,23 @@ class ServerProcess(ManagedProcess):
         """Remove the log file (call after ``stop``; the context manager does both)."""
         self._log.close()
         self.log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def uvicorn_thread(config: uvicorn.Config, start_timeout: float = 60.0) -> Iterator[uvicorn.Server]:
+    """A uvicorn server for ``config`` in a daemon thread of this process, started (asserted) and asked to exit
+    (joined) when the block ends: for tests that patch the app's internals a subprocess cannot see."""
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        stop = threading.Event()
+        for _ in range(int(start_timeout / 0.05)):
+            if server.started or not thread.is_alive():
+                break
+            stop.wait(0.05)
+        assert server.started, "uvicorn did not start"
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
-from service.compute.engine import InferenceEngine
 from service.edge.admission import (
     Admission,
     AdmittedRoutes,
@@ -187,22 +185,6 @@ def test_a_refusal_is_labelled_with_its_route_template(hand_checkpoint: Path) ->
         text = c.get("/metrics").text
     for template in ("/v1/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
         assert f'mfdv_requests_total{{method="POST",route="{template}",status="503"}} 1.0' in text
-
-
-@pytest.fixture
-def held_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """Every batch waits in the compute thread until released."""
-    computing, release = threading.Event(), threading.Event()
-    real = InferenceEngine.run
-
-    def held(self: InferenceEngine, jobs: list[Any]) -> Any:
-        computing.set()
-        assert release.wait(60), "the test never released the batch"
-        return real(self, jobs)
-
-    monkeypatch.setattr(InferenceEngine, "run", held)
-    yield computing, release
-    release.set()
 
 
 def test_a_request_over_the_limit_is_refused_before_its_body_is_read(

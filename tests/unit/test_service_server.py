@@ -24,7 +24,7 @@ from service.edge.admission import Admission, admission_controlled
 from service.edge.middleware import BodyLimits, EdgeMiddleware
 from service.metrics import Metrics
 from tests.support.raw_http import read_response
-from tests.support.server import free_port
+from tests.support.server import free_port, uvicorn_thread
 
 
 async def app(scope: dict, receive: object, send: object) -> None:  # never reached by a malformed request
@@ -82,19 +82,8 @@ def guarded_server(
     port = free_port()
     http = functools.partial(protocol, limits=limits)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, http=http, lifespan=lifespan, log_level="error")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(300):
-            if server.started:
-                break
-            threading.Event().wait(0.05)
-        assert server.started, "uvicorn did not start"
+    with uvicorn_thread(config, start_timeout=15):
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def read_all(sock: socket.socket) -> bytes:
