@@ -148,13 +148,7 @@ def command_line(paths: Sequence[Path], args: argparse.Namespace) -> str:
     parts.append(f"--steps {args.steps} --eot {args.eot} --queries {args.queries}")
     parts.append("--eps " + " ".join(f"{e:g}" for e in args.eps) + " --first " + " ".join(f"{e:g}" for e in args.first))
     parts.append(f"--flag-rate {args.flag_rate} --seed {args.seed} --batch {args.batch}")
-    if args.flag_signal != "auto":
-        parts.append(f"--flag-signal {args.flag_signal}")
-    if args.dataset:
-        parts.append(f"--dataset {args.dataset}")
-    if args.threads:
-        parts.append(f"--threads {args.threads}")
-    return " ".join(parts)
+    return " ".join(parts + paired.set_options(args, "flag_signal", "dataset", "threads"))
 
 
 def _write(out: Path, results: dict[str, Any]) -> None:

@@ -192,17 +192,20 @@ def unflagged_error(r: dict[str, Any]) -> tuple[float, tuple[float, float], int,
     return k / n, wilson_interval(k, n), k, n
 
 
+def set_options(args: argparse.Namespace, *names: str) -> list[str]:
+    """``--name value`` for each option in ``names`` that is set (not None, 0 or "auto"), for a command line."""
+    values = ((name, getattr(args, name)) for name in names)
+    return [f"--{name.replace('_', '-')} {v}" for name, v in values if v is not None and v != 0 and v != "auto"]
+
+
 def command_line(paths: Sequence[Path], args: argparse.Namespace) -> str:
     """The command that gives these results (written into the results file and the page)."""
     parts = ["python -m reports.paired run", *map(str, paths), f"--suite {args.suite} --n {args.n}"]
     parts.append(f"--clean-n {args.clean_n} --samples {args.samples} --eps {args.eps} --flag-rate {args.flag_rate}")
-    if args.flag_signal != "auto":
-        parts.append(f"--flag-signal {args.flag_signal}")
+    parts += set_options(args, "flag_signal")
     if args.steps:
         parts.append(f"--steps {args.steps} --eot {args.eot} --queries {args.queries}")
-    if args.dataset:
-        parts.append(f"--dataset {args.dataset}")
-    return " ".join(parts)
+    return " ".join(parts + set_options(args, "dataset"))
 
 
 def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
