@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from models import load_checkpoint
-from models.uncertainty import wilson_interval
 
+from . import curves as curve_report
 from .readme import replace_block
 
 COMMAND = "python -m reports.headline --readme README.md"
@@ -102,12 +102,10 @@ def goal_lines(
         ck = next((c for c in curves["checkpoints"] if c["checkpoint"] == name), None)
         cell = next((c for c in ck["cells"] if c["eps"] == v["eps"] and c.get("attacked")), None) if ck else None
         if cell is not None:
-            bits = [c == "1" for c in _unbits_text(cell["outcomes"]["robust_or_flagged"])]
-            k, n = sum(bits), len(bits)
-            lo_, hi_ = wilson_interval(k, n)
+            share, lo_, hi_, _, n = curve_report._rate(cell, "robust_or_flagged")
             lines.append(
                 f"- robust-or-flagged at eps {v['eps']:g} >= {v['goal']:.0%} (curves, {n} inputs): "
-                f"{_ci(k / n, [lo_, hi_])}, " + _met(k / n >= v["goal"], abs(k / n - v["goal"]))
+                f"{_ci(share, [lo_, hi_])}, " + _met(share >= v["goal"], abs(share - v["goal"]))
             )
     if ood is not None:
         ck = next((c for c in ood["checkpoints"] if c["checkpoint"] == name), None)
@@ -143,13 +141,6 @@ def _clean_flag_line(entry: dict[str, Any], fl: float, fl_ci: list[float]) -> st
         f"- clean inputs flagged <= {goal:.0%} of correct: {100 * held:.2f} on the {cal['n_correct']} correctly "
         f"classified held-out images it was calibrated on ({verdict}), {test}"
     )
-
-
-def _unbits_text(bits: str) -> str:
-    """A results file's packed outcome bits as a string of 0/1 (``reports.paired``'s encoding)."""
-    from .paired import _unbits
-
-    return "".join("1" if b else "0" for b in _unbits(bits))
 
 
 def render(
