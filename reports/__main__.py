@@ -77,10 +77,12 @@ def render_pages(docs: Path, readme: Path | None) -> list[str]:
 
     results = docs / "results"
     written = []
-    for source, page in PAIRED_PAGES:
+    for source, page, against in PAIRED_PAGES:
         if (results / source).is_file():
             data = json.loads((results / source).read_text())
-            (docs / page).write_text(paired.render(data, f"{docs.name}/results/{source}"))
+            other = json.loads((results / against).read_text()) if against and (results / against).is_file() else None
+            label = f"{docs.name}/results/"
+            (docs / page).write_text(paired.render(data, label + source, other, label + against if other else ""))
             if readme is not None and source == paired.RESULTS.name:
                 paired.write_readme_block(readme, data)
             written.append(page)
@@ -105,14 +107,15 @@ def render_pages(docs: Path, readme: Path | None) -> list[str]:
 
 
 PAIRED_PAGES = (
-    ("paired.json", "paired.md"),
-    ("paired-seed1.json", "paired-seed1.md"),
-    ("paired-flags.json", "paired-flags.md"),
-    ("paired-full100.json", "paired-full100.md"),
+    ("paired.json", "paired.md", None),
+    ("paired-seed1.json", "paired-seed1.md", None),
+    ("paired-flags.json", "paired-flags.md", None),
+    ("paired-full100.json", "paired-full100.md", "paired.json"),
 )
 """``python -m reports.paired``'s results files and their pages: the committed pair and candidates (seed 0),
 the same recipes trained with ``--seed 1``, the served recipe under each flag rule, and the served pair under
-the full (not reduced) ``adaptive`` suite on the first 100 inputs."""
+the full (not reduced) ``adaptive`` suite on the first 100 inputs, counted beside the reduced suite's outcomes on
+those inputs (the third field: the results it is read against)."""
 
 
 if __name__ == "__main__":

@@ -264,10 +264,46 @@ def _figures(r: dict[str, Any], count: bool) -> tuple[str, str, str]:
     return _share(int(rob.sum()), rob.size), _share(int(rof.sum()), rof.size), ue_txt
 
 
-def render(results: dict[str, Any], source: str = str(RESULTS)) -> str:
-    """The page for a results file (``source``: its path, named in the page's header)."""
+def against_lines(results: dict[str, Any], other: dict[str, Any], other_source: str) -> list[str]:
+    """Each checkpoint of ``results`` that ``other`` (a run of another suite, on at least as many inputs) also
+    judged, counted on the same inputs (the first ``n``) under both: the share of the correctly classified turned
+    into unflagged errors, and the robust inputs, with the inputs only one suite broke."""
+    by_name = {r["checkpoint"]: r for r in other["checkpoints"]}
+    n = results["settings"]["n"]
+    if other["settings"]["n"] < n:
+        return []
+    lines = [
+        f"The same first {n} inputs under `{other['checkpoints'][0]['suite']}` ({other_source}):",
+        "",
+        "| checkpoint | correct (this / other) | unflagged errors (this / other) | only this / only other "
+        "| robust (this / other) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results["checkpoints"]:
+        o = by_name.get(r["checkpoint"])
+        if o is None:
+            continue
+        a, b = ({m: _unbits(x["outcomes"][m])[:n] for m in ("suite_clean", "evaded", "robust")} for x in (r, o))
+        ea, eb = a["evaded"] & a["suite_clean"], b["evaded"] & b["suite_clean"]
+        lines.append(
+            f"| {r['checkpoint']} | {int(a['suite_clean'].sum())} / {int(b['suite_clean'].sum())} | "
+            f"{int(ea.sum())} / {int(eb.sum())} | {int((ea & ~eb).sum())} / {int((eb & ~ea).sum())} | "
+            f"{int(a['robust'].sum())} / {int(b['robust'].sum())} |"
+        )
+    return [*lines, ""]
+
+
+def render(
+    results: dict[str, Any],
+    source: str = str(RESULTS),
+    against: dict[str, Any] | None = None,
+    against_source: str = "",
+) -> str:
+    """The page for a results file (``source``: its path, named in the page's header); with ``against``, another
+    suite's results on the same inputs (``against_lines``)."""
     st = results["settings"]
     command = "python -m reports.paired render" + ("" if source == str(RESULTS) else f" --results {source}")
+    command += f" --against {against_source}" if against is not None else ""
     lines = [
         "# Paired comparison on the same inputs",
         "",
@@ -282,6 +318,8 @@ def render(results: dict[str, Any], source: str = str(RESULTS)) -> str:
     ]
     if results.get("command"):
         lines += [f"Command: `{results['command']}`", ""]
+    if against is not None:
+        lines += against_lines(results, against, against_source)
     lines += [
         "| checkpoint | flag | clean % | robust % | robust-or-flagged % | unflagged error % (of correct) |",
         "|---|---|---:|---:|---:|---:|",
@@ -367,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--results", type=Path, default=RESULTS)
     d.add_argument("--out", type=Path, default=PAGE)
     d.add_argument("--readme", type=Path, help="also rewrite this README's `paired` block (e.g. README.md)")
+    d.add_argument("--against", type=Path, help="another suite's results on the same inputs, counted beside these")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "run":
@@ -375,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         run(args.checkpoints, args)
         return 0
     results = json.loads(args.results.read_text())
-    args.out.write_text(render(results, str(args.results)))
+    against = json.loads(args.against.read_text()) if args.against else None
+    args.out.write_text(render(results, str(args.results), against, str(args.against or "")))
     if args.readme:
         write_readme_block(args.readme, results)
     return 0

@@ -58,3 +58,23 @@ def test_batches_cached_by_a_killed_run_give_the_same_result(hand_checkpoint: Pa
     a, b = json.loads(whole.read_text()), json.loads(split.read_text())
     assert a["checkpoints"][0]["outcomes"] == b["checkpoints"][0]["outcomes"]
     assert sorted(p.name for p in kept.glob("*.pt")) == ["batch000000.pt", "batch000010.pt", "batch000020.pt"]
+
+
+def test_a_second_suite_is_counted_on_the_same_inputs() -> None:
+    """``render --against``: a run on the first n inputs beside another suite's run on more, counted input by input."""
+
+    def entry(clean: list[bool], evaded: list[bool], robust: list[bool], suite: str) -> dict:
+        bits = {
+            k: paired._bits(np.array(v)) for k, v in (("suite_clean", clean), ("evaded", evaded), ("robust", robust))
+        }
+        return {"checkpoint": "m", "suite": suite, "outcomes": bits}
+
+    full = {"settings": {"n": 4}, "checkpoints": [entry([1, 1, 1, 0], [1, 0, 1, 0], [0, 1, 0, 0], "full")]}
+    reduced = {
+        "settings": {"n": 6},
+        "checkpoints": [entry([1, 1, 1, 0, 1, 1], [1, 1, 0, 0, 1, 1], [0, 0, 1, 0, 0, 0], "red")],
+    }
+    lines = paired.against_lines(full, reduced, "r.json")
+    assert lines[0] == "The same first 4 inputs under `red` (r.json):"
+    assert "| m | 3 / 3 | 2 / 2 | 1 / 1 | 1 / 1 |" in lines
+    assert paired.against_lines(reduced, full, "f.json") == []  # the other run covers fewer inputs
