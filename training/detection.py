@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from models import StochasticClassifier, summarize
-from models.attacks.flag import signal_value
+from models.attacks.flag import summary_signal
 
 SIGNALS = ("mutual_information", "predictive_entropy", "flip_probability")
 
@@ -64,7 +64,7 @@ def signals(
         "mutual_information": u.mutual_information.cpu(),
         "predictive_entropy": u.predictive_entropy.cpu(),
         "flip_probability": flip_probability(model, mu=mu).cpu(),
-        "max_prob": signal_value("max_prob", logits).cpu(),
+        "max_prob": summary_signal("max_prob", u.mean_probs, u.mutual_information).cpu(),
         "label": u.label.cpu(),
     }
 

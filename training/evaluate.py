@@ -291,14 +291,18 @@ def _init_distributed() -> tuple[int, int]:
 def fixed_flag(
     threshold: str | None, signal: FlagKind | None, model: StochasticClassifier, manifest: dict[str, Any]
 ) -> FlagRule | None:
-    """``--flag-threshold``: None (calibrate), ``manifest`` (the checkpoint's mi_threshold) or a number."""
+    """``--flag-threshold``: None (calibrate), ``manifest`` (the checkpoint's served flag, ``FlagRule.from_manifest``:
+    its calibrated rule, or mutual information above ``mi_threshold`` for an older manifest) or a number."""
     if threshold is None:
         return None
-    signal = signal or default_signal(model)
     if threshold == "manifest":
-        if signal != "mutual_information":
-            raise SystemExit("--flag-threshold manifest is a mutual-information threshold: use --flag-signal auto")
-        return FlagRule("mutual_information", float(manifest.get("mi_threshold", 0.0)))
+        served = FlagRule.from_manifest(manifest)
+        if signal is not None and signal != served.kind:
+            raise SystemExit(
+                f"--flag-threshold manifest is the checkpoint's {served.kind} flag: use --flag-signal auto or {served.kind}"
+            )
+        return served
+    signal = signal or default_signal(model)
     if signal == UNION:
         raise SystemExit("--flag-threshold takes one number: a union rule's thresholds are calibrated together")
     try:
@@ -366,7 +370,7 @@ class EvaluateConfig(BaseModel):
     )
     flag_signal: Literal["auto", FlagKind] = Field(  # type: ignore[valid-type]
         "auto",
-        description="adaptive: the flag signal (auto: mutual_information, or max_prob for a deterministic model)",
+        description="adaptive: the flag kind (auto: the one the checkpoint serves, training.flag.checkpoint_signal)",
     )
     flag_threshold: str | None = Field(
         None,
@@ -415,6 +419,10 @@ def main(argv: list[str] | None = None) -> None:
         test = load_dataset(args.dataset or ck.manifest["dataset"], "test")
         t0 = time.process_time()
         signal = None if args.flag_signal == "auto" else args.flag_signal
+        if adaptive and signal is None:
+            from .flag import checkpoint_signal  # here: training.flag imports this module
+
+            signal = checkpoint_signal(ck.manifest, ck.model)  # the kind the checkpoint serves
         flag = fixed_flag(args.flag_threshold, signal, ck.model, ck.manifest) if adaptive else None
         held, held_source = (None, None)
         if adaptive and flag is None:

@@ -495,6 +495,13 @@ def run(args: TrainConfig, argv: list[str] | None = None) -> Path | None:
     if rank != 0:
         dist.destroy_process_group()
         return None
+    adv = adv_config(args, model.cfg.img_size)
+    flag, mi_threshold = served_flag(
+        model,
+        adv.objective if adv.active else None,
+        val,
+        held_out_source(args.dataset, args.val_size, args.seed, len(val)),
+    )
     metrics = evaluate(
         model,
         test,
@@ -504,17 +511,11 @@ def run(args: TrainConfig, argv: list[str] | None = None) -> Path | None:
         seed=args.seed,
         progress=True,
         log=log.info,
+        flag=flag,  # an adaptive suite evades the flag the checkpoint will serve, calibrated on the held-out split
         calibration=val,
         calibration_source=held_out_source(args.dataset, args.val_size, args.seed, len(val)),
     )
     metrics["train"] = train_stats
-    adv = adv_config(args, model.cfg.img_size)
-    flag, mi_threshold = served_flag(
-        model,
-        adv.objective if adv.active else None,
-        val,
-        held_out_source(args.dataset, args.val_size, args.seed, len(val)),
-    )
     command = "python -m training.train " + shlex.join(argv if argv is not None else sys.argv[1:])
     path = export_checkpoint(
         model,

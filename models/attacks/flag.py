@@ -60,12 +60,15 @@ _CLAUSE_TEXT = {
 def signal_score(signal: str, logits: torch.Tensor) -> torch.Tensor:
     """The signal [B] of logits [T, B, K], differentiable (float; for the attacks' penalties)."""
     probs = torch.softmax(logits, dim=-1)
-    mean = probs.mean(0)
+    return _score(signal, probs, probs.mean(0))
+
+
+def _score(signal: str, probs: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``signal_score`` from the draws' probabilities [T, B, K] and their mean [B, K] (computed once for a rule's
+    clauses)."""
     if signal == "mutual_information":
         return entropy(mean) - entropy(probs).mean(0)
-    if signal == "max_prob":
-        return 1.0 - mean.amax(-1)
-    raise ValueError(f"unknown flag signal {signal!r}; choose one of {list(FLAG_SIGNALS)}")
+    return summary_signal(signal, mean, torch.empty(0))
 
 
 def summary_signal(signal: str, mean_probs: torch.Tensor, mutual_information: torch.Tensor) -> torch.Tensor:
@@ -110,8 +113,10 @@ class FlagRule:
 
     @classmethod
     def union(cls, thresholds: dict[str, float]) -> FlagRule:
-        """The rule flagging when any signal exceeds its threshold (``thresholds``: signal -> threshold, in order)."""
-        (first, t), *rest = thresholds.items()
+        """The rule flagging when any signal exceeds its threshold (``thresholds``: signal -> threshold; the clauses
+        in ``FLAG_SIGNALS``'s order, so a rule's ``kind`` does not depend on how a manifest lists them)."""
+        order = {s: i for i, s in enumerate(FLAG_SIGNALS)}
+        (first, t), *rest = sorted(thresholds.items(), key=lambda kv: order.get(kv[0], len(order)))
         return cls(first, float(t), tuple((s, float(v)) for s, v in rest))  # type: ignore[arg-type]
 
     @property
@@ -164,8 +169,10 @@ class FlagRule:
         loss, whatever the model. A threshold under ``PENALTY_FLOOR`` counts as the floor.
         """
         total = torch.zeros((), dtype=logits.dtype, device=logits.device)
+        probs = torch.softmax(logits, dim=-1)
+        mean = probs.mean(0)
         for signal, threshold in self.clauses:
-            over = torch.relu(signal_score(signal, logits) - margin * threshold)
+            over = torch.relu(_score(signal, probs, mean) - margin * threshold)
             total = total + over / max(threshold, PENALTY_FLOOR)
         return total
 

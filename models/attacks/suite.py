@@ -437,7 +437,7 @@ AfterAttack = Callable[[int, AttackOutcome], bool]
 
 def flag_notes(model: StochasticClassifier, rule: FlagRule) -> list[str]:
     """What a reader must know about a flag rule on this model (empty: nothing)."""
-    if not model.stochastic and rule.signal == "mutual_information":
+    if not model.stochastic and rule.kind == "mutual_information":
         return [
             "deterministic model: its mutual information is always 0, so the mutual-information flag never "
             "fires; its own confidence signal is max_prob (1 - max softmax probability)"

@@ -175,3 +175,24 @@ def test_a_flag_kind_after_at_is_checked() -> None:
     assert paired.split_kind("runs/x@y/ckpt") == (Path("runs/x@y/ckpt"), None)  # an @ inside a folder name
     with pytest.raises(SystemExit, match="flag kind"):
         paired.split_kind("checkpoints/a@entropy")
+
+
+def test_training_evaluates_the_adaptive_suite_against_the_flag_it_serves(tmp_path: Path) -> None:
+    """``--suite adaptive`` at the end of training: the attacks evade the flag the manifest then serves (the union),
+    not a mutual-information flag of its own."""
+    ds = make_tiny_dataset(n=200)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x=ds.x.numpy(), y=ds.y.numpy(), class_names=np.array(ds.class_names))
+    out = tmp_path / "ck"
+    train(
+        [
+            *("--dataset", str(npz), "--arch", "tiny_cnn", "--method", "mfdv", "--feature-dim", "8"),
+            *("--max-steps", "20", "--batch-size", "32", "--eval-samples", "4", "--attack-n", "8"),
+            *("--suite", "adaptive", "--max-steps", "20", "--out", str(out)),
+        ]
+    )
+    manifest = load_checkpoint(out).manifest
+    (summary,) = [v for k, v in manifest["metrics"]["robust"].items() if k.startswith("adaptive")]
+    evaded = summary["flag"]
+    assert evaded["signal"] == UNION
+    assert FlagRule.from_manifest({"flag": evaded}) == FlagRule.from_manifest(manifest)
