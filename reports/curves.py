@@ -86,18 +86,29 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def reuse_paired_batches(
-    cache: Path, name: str, model_id: str, target: Path, expected: dict[str, Any], n: int, batch: int
+    cache: Path,
+    name: str,
+    model_id: str,
+    target: Path,
+    expected: dict[str, Any],
+    n: int,
+    batch: int,
+    run: dict[str, Any] | None = None,
 ) -> int:
     """Link into ``target`` the batches that a finished ``reports.paired run`` of the same checkpoint
-    (its cache entry names the model id) computed with the same suite settings (attacks, eps, flag
-    rule and threshold, judge): they are what this cell would compute. Returns how many."""
+    (its cache entry names the model id, and the ``run`` settings the suite's own settings do not
+    hold: the seed and the dataset) computed with the same suite settings (attacks, eps, flag rule
+    and threshold, judge): they are what this cell would compute. Returns how many."""
     target.mkdir(parents=True, exist_ok=True)
     reused = 0
     for entry in sorted(cache.glob(f"*-{name}.json")):
         src = entry.with_suffix("")
         try:
-            if json.loads(entry.read_text()).get("model_id") != model_id or not src.is_dir():
+            found = json.loads(entry.read_text())
+            if found.get("model_id") != model_id or not src.is_dir():
                 continue
+            if run is not None and any(found.get("run", {}).get(k) != v for k, v in run.items()):
+                continue  # another seed or dataset (an entry from before ``run`` was recorded: not reused)
         except (OSError, json.JSONDecodeError):
             continue
         for start in range(0, n, batch):
@@ -204,7 +215,8 @@ def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
         ckpt, attacked, flag = models[name]
         target = cell_dir(args.cache, name, cell_settings(ckpt.model_id, eps, args))
         expected = suite.describe(eps, ckpt.model.cfg.num_classes, flag)
-        reuse_paired_batches(args.cache, name, ckpt.model_id, target, expected, len(attacked), args.batch)
+        run_settings = {"seed": args.seed, "dataset": args.dataset}
+        reuse_paired_batches(args.cache, name, ckpt.model_id, target, expected, len(attacked), args.batch, run_settings)
         check_batches(target, expected)
         cached = all((target / f"batch{b:06d}.pt").exists() for b in range(0, len(attacked), args.batch))
         cells_todo.append((not cached, eps, name, target))

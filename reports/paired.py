@@ -162,6 +162,7 @@ def evaluate_one(path: Path, args: argparse.Namespace, cache_dir: Path, kind: st
     return {
         "checkpoint": label_of(path, kind),
         "model_id": ckpt.model_id,
+        "run": {"seed": args.seed, "dataset": args.dataset},  # what the suite's settings do not record
         "method": str(manifest["method"]),
         "flag": flag.describe() if flag is not None else None,
         "suite": summary.get("settings", {}).get("suite", suite.name),

@@ -146,8 +146,8 @@ def test_batches_of_a_paired_run_with_the_same_settings_are_reused(
     assert curves.main([*argv, "--n", "16"]) == 0
     (cell,) = json.loads(out.read_text())["checkpoints"][0]["cells"]
     assert (_bits(cell, "robust") == robust[:16]).all()
-    # other settings (more steps, or another eps) are not the paired run's: the suite runs
-    for other in (["--steps", "3"], ["--eps", "0.05"]):
+    # other settings (more steps, another eps, another seed) are not the paired run's: the suite runs
+    for other in (["--steps", "3"], ["--eps", "0.05"], ["--seed", "1"]):
         with pytest.raises(AssertionError, match="not reused"):
             curves.main([*argv, "--n", "16", *other])
 
@@ -209,3 +209,36 @@ def test_up_to_an_eps_an_input_lost_at_a_smaller_eps_stays_lost() -> None:
 def test_a_run_without_an_attacked_eps_is_refused(pair: list[Path], tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="at least one eps > 0"):
         curves.main(["run", str(pair[0]), *SMALL, "--eps", "0", "--out", str(tmp_path / "c.json")])
+
+
+def test_a_paired_run_with_another_seed_is_not_reused(
+    pair: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A noise-free model's flag does not depend on the seed, so its suite settings match across seeds; the seed
+    the paired run recorded keeps its batches out of another seed's curve."""
+    cache = tmp_path / "cache"
+    common = [
+        "--suite",
+        "adaptive",
+        "--steps",
+        "2",
+        "--eot",
+        "2",
+        "--queries",
+        "5",
+        "--batch",
+        "8",
+        "--dataset",
+        "bars",
+    ]
+    argv = ["run", str(pair[1]), str(pair[1]), *common, "--n", "16", "--clean-n", "16", "--samples", "8"]
+    assert paired.main([*argv, "--eps", "0.1", "--cache", str(cache), "--out", str(tmp_path / "p.json")]) == 0
+
+    def no_attacks(*a: object, **k: object) -> None:
+        raise AssertionError("the suite ran: a cached batch was not reused")
+
+    monkeypatch.setattr(paired, "run_suite", no_attacks)
+    argv = ["run", str(pair[1]), *SMALL, "--eps", "0.1", "--cache", str(cache), "--out", str(tmp_path / "c.json")]
+    assert curves.main(argv) == 0  # the same seed: reused
+    with pytest.raises(AssertionError, match="not reused"):
+        curves.main([*argv, "--seed", "1"])
