@@ -76,15 +76,6 @@ def cell_dir(cache: Path, name: str, settings: dict[str, Any]) -> Path:
     return cache / f"curves-{key}-{name}"
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Two suite settings agree on everything but the notes (model-dependent remarks)."""
-
-    def norm(s: dict[str, Any]) -> str:
-        return json.dumps({k: v for k, v in s.items() if k != "notes"}, sort_keys=True, default=str)
-
-    return norm(a) == norm(b)
-
-
 def reuse_paired_batches(
     cache: Path,
     name: str,
@@ -116,7 +107,11 @@ def reuse_paired_batches(
             if dst.exists() or not f.exists():
                 continue
             part = torch.load(f, weights_only=False)
-            if part.n != min(batch, n - start) or not part.complete or not _same(part.settings, expected):
+            if (
+                part.n != min(batch, n - start)
+                or not part.complete
+                or not paired.same_settings(part.settings, expected)
+            ):
                 continue
             try:
                 os.link(f, dst)
@@ -126,14 +121,6 @@ def reuse_paired_batches(
     if reused:
         log.info("%s: %d batches reused from reports.paired's cache at eps %g", name, reused, expected["eps"])
     return reused
-
-
-def check_batches(target: Path, expected: dict[str, Any]) -> None:
-    """Refuse a cell whose cached batches were made with other suite settings (e.g. a flag threshold
-    calibrated by other code): mixing them would give a curve no single run gives."""
-    for f in sorted(target.glob("batch*.pt")):
-        if not _same(torch.load(f, weights_only=False).settings, expected):
-            raise SystemExit(f"{f}: cached with other suite settings (flag, attacks) than this run's; remove {target}")
 
 
 def _zeros(bits: str) -> str:
@@ -217,7 +204,6 @@ def run(paths: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
         expected = suite.describe(eps, ckpt.model.cfg.num_classes, flag)
         run_settings = {"seed": args.seed, "dataset": args.dataset}
         reuse_paired_batches(args.cache, name, ckpt.model_id, target, expected, len(attacked), args.batch, run_settings)
-        check_batches(target, expected)
         cached = all((target / f"batch{b:06d}.pt").exists() for b in range(0, len(attacked), args.batch))
         cells_todo.append((not cached, eps, name, target))
     order = sorted(cells_todo, key=lambda c: c[0])  # the cells already cached first: the file shows them at once

@@ -95,14 +95,26 @@ def attack_batches(
     label: str,
 ) -> SuiteResult:
     """The suite at ``eps`` on ``attacked``, one cache file per ``--batch`` inputs in ``cache_dir``
-    (``batch{start:06d}.pt``): a killed run resumes where it stopped."""
+    (``batch{start:06d}.pt``): a killed run resumes where it stopped. A cached batch made with other suite
+    settings (attacks, flag rule and thresholds, judge) is refused: mixing them would give figures no single run
+    gives.
+
+    Raises:
+        SystemExit: a cached batch's settings differ from this run's.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
+    expected = suite.describe(eps, model.cfg.num_classes, flag)
     parts = []
     for start in range(0, len(attacked), args.batch):  # one cache entry per batch: a killed run resumes
         sl = slice(start, min(start + args.batch, len(attacked)))
         part_file = cache_dir / f"batch{start:06d}.pt"
         if part_file.exists():
-            parts.append(torch.load(part_file, weights_only=False))
+            part = torch.load(part_file, weights_only=False)
+            if not same_settings(part.settings, expected):
+                raise SystemExit(
+                    f"{part_file}: cached with other suite settings (flag, attacks) than this run's; remove {cache_dir}"
+                )
+            parts.append(part)
             continue
         x, y = as_float(attacked.x[sl]), attacked.y[sl]
         part = run_suite(model, x, y, suite, eps=eps, seed=args.seed, offset=start, flag=flag)
@@ -113,6 +125,15 @@ def attack_batches(
         log.info("%s: inputs %d-%d done (robust %d of %d)", label, sl.start, sl.stop, int(part.robust.sum()), part.n)
         parts.append(part)
     return merge_results(parts)
+
+
+def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two suite settings (``Suite.describe``) agree on everything but the notes (model-dependent remarks)."""
+
+    def norm(s: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in s.items() if k != "notes"}, sort_keys=True, default=str)
+
+    return norm(a) == norm(b)
 
 
 def suite_outcomes(res: SuiteResult) -> dict[str, str | None]:

@@ -78,3 +78,22 @@ def test_a_second_suite_is_counted_on_the_same_inputs() -> None:
     assert lines[0] == "The same first 4 inputs under `red` (r.json):"
     assert "| m | 3 / 3 | 2 / 2 | 1 / 1 | 1 / 1 |" in lines
     assert paired.against_lines(reduced, full, "f.json") == []  # the other run covers fewer inputs
+
+
+def test_a_cached_batch_from_other_settings_is_refused(hand_checkpoint: Path, tmp_path: Path) -> None:
+    """A resumed run never mixes batches made with another flag or attack set into its figures."""
+    import pytest
+    import torch
+
+    base = ["--suite", "standard", "--n", "10", "--clean-n", "10", "--samples", "8", "--steps", "2", "--eot", "2"]
+    base += ["--queries", "5", "--dataset", "bars", "--batch", "10", "--cache", str(tmp_path / "c")]
+    ckpts = [str(hand_checkpoint), str(hand_checkpoint)]
+    assert paired.main(["run", *ckpts, *base, "--out", str(tmp_path / "a.json")]) == 0
+    (entry,) = (tmp_path / "c").glob("*-tiny_mfdv.json")
+    part_file = entry.with_suffix("") / "batch000000.pt"
+    part = torch.load(part_file, weights_only=False)
+    part.settings = {**part.settings, "judge_samples": part.settings["judge_samples"] + 1}
+    torch.save(part, part_file)
+    entry.unlink()  # the checkpoint's result is recomputed from its batches
+    with pytest.raises(SystemExit, match="other suite settings"):
+        paired.main(["run", *ckpts, *base, "--out", str(tmp_path / "b.json")])
