@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models import load_checkpoint
+from models.checkpoint import read_manifest
 
 from . import curves as curve_report
 from .readme import replace_block
@@ -153,7 +153,7 @@ def render(
 ) -> str:
     """The block: the table, the paired differences, the goals, the second seed, the settings."""
     by_name = {c["checkpoint"]: c for c in paired["checkpoints"]}
-    ms, mb = load_checkpoint(served, verify=False).manifest, load_checkpoint(baseline, verify=False).manifest
+    (ms, _), (mb, _) = read_manifest(served, verify=False), read_manifest(baseline, verify=False)
     a, b = by_name[ms["name"]], by_name[mb["name"]]
     pair = next(p for p in paired["pairs"] if (p["a"], p["b"]) == (ms["name"], mb["name"]))
     st = paired["settings"]

@@ -125,9 +125,9 @@ def evaluate_checkpoint(path: Path, n: int, samples: int, seed: int = 0, dataset
         "flagged_in_distribution": float(served_flagged(rule, neg).mean()),
         "sets": {},
     }
+    neg_all = {**neg, SERVED: served_score(rule, neg)}
     for name, x in ood_sets(in_dist, n, seed).items():
         pos = _signals(ckpt.model, x, samples, seed + 1)
-        neg_all = {**neg, SERVED: served_score(rule, neg)}
         pos_all = {**pos, SERVED: served_score(rule, pos)}
         result["sets"][name] = {
             "n": int(x.shape[0]),

@@ -143,10 +143,12 @@ class FlagRule:
 
     def flags_summary(self, mean_probs: torch.Tensor, mutual_information: torch.Tensor) -> torch.Tensor:
         """Which inputs [B] are flagged, from a summary's mean probabilities [B, K] and mutual information [B]."""
-        out = torch.zeros(mean_probs.shape[0], dtype=torch.bool, device=mean_probs.device)
-        for signal, threshold in self.clauses:
-            out |= summary_signal(signal, mean_probs, mutual_information) > threshold
-        return out
+        return self.flags_scores({s: summary_signal(s, mean_probs, mutual_information) for s in self.signals()})
+
+    def flags_scores(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Which inputs [B] are flagged, from each clause's signal values ``scores`` (signal -> [B])."""
+        flagged = [scores[signal] > threshold for signal, threshold in self.clauses]
+        return torch.stack(flagged).any(0)
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> FlagRule:
@@ -322,9 +324,7 @@ def calibrate_flags(
             rule = FlagRule(parts[0], threshold_for_rate(on_correct[parts[0]], rate))
         else:
             rule = FlagRule.union(union_thresholds({s: on_correct[s] for s in parts}, rate))
-        flagged = torch.zeros(int(ok.sum()), dtype=torch.bool)
-        for s, t in rule.clauses:
-            flagged |= on_correct[s] > t
+        flagged = rule.flags_scores(on_correct)
         out[kind] = FlagCalibration(
             rule=rule,
             rate=rate,
