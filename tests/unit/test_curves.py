@@ -114,10 +114,11 @@ def test_a_killed_run_resumes_from_its_batches_with_identical_results(pair: list
         curves.main([*base, "--cache", str(tmp_path / "c2"), "--out", str(split)])
 
 
-def test_batches_of_a_paired_run_with_the_same_settings_are_reused(
-    pair: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cache = tmp_path / "cache"
+def paired_run_then_no_attacks(
+    ckpt: Path, n: int, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> np.ndarray:
+    """A ``reports.paired run`` of ``ckpt`` at eps 0.1 on ``n`` inputs into ``cache`` (its robust outcomes returned),
+    then any further suite run raises "not reused"."""
     common = [
         "--suite",
         "adaptive",
@@ -132,15 +133,22 @@ def test_batches_of_a_paired_run_with_the_same_settings_are_reused(
         "--dataset",
         "bars",
     ]
-    argv = ["run", str(pair[0]), str(pair[0]), *common, "--n", "32", "--clean-n", "32", "--samples", "8"]
+    argv = ["run", str(ckpt), str(ckpt), *common, "--n", str(n), "--clean-n", str(n), "--samples", "8"]
     assert paired.main([*argv, "--eps", "0.1", "--cache", str(cache), "--out", str(tmp_path / "p.json")]) == 0
-    robust = paired._unbits(json.loads((tmp_path / "p.json").read_text())["checkpoints"][0]["outcomes"]["robust"])
 
     def no_attacks(*a: object, **k: object) -> None:
         raise AssertionError("the suite ran: a cached batch was not reused")
 
-    # the same settings at eps 0.1 and a smaller n: nothing to compute
     monkeypatch.setattr(paired, "run_suite", no_attacks)
+    return paired._unbits(json.loads((tmp_path / "p.json").read_text())["checkpoints"][0]["outcomes"]["robust"])
+
+
+def test_batches_of_a_paired_run_with_the_same_settings_are_reused(
+    pair: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    robust = paired_run_then_no_attacks(pair[0], 32, cache, tmp_path, monkeypatch)
+    # the same settings at eps 0.1 and a smaller n: nothing to compute
     out = tmp_path / "c.json"
     argv = ["run", str(pair[0]), *SMALL[2:], "--eps", "0.1", "--cache", str(cache), "--out", str(out)]
     assert curves.main([*argv, "--n", "16"]) == 0
@@ -217,27 +225,7 @@ def test_a_paired_run_with_another_seed_is_not_reused(
     """A noise-free model's flag does not depend on the seed, so its suite settings match across seeds; the seed
     the paired run recorded keeps its batches out of another seed's curve."""
     cache = tmp_path / "cache"
-    common = [
-        "--suite",
-        "adaptive",
-        "--steps",
-        "2",
-        "--eot",
-        "2",
-        "--queries",
-        "5",
-        "--batch",
-        "8",
-        "--dataset",
-        "bars",
-    ]
-    argv = ["run", str(pair[1]), str(pair[1]), *common, "--n", "16", "--clean-n", "16", "--samples", "8"]
-    assert paired.main([*argv, "--eps", "0.1", "--cache", str(cache), "--out", str(tmp_path / "p.json")]) == 0
-
-    def no_attacks(*a: object, **k: object) -> None:
-        raise AssertionError("the suite ran: a cached batch was not reused")
-
-    monkeypatch.setattr(paired, "run_suite", no_attacks)
+    paired_run_then_no_attacks(pair[1], 16, cache, tmp_path, monkeypatch)
     argv = ["run", str(pair[1]), *SMALL, "--eps", "0.1", "--cache", str(cache), "--out", str(tmp_path / "c.json")]
     assert curves.main(argv) == 0  # the same seed: reused
     with pytest.raises(AssertionError, match="not reused"):
